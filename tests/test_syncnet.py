@@ -1,0 +1,160 @@
+import math
+
+import pytest
+import torch
+
+from klear_lightning.media import MediaClip
+from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable, MetricUndefined
+from klear_lightning.metrics import face, syncnet
+
+
+def test_lse_formula_on_hand_made_distances():
+    dists = torch.full((2, 31), 10.0)
+    dists[:, 20] = torch.tensor([2.0, 4.0])  # mean 3 at shift index 20
+    dists[:, 5] = torch.tensor([8.0, 8.0])  # mean 8
+    conf, dist, offset = syncnet.lse_scores(dists)
+    # mean over frames: 3 at 20, 8 at 5, 10 elsewhere (29 entries) -> median 10, min 3
+    assert dist == pytest.approx(3.0)
+    assert conf == pytest.approx(10.0 - 3.0)
+    assert offset == 15 - 20
+
+
+@pytest.mark.parametrize("shift", [-4, 0, 3, 7])
+def test_offset_search_recovers_known_shift(shift):
+    g = torch.Generator().manual_seed(0)
+    audio = torch.randn(40, 32, generator=g)
+    frames = torch.arange(20) + 10
+    video = audio[frames + shift]  # video frame t matches audio frame t + shift
+    conf, dist, offset = syncnet.lse_scores(syncnet.shift_distances(video, audio[10:]))
+    assert offset == -shift
+    if shift >= 0:  # every matching audio row lies inside the passed audio: exact match
+        assert dist == pytest.approx(0.0, abs=1e-4)
+    assert conf > 1.0
+
+
+def test_shift_distances_pad_with_zeros_like_syncnet_python():
+    a = torch.ones(3, 2)
+    v = torch.ones(3, 2)
+    d = syncnet.shift_distances(v, a, vshift=1)
+    # frame 0 vs padded zero row, itself, next row
+    assert torch.allclose(d[0], torch.tensor([math.sqrt(2), 0.0, 0.0]), atol=1e-5)
+    assert torch.allclose(d[2], torch.tensor([0.0, 0.0, math.sqrt(2)]), atol=1e-5)
+
+
+def test_mfcc_matches_python_speech_features():
+    t = torch.arange(1600, dtype=torch.float64) / 16000
+    wave = 3000 * torch.sin(2 * math.pi * 440 * t) + 1000 * torch.sin(2 * math.pi * 1000 * t)
+    feat = syncnet.mfcc(wave.float())
+    assert feat.shape == (13, 9)  # 1 + ceil((1600 - 400) / 160)
+    # python_speech_features 0.6 mfcc(wave, 16000)[3], computed with that package
+    ref = torch.tensor([17.545208, 21.053866, -5.948978, -23.991209, -22.01593, -10.031489, -6.684401,
+                        -17.532012, -23.100453, -7.658479, 22.320252, 39.242306, 28.20174])
+    assert torch.allclose(feat[:, 3], ref, atol=1e-3)
+
+
+def test_crop_faces_shape_and_bgr():
+    frames = torch.zeros(3, 64, 64, 3, dtype=torch.uint8)
+    frames[..., 0] = 200  # red in RGB
+    boxes = torch.tensor([[16.0, 16.0, 48.0, 48.0]]).expand(3, 4)
+    crops = syncnet.crop_faces(frames, boxes)
+    assert crops.shape == (3, 3, 224, 224)
+    centre = crops[:, :, 112, 112]
+    assert torch.allclose(centre[2], torch.full((3,), 200.0))  # red lands in the last (BGR) channel
+    assert torch.allclose(centre[0], torch.zeros(3))
+
+
+def _speaking_clip(annotated: bool) -> MediaClip:
+    g = torch.Generator().manual_seed(2)
+    video = torch.randint(0, 256, (12, 64, 64, 3), generator=g, dtype=torch.uint8)
+    meta = {"key": "s0"}
+    if annotated:
+        meta["annotation"] = {"faces": [{"speaker": "center", "box": [10, 12, 50, 52]}]}
+    return MediaClip(video=video, fps=25.0, audio=0.1 * torch.randn(12 * 640, generator=g),
+                     sample_rate=16000, meta=meta)
+
+
+def test_lse_metric_loads_saved_weights_and_counts_faceless_clips(tmp_path):
+    net = syncnet.SyncNet().eval()
+    torch.save(net.state_dict(), tmp_path / "syncnet_v2.model")
+    with pytest.raises(MetricUnavailable, match="metrics.checkpoints.syncnet"):
+        REGISTRY["lse_syncnet"].build(BuildContext.create({}))
+    metric = REGISTRY["lse_syncnet"].build(BuildContext.create({"syncnet": str(tmp_path / "syncnet_v2.model")}))
+    metric.update([_speaking_clip(True), _speaking_clip(False)])
+    out = metric.compute()
+    assert int(metric.n) == 1 and float(out["lse_no_face"]) == 1.0
+    # the metric equals scoring the annotated track directly with the same network
+    clip = _speaking_clip(True)
+    box = torch.tensor([12.0, 10.0, 52.0, 50.0]).expand(12, 4)
+    conf, dist, _ = syncnet.score_track(
+        syncnet.load_syncnet(tmp_path / "syncnet_v2.model"), syncnet.crop_faces(clip.video, box),
+        syncnet.mfcc(clip.audio * 32768.0))
+    assert float(out["lse_c_syncnet"]) == pytest.approx(conf, rel=1e-4)
+    assert float(out["lse_d_syncnet"]) == pytest.approx(dist, rel=1e-4)
+    faceless = REGISTRY["lse_syncnet"].build(BuildContext.create({"syncnet": str(tmp_path / "syncnet_v2.model")}))
+    faceless.update([_speaking_clip(False)])
+    with pytest.raises(MetricUndefined, match="1 without"):
+        faceless.compute()
+
+
+def test_s3fd_layout_priors_and_decode(tmp_path):
+    net = face.S3FD().eval()
+    torch.save(net.state_dict(), tmp_path / "sfd_face.pth")
+    loaded = face.load_s3fd(tmp_path / "sfd_face.pth")
+    assert "L2Norm3_3.weight" in loaded.state_dict() and "vgg.33.weight" in loaded.state_dict()
+    with torch.no_grad():
+        loc, score, sizes = loaded(torch.randn(1, 3, 64, 96))
+    p = face.priors((64, 96), sizes)
+    assert p.shape[0] == loc.shape[1] == score.shape[1] == sum(h * w for h, w in sizes)
+    assert sizes[0] == (16, 24)  # stride 4
+    assert torch.allclose(p[0], torch.tensor([2 / 96, 2 / 64, 16 / 96, 16 / 64]))
+    boxes = face.decode(torch.zeros(1, 4), p[:1])
+    assert torch.allclose(boxes[0], torch.tensor([-6 / 96, -6 / 64, 10 / 96, 10 / 64]))
+
+
+def test_nms_and_track_gap_filling():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], dtype=torch.float)
+    kept = face.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.3)
+    assert kept.tolist() == [0, 2]
+
+    class Scripted(face.FaceDetector):
+        def detect(self, frames):
+            ids = [int(f[0, 0, 0]) for f in frames]
+            return [None if i in (1, 2) else torch.tensor([float(i), 0.0, i + 40.0, 40.0]) for i in ids]
+
+    frames = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 4, 4, 3)
+    det = Scripted(net=face.S3FD())
+    assert det.track(frames, max_missing=0.1) is None  # 2 of 10 frames missing
+    track = det.track(frames, max_missing=0.2)
+    assert track is not None and track.shape == (10, 4)
+    # square 40 px boxes whose centre follows the (median-filtered) detections
+    assert torch.allclose(track[:, 2] - track[:, 0], torch.full((10,), 40.0))
+    assert torch.allclose(track[:, 1], torch.zeros(10))
+    assert track[0, 0] == 0.0 and track[:, 0].diff().min() >= 0
+
+
+def test_detector_runs_batched_on_saved_weights(tmp_path):
+    net = face.S3FD().eval()
+    with torch.no_grad():  # make every prior a confident face at zero offset
+        for conv in net.conf:
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.bias[-1] = 10.0
+        for conv in net.loc:
+            conv.weight.zero_()
+            conv.bias.zero_()
+    torch.save(net.state_dict(), tmp_path / "sfd_face.pth")
+    det = face.FaceDetector(face.load_s3fd(tmp_path / "sfd_face.pth"), batch=2)
+    found = det.detect(torch.zeros(3, 256, 256, 3, dtype=torch.uint8))
+    assert len(found) == 3 and all(b is not None for b in found)
+    assert all(torch.allclose(b, found[0]) for b in found)
+    empty = face.FaceDetector(face.load_s3fd(tmp_path / "sfd_face.pth"), threshold=1.1)
+    assert empty.track(torch.zeros(2, 256, 256, 3, dtype=torch.uint8)) is None
+    assert torch.equal(face.median_filter(torch.tensor([[1.0], [9.0], [2.0], [3.0]]), 3)[:, 0],
+                       torch.tensor([1.0, 2.0, 3.0, 3.0]))
+
+
+def test_annotation_boxes_convert_yx_to_xy():
+    tracks = face.annotation_boxes({"annotation": {"faces": [{"box": [1, 2, 3, 4]}]}}, 5)
+    assert len(tracks) == 1 and tracks[0].shape == (5, 4)
+    assert tracks[0][0].tolist() == [2.0, 1.0, 4.0, 3.0]
+    assert face.annotation_boxes({}, 5) == []

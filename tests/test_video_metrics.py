@@ -1,0 +1,118 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from klear_lightning.media import MediaClip
+from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable
+from klear_lightning.metrics import aesthetic, identity, motion
+
+
+def _translating(dx: float, dy: float, frames: int = 4, h: int = 96, w: int = 128) -> torch.Tensor:
+    """A smooth textured pattern moving by (dx, dy) pixels per frame, uint8 (T, H, W, 3)."""
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    out = []
+    for t in range(frames):
+        x, y = xs - dx * t, ys - dy * t
+        v = (0.5 + 0.2 * torch.sin(2 * math.pi * x / 23) * torch.cos(2 * math.pi * y / 17)
+             + 0.15 * torch.sin(2 * math.pi * (x + y) / 31) + 0.1 * torch.cos(2 * math.pi * (x - 2 * y) / 13))
+        out.append(v)
+    grey = (torch.stack(out).clamp(0, 1) * 255).round().to(torch.uint8)
+    return grey[..., None].expand(-1, -1, -1, 3).contiguous()
+
+
+@pytest.mark.parametrize("dx,dy", [(1.0, 0.0), (1.5, 0.5), (3.0, -2.0)])
+def test_flow_recovers_known_translation(dx, dy):
+    grey = motion.grey_frames(_translating(dx, dy, frames=2), 96)
+    flow = motion.optical_flow(grey[:1], grey[1:])
+    mean = flow[0, :, 16:-16, 16:-16].mean((1, 2))
+    assert mean[0] == pytest.approx(dx, abs=0.1) and mean[1] == pytest.approx(dy, abs=0.1)
+    assert motion.motion_magnitude(_translating(dx, dy), size=96) == pytest.approx(math.hypot(dx, dy), rel=0.06)
+
+
+def test_motion_metric_static_is_zero_and_scales_with_resolution():
+    metric = REGISTRY["motion_hs256"].build(BuildContext.create({}))
+    still = _translating(0.0, 0.0)
+    moving = _translating(2.0, 0.0)
+    metric.update([MediaClip(video=still, fps=8.0, audio=None, sample_rate=16000)])
+    assert float(metric.compute()) == pytest.approx(0.0, abs=1e-4)
+    # at short side 256 (input short side 96) a 2 px shift reads as 2 * 256 / 96 px
+    assert motion.motion_magnitude(moving) == pytest.approx(2.0 * 256 / 96, rel=0.08)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        motion.motion_magnitude(still[:1])
+
+
+def _dino_checkpoint(tmp_path, dim=64, depth=2, image_size=32):
+    net = identity.DinoViT(dim=dim, depth=depth, heads=1, patch=16, image_size=image_size)
+    torch.nn.init.normal_(net.pos_embed, std=0.02)
+    torch.nn.init.normal_(net.cls_token, std=0.02)
+    state = {f"module.backbone.{k}": v for k, v in net.state_dict().items()}
+    state["module.head.last_layer.weight"] = torch.zeros(3, 3)  # DINO training heads are dropped
+    torch.save({"teacher": state}, tmp_path / "dino.pth")
+    torch.save(net.state_dict(), tmp_path / "dino_plain.pth")
+    return net.eval()
+
+
+def test_dino_loads_official_layouts_and_interpolates_positions(tmp_path):
+    net = _dino_checkpoint(tmp_path)
+    a = identity.load_dino(tmp_path / "dino.pth", head_dim=64)
+    b = identity.load_dino(tmp_path / "dino_plain.pth", head_dim=64)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(a(x), net(x), atol=1e-5) and torch.allclose(b(x), net(x), atol=1e-5)
+        assert a(torch.randn(1, 3, 64, 48)).shape == (1, 64)  # positional table resized to 4 x 3
+    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight",
+            "blocks.1.mlp.fc2.bias", "norm.weight"} <= set(net.state_dict())
+
+
+def test_identity_consistency_through_registry(tmp_path):
+    _dino_checkpoint(tmp_path)
+    with pytest.raises(MetricUnavailable, match="metrics.checkpoints.dino"):
+        REGISTRY["id_dino_cls"].build(BuildContext.create({}))
+    metric = REGISTRY["id_dino_cls"].build(BuildContext.create({"dino": str(tmp_path / "dino.pth")}))
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randint(0, 256, (1, 40, 40, 3), generator=g, dtype=torch.uint8)
+    other = torch.randint(0, 256, (3, 40, 40, 3), generator=g, dtype=torch.uint8)
+    same = MediaClip(video=ref.expand(3, -1, -1, -1), fps=8.0, audio=None, sample_rate=16000)
+    mixed = MediaClip(video=torch.cat([ref, other]), fps=8.0, audio=None, sample_rate=16000)
+    reference = MediaClip(video=ref, fps=8.0, audio=None, sample_rate=16000)
+    metric.update([same], [reference])
+    assert float(metric.compute()) == pytest.approx(1.0, abs=1e-5)
+    metric.update([mixed], [reference])
+    with torch.no_grad():
+        feats = metric.features(mixed.video)
+    expected = (1.0 + F.cosine_similarity(feats, feats[:1]).mean().item()) / 2
+    assert float(metric.compute()) == pytest.approx(expected, abs=1e-5)
+    assert int(metric.n) == 2
+
+
+def test_aesthetic_head_and_clip_through_registry(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16, projection_dim=24)
+    clip = CLIPVisionModelWithProjection(cfg).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    head = aesthetic.AestheticHead(24).eval()
+    torch.save(head.state_dict(), tmp_path / "head.pth")
+    assert [k for k in head.state_dict() if k.endswith("weight")] == [
+        "layers.0.weight", "layers.2.weight", "layers.4.weight", "layers.6.weight", "layers.7.weight"]
+    with pytest.raises(MetricUnavailable, match="clip_vision"):
+        REGISTRY["aesthetic_laion"].build(BuildContext.create({"aesthetic_head": str(tmp_path / "head.pth")}))
+    ctx = BuildContext.create({"clip_vision": str(tmp_path / "clip"), "aesthetic_head": str(tmp_path / "head.pth")})
+    metric = REGISTRY["aesthetic_laion"].build(ctx)
+    video = torch.randint(0, 256, (20, 36, 48, 3), dtype=torch.uint8)
+    metric.update([MediaClip(video=video, fps=8.0, audio=None, sample_rate=16000)])
+    frames = video[torch.linspace(0, 19, 8).round().long()]
+    with torch.no_grad():
+        emb = clip(pixel_values=aesthetic.clip_inputs(frames, 32)).image_embeds
+        expected = head(emb / emb.norm(dim=-1, keepdim=True)).mean()
+    assert float(metric.compute()) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_clip_inputs_normalisation():
+    white = torch.full((1, 10, 10, 3), 255, dtype=torch.uint8)
+    x = aesthetic.clip_inputs(white, 8)
+    expected = (1 - torch.tensor(aesthetic.CLIP_MEAN)) / torch.tensor(aesthetic.CLIP_STD)
+    assert torch.allclose(x[0, :, 4, 4], expected, atol=1e-4)
