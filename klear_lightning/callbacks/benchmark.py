@@ -1,0 +1,141 @@
+"""Verse-Bench metrics during validation and `klear test`.
+
+Validation: every `every_n_val_epochs` validation epochs (never in the sanity check), the first
+`metrics.clips_per_task` clips of the (unshuffled) validation loader are kept as they pass, then
+for each task in `metrics.tasks` the module generates them with `metrics.sampling_steps` steps and
+a fixed seed, the ground truth is decoded as reference, and the suite logs `val/<task>/<key>` and
+`val/<task>/<key>_n`. Test: the same over the test split (up to `metrics.test_clips_per_task`),
+logged as `test/...`, plus `report.json` and `report.md` in the trainer's log dir, also logged as
+MLflow artifacts when an MLFlowLogger is attached.
+
+The LightningModule must provide `generate(batch, task, sampler) -> list[MediaClip]` and
+`reference_media(batch) -> list[MediaClip]` (KlearModule does).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import MLFlowLogger
+
+from klear_lightning.metrics.report import build_report, write_report
+from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
+from klear_lightning.sampling import SamplerConfig
+from klear_lightning.streams import AVBatch
+
+log = logging.getLogger(__name__)
+
+
+def head(batch: AVBatch, n: int) -> AVBatch:
+    """The first `n` samples of a batch, on the CPU."""
+    moved = {f.name: getattr(batch, f.name)[:n].cpu() for f in fields(batch) if isinstance(getattr(batch, f.name), torch.Tensor)}
+    return replace(batch, **moved, meta=list(batch.meta[:n]))
+
+
+class BenchmarkCallback(L.Callback):
+    """Generate, decode and score a fixed validation subset; write the test report.
+
+    Args:
+        metrics: which metrics, extractor checkpoints, tasks and the cost bound (clips per task,
+            sampling steps, seed).
+        every_n_val_epochs: run on every n-th validation epoch (1 = every one).
+        report_stem: file stem of the test report (`<stem>.json`, `<stem>.md`).
+    """
+
+    def __init__(self, metrics: MetricsConfig | None = None, every_n_val_epochs: int = 1, report_stem: str = "report") -> None:
+        if every_n_val_epochs < 1:
+            raise ValueError(f"BenchmarkCallback.every_n_val_epochs must be >= 1, got {every_n_val_epochs}")
+        self.cfg = metrics or MetricsConfig()
+        self.every_n_val_epochs = every_n_val_epochs
+        self.report_stem = report_stem
+        self.suite: MetricSuite | None = None
+        self._val_epochs = 0
+        self._active = False
+        self._kept: list[AVBatch] = []
+        self.last_report: dict[str, Any] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Check the module and load every extractor now, so a bad checkpoint fails before training."""
+        for method in ("generate", "reference_media"):
+            if not callable(getattr(pl_module, method, None)):
+                raise TypeError(f"BenchmarkCallback needs {type(pl_module).__name__}.{method}(...)")
+        if self.suite is None:
+            self.suite = MetricSuite(self.cfg, device=trainer.strategy.root_device)
+            for name, reason in self.suite.skipped.items():
+                log.warning("metric %s not computed: %s", name, reason)
+
+    def _keep(self, batch: Any, limit: int | None) -> None:
+        if not isinstance(batch, AVBatch):
+            raise TypeError(f"BenchmarkCallback expects AVBatch batches, got {type(batch).__name__}")
+        have = sum(b.batch_size for b in self._kept)
+        want = batch.batch_size if limit is None else min(batch.batch_size, limit - have)
+        if want > 0:
+            self._kept.append(head(batch, want))
+
+    def _evaluate(self, pl_module: L.LightningModule, prefix: str) -> MetricSuite:
+        suite = self.suite
+        assert suite is not None, "setup() builds the suite"
+        suite.reset()
+        base = getattr(pl_module, "val_sampler", None) or SamplerConfig()
+        sampler = replace(base, steps=self.cfg.sampling_steps, seed=self.cfg.seed)
+        needs_reference = any(m.needs_reference for per_task in suite.metrics.values() for m in per_task.values())
+        for batch in self._kept:
+            reference = pl_module.reference_media(batch) if needs_reference else None
+            for task in self.cfg.tasks:
+                suite.update(task, pl_module.generate(batch, task, sampler), reference)
+        self._kept = []
+        results, _ = suite.compute()
+        for task, values in results.items():
+            for key, result in values.items():
+                pl_module.log(f"{prefix}/{task}/{key}", result.value, on_epoch=True, sync_dist=False)
+                pl_module.log(f"{prefix}/{task}/{key}_n", float(result.n), on_epoch=True, sync_dist=False)
+        return suite
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._kept = []
+        self._active = False
+        if trainer.sanity_checking:
+            return
+        self._val_epochs += 1
+        self._active = self._val_epochs % self.every_n_val_epochs == 0
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._active:
+            self._keep(batch, self.cfg.clips_per_task)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active and self._kept:
+            self._evaluate(pl_module, "val")
+        self._active = False
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._kept = []
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._keep(batch, self.cfg.test_clips_per_task)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._kept:
+            raise RuntimeError("BenchmarkCallback: the test split yielded no batches to score")
+        suite = self._evaluate(pl_module, "test")
+        context = {
+            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else "(in-memory weights)",
+            "global_step": trainer.global_step,
+            "sampling_steps": self.cfg.sampling_steps,
+            "seed": self.cfg.seed,
+            "clips_per_task": self.cfg.test_clips_per_task or "all",
+        }
+        self.last_report = build_report(suite, context)
+        if trainer.is_global_zero:
+            directory = Path(trainer.log_dir or trainer.default_root_dir)
+            paths = write_report(self.last_report, directory, self.report_stem)
+            for logger in trainer.loggers:
+                if isinstance(logger, MLFlowLogger):
+                    for path in paths:
+                        logger.experiment.log_artifact(logger.run_id, str(path))
+            log.info("benchmark report written to %s", paths[1])

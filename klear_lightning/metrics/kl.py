@@ -1,0 +1,58 @@
+"""KL divergence of AudioSet class distributions, reference vs generated, per clip.
+
+`kl_panns`: p = softmax(PANNs Cnn14 logits of the reference clip), q = softmax(logits of the
+generated clip) over the 527 AudioSet classes; KL(p || q) = sum p (log p - log q) per pair,
+averaged over pairs (av-benchmark's softmax variant). PaSST is not bundled (see README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from klear_lightning.media import MediaClip
+from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
+
+LogitFn = Callable[[Sequence[MediaClip]], Tensor]
+
+
+def kl_from_logits(reference_logits: Tensor, generated_logits: Tensor) -> Tensor:
+    """Per-row KL(softmax(reference) || softmax(generated)), float64, shape (B,)."""
+    log_p = torch.log_softmax(reference_logits.double(), dim=-1)
+    log_q = torch.log_softmax(generated_logits.double(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+class PairedKL(ClipMetric):
+    needs_reference = True
+
+    def __init__(self, logits: LogitFn, column: Column, protocol: str) -> None:
+        self.columns = (column,)
+        self.protocol = protocol
+        super().__init__()
+        self.logits = logits
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
+        assert reference is not None
+        kl = kl_from_logits(self.logits(reference), self.logits(generated))
+        self.total += kl.sum().to(self.device)
+        self.n += len(generated)
+
+    def compute(self) -> Tensor:
+        self.require(self.n >= 1, "no clip pairs scored")
+        return self.total / self.n
+
+
+@register_metric("kl_panns", group="audio", description="KL(reference || generated), softmax over PANNs AudioSet logits")
+def build_kl_panns(ctx: BuildContext) -> ClipMetric:
+    from klear_lightning.metrics.panns import panns_extractor
+
+    extractor = panns_extractor(ctx)
+    return PairedKL(
+        logits=lambda clips: extractor(clips).logits,
+        column=Column("kl_panns", "KL (PANNs)", higher_is_better=False),
+        protocol="av-benchmark: PANNs Cnn14 16 kHz, softmax over 527 AudioSet logits, KL(ref || gen) per clip, mean",
+    )

@@ -1,0 +1,156 @@
+"""The configured set of metrics, per task: `MetricsConfig` -> `MetricSuite`.
+
+`MetricSuite.update(task, generated, reference)` feeds every metric that applies to the task
+(the task's clips carry the modalities it reads and generate at least one). Metrics whose
+extractor is not configured are in `skipped` (name -> one line saying what to set); values whose
+formula is undefined for what was seen are in `undefined` ((task, key) -> reason). Nothing is
+ever reported as a silent zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from klear_lightning.media import MediaClip
+from klear_lightning.metrics.base import (
+    REGISTRY,
+    BuildContext,
+    ClipMetric,
+    Column,
+    MetricResult,
+    MetricSpec,
+    MetricUnavailable,
+    MetricUndefined,
+)
+from klear_lightning.tasks import PAPER_TASKS, get_task
+
+# Modules whose import registers metrics (`register_metric`); new metric modules go here.
+METRIC_MODULES: tuple[str, ...] = (
+    "klear_lightning.metrics.fd",
+    "klear_lightning.metrics.kl",
+    "klear_lightning.metrics.clap",
+    "klear_lightning.metrics.wer",
+    "klear_lightning.metrics.synchformer",
+    "klear_lightning.metrics.syncnet",
+    "klear_lightning.metrics.imagebind",
+    "klear_lightning.metrics.motion",
+    "klear_lightning.metrics.aesthetic",
+    "klear_lightning.metrics.identity",
+    "klear_lightning.metrics.syncworld",
+)
+
+
+def load_registry() -> dict[str, MetricSpec]:
+    for module in METRIC_MODULES:
+        importlib.import_module(module)
+    return REGISTRY
+
+
+@dataclass
+class MetricsConfig:
+    """Which metrics to compute and with which extractor weights.
+
+    Args:
+        metrics: registered metric names (e.g. fd_panns, kl_panns, clap_score, wer_whisper);
+            default: every registered metric (those without weights are reported as skipped).
+        checkpoints: extractor key -> local path (panns, clap, whisper, ...). An unset key skips
+            the metrics that need it with one line saying what to set.
+        tasks: tasks to generate and score.
+        clips_per_task: validation clips generated per task (the cost bound).
+        sampling_steps: sampler steps for the benchmark generations.
+        seed: sampler seed, so every evaluation sees the same noise.
+        test_clips_per_task: clips per task in `klear test` (None: the whole test split).
+    """
+
+    metrics: list[str] = field(default_factory=lambda: list(load_registry()))
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    clips_per_task: int = 8
+    sampling_steps: int = 25
+    seed: int = 0
+    test_clips_per_task: int | None = None
+
+    def __post_init__(self) -> None:
+        known = load_registry()
+        for name in self.metrics:
+            if name not in known:
+                raise ValueError(f"metrics.metrics: unknown metric {name!r}; known: {sorted(known)}")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"metrics.metrics: duplicate names in {self.metrics}")
+        for key, value in self.checkpoints.items():
+            if value and not Path(value).expanduser().exists():
+                raise ValueError(f"metrics.checkpoints.{key}: {value} does not exist")
+        for task in self.tasks:
+            get_task(task)
+        if not self.tasks:
+            raise ValueError("metrics.tasks: at least one task is needed")
+        if self.clips_per_task < 1:
+            raise ValueError(f"metrics.clips_per_task must be >= 1, got {self.clips_per_task}")
+        if self.test_clips_per_task is not None and self.test_clips_per_task < 1:
+            raise ValueError(f"metrics.test_clips_per_task must be >= 1 or null, got {self.test_clips_per_task}")
+        if self.sampling_steps < 1:
+            raise ValueError(f"metrics.sampling_steps must be >= 1, got {self.sampling_steps}")
+
+
+class MetricSuite:
+    """One metric instance per (task, metric name); extractors shared through one `BuildContext`."""
+
+    def __init__(self, cfg: MetricsConfig, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.specs = {name: REGISTRY[name] for name in cfg.metrics}
+        self.ctx = BuildContext.create(cfg.checkpoints, self.device)
+        self.skipped: dict[str, str] = {}
+        self.metrics: dict[str, dict[str, ClipMetric]] = {}
+        self.missing_reference: dict[tuple[str, str], str] = {}
+        self.columns: dict[str, tuple[Column, ...]] = {}
+        for task in cfg.tasks:
+            self.metrics[task] = {}
+            for name, spec in self.specs.items():
+                if name in self.skipped:
+                    continue
+                try:
+                    metric = spec.build(self.ctx)
+                except MetricUnavailable as err:
+                    self.skipped[name] = str(err)
+                    continue
+                self.columns.setdefault(name, metric.columns)
+                if metric.applies_to(get_task(task)):
+                    self.metrics[task][name] = metric.to(self.device)
+
+    def update(self, task: str, generated: list[MediaClip], reference: list[MediaClip] | None = None) -> None:
+        if task not in self.metrics:
+            raise ValueError(f"task {task!r} is not in metrics.tasks {self.cfg.tasks}")
+        for name, metric in self.metrics[task].items():
+            if metric.needs_reference and reference is None:
+                self.missing_reference[(task, name)] = "no reference clips (ground truth) to compare with"
+                continue
+            metric.update(generated, reference if metric.needs_reference else None)
+
+    def compute(self) -> tuple[dict[str, dict[str, MetricResult]], dict[tuple[str, str], str]]:
+        """(task -> result key -> result, (task, metric name) -> why not computed)."""
+        results: dict[str, dict[str, MetricResult]] = {}
+        undefined: dict[tuple[str, str], str] = dict(self.missing_reference)
+        for task, metrics in self.metrics.items():
+            results[task] = {}
+            for name, metric in metrics.items():
+                if (task, name) in undefined:
+                    continue
+                if not metric.update_called:
+                    undefined[(task, name)] = f"{name}: no clips were scored"
+                    continue
+                try:
+                    results[task].update(metric.results())
+                except MetricUndefined as err:
+                    undefined[(task, name)] = str(err)
+        return results, undefined
+
+    def reset(self) -> None:
+        self.missing_reference.clear()
+        for metrics in self.metrics.values():
+            for metric in metrics.values():
+                metric.reset()

