@@ -1,0 +1,1 @@
+"""Data: sample schema, media I/O, WebDataset shards, `klear prepare` and the AVDataModule."""
