@@ -1,0 +1,121 @@
+"""The dual-tower baseline (the paper's Table 2, Ovi-like), with the single tower's interface.
+
+Two towers of `depth` blocks: the video tower attends jointly over {video, video_text}, the audio
+tower over {audio_text, audio}, each with per-stream MM-DiT weights. In every block, after self
+attention, video tokens cross-attend to audio tokens and audio tokens to video tokens (both from
+the same pre-cross states), then each stream runs its MLP. Cross-attention uses the MixD-RoPE
+positions of both sides and a zero-initialised output, so training starts from two independent
+towers. isolate_modalities turns the cross-attention off.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from klear_lightning.models.attention import AttentionBackend, AttentionPlan, make_backend, plan_attention
+from klear_lightning.models.config import ModelConfig
+from klear_lightning.models.embed import OutputHeads, StreamEmbedder, joint_rope
+from klear_lightning.models.layers import QKNorm, StreamLayer, init_weights, joint_qkv
+from klear_lightning.models.mmdit import layer_key, stream_layers
+from klear_lightning.models.rope import apply_rope, rope_table
+from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
+
+TOWERS: dict[str, tuple[str, str]] = {"video": ("video", "video_text"), "audio": ("audio_text", "audio")}
+OTHER = {"video": "audio", "audio": "video"}
+
+
+class CrossAttention(nn.Module):
+    """Queries from one modality's latent tokens, keys / values from the other's."""
+
+    def __init__(self, dim: int, heads: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.norm_q = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+        self.norm_kv = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.q_norm = QKNorm(dim // heads, eps=eps)
+        self.k_norm = QKNorm(dim // heads, eps=eps)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, other: Tensor, rope_q: Tensor, rope_k: Tensor,
+                plan: AttentionPlan, backend: AttentionBackend) -> Tensor:
+        q = rearrange(self.q(self.norm_q(x)), "b n (h d) -> b n h d", h=self.heads)
+        k, v = rearrange(self.kv(self.norm_kv(other)), "b n (two h d) -> two b n h d", two=2, h=self.heads)
+        q = apply_rope(self.q_norm(q), rope_q)
+        k = apply_rope(self.k_norm(k), rope_k)
+        return self.proj(rearrange(backend(q, k, v, plan), "b n h d -> b n (h d)"))
+
+
+class DualBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.streams = stream_layers(cfg)
+        self.cross = nn.ModuleDict({m: CrossAttention(cfg.dim, cfg.heads, cfg.norm_eps) for m in TOWERS})
+
+    def layer(self, stream: str) -> StreamLayer:
+        return self.streams[layer_key(self.cfg, stream)]
+
+    def forward(self, x: dict[str, Tensor], c: dict[str, Tensor], ropes: dict[str, Tensor],
+                plans: dict[str, AttentionPlan], backend: AttentionBackend, cross: bool) -> dict[str, Tensor]:
+        mods = {s: self.layer(s).modulation(c[s]) for s in STREAMS}
+        out = dict(x)
+        for tower, streams in TOWERS.items():
+            layers = [self.layer(s) for s in streams]
+            q, k, v = joint_qkv(layers, [x[s] for s in streams], [mods[s] for s in streams], ropes[tower])
+            attn = rearrange(backend(q, k, v, plans[tower]), "b n h d -> b n (h d)")
+            for s, a in zip(streams, attn.split([x[s].shape[1] for s in streams], dim=1), strict=True):
+                out[s] = self.layer(s).attn_residual(x[s], a, mods[s])
+        if cross:
+            latent = {m: out[m] for m in TOWERS}
+            for m in TOWERS:
+                o = OTHER[m]
+                out[m] = latent[m] + self.cross[m](latent[m], latent[o], ropes[m + "_latent"],
+                                                   ropes[o + "_latent"], plans[m + "_cross"], backend)
+        return {s: self.layer(s).mlp_residual(out[s], mods[s]) for s in STREAMS}
+
+
+class DualTower(nn.Module):
+    """Two towers with bidirectional audio-video cross-attention; same interface as `MMDiT`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = StreamEmbedder(cfg)
+        self.blocks = nn.ModuleList(DualBlock(cfg) for _ in range(cfg.depth))
+        self.heads = OutputHeads(cfg)
+        self.null_video_text = nn.Parameter(torch.empty(cfg.text_dim))
+        self.null_audio_text = nn.Parameter(torch.empty(cfg.text_dim))
+        self.backend = make_backend(cfg.attention_backend)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_weights(self)
+        for block in self.blocks:
+            for cross in block.cross.values():
+                nn.init.zeros_(cross.proj.weight)
+                nn.init.zeros_(cross.proj.bias)
+        nn.init.normal_(self.null_video_text, std=0.02)
+        nn.init.normal_(self.null_audio_text, std=0.02)
+
+    def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
+        tokens = self.embed(inputs)
+        x, valid = tokens.x, tokens.valid
+        device = x["video"].device
+        angles = self.embed.rope(tokens.shapes)
+        ropes = {tower: joint_rope(angles, streams, device) for tower, streams in TOWERS.items()}
+        ropes |= {m + "_latent": rope_table(angles[m], device) for m in TOWERS}
+        dense = self.backend.dense
+        plans = {}
+        for tower, streams in TOWERS.items():
+            v = torch.cat([valid[s] for s in streams], dim=1)
+            plans[tower] = plan_attention(v, v, dense=dense)
+        if not isolate_modalities:
+            for m in TOWERS:
+                plans[m + "_cross"] = plan_attention(valid[m], valid[OTHER[m]], dense=dense)
+        for block in self.blocks:
+            x = block(x, tokens.c, ropes, plans, self.backend, cross=not isolate_modalities)
+        return self.heads(x, tokens, inputs)

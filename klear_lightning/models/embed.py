@@ -1,0 +1,185 @@
+"""Streams in and out of the tower: patchify + embed, conditioning rows, RoPE tables, unpatchify.
+
+Video latents (B, C, T, H, W) become T * (H/p) * (W/p) tokens (t-major) over (1, p, p) patches;
+audio latents (B, C, T) become T / p_a tokens. A token is valid when its mask is True (an audio
+token only when all its latent frames are); invalid tokens are zeroed on entry and excluded from
+attention. Conditioning: a video frame's row is the embedding of its timestep plus the pooled
+video caption (one row per sample when all its frames share t); an audio token's row its (patch-mean) timestep plus the pooled audio caption; a
+text stream has one row per sample at t = 1 plus its own pooled caption. So the video side
+({video, video_text}) never reads the audio side ({audio_text, audio}) except through attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from klear_lightning.models.config import ModelConfig
+from klear_lightning.models.layers import FinalLayer, PooledText, TimestepEmbedding
+from klear_lightning.models.rope import StreamShapes, rope_angles, rope_table, stream_positions
+from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
+
+# Attention groups for isolate_modalities: video side 0, audio side 1 (streams are in this order).
+STREAM_GROUP: dict[str, int] = {"video": 0, "video_text": 0, "audio_text": 1, "audio": 1}
+
+
+def patchify_video(video: Tensor, p: int) -> Tensor:
+    """(B, C, T, H, W) -> (B, T * H/p * W/p, C * p * p), tokens t-major then h, w."""
+    return rearrange(video, "b c t (h p) (w q) -> b (t h w) (c p q)", p=p, q=p)
+
+
+def unpatchify_video(tokens: Tensor, grid: tuple[int, int, int], p: int) -> Tensor:
+    """Inverse of `patchify_video` for a (T, H/p, W/p) token grid."""
+    t, h, w = grid
+    return rearrange(tokens, "b (t h w) (c p q) -> b c t (h p) (w q)", t=t, h=h, w=w, p=p, q=p)
+
+
+def patchify_audio(audio: Tensor, p: int) -> Tensor:
+    """(B, C, T) -> (B, T / p, C * p)."""
+    return rearrange(audio, "b c (n p) -> b n (c p)", p=p)
+
+
+def unpatchify_audio(tokens: Tensor, p: int) -> Tensor:
+    return rearrange(tokens, "b n (c p) -> b c (n p)", p=p)
+
+
+@dataclass
+class StreamTokens:
+    """Embedded streams of one batch, all keyed by stream name in `STREAMS` order."""
+
+    x: dict[str, Tensor]  # (B, n_s, dim)
+    c: dict[str, Tensor]  # (B, R_s, dim) conditioning rows
+    valid: dict[str, Tensor]  # (B, n_s) bool
+    shapes: StreamShapes
+
+
+class StreamEmbedder(nn.Module):
+    """Input side shared by both towers."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.video = nn.Linear(cfg.video_channels * cfg.video_patch**2, d)
+        self.audio = nn.Linear(cfg.audio_channels * cfg.audio_patch, d)
+        self.video_text = nn.Linear(cfg.text_dim, d)
+        self.video_text_pool = PooledText(cfg.text_dim, d)
+        if not cfg.share_text_weights:
+            self.audio_text = nn.Linear(cfg.text_dim, d)
+            self.audio_text_pool = PooledText(cfg.text_dim, d)
+        self.time = TimestepEmbedding(cfg.time_freq_dim, d)
+
+    def text_layers(self, stream: str) -> tuple[nn.Linear, PooledText]:
+        if self.cfg.share_text_weights or stream == "video_text":
+            return self.video_text, self.video_text_pool
+        return self.audio_text, self.audio_text_pool
+
+    def forward(self, inputs: ModelInputs) -> StreamTokens:
+        cfg = self.cfg
+        _check_inputs(cfg, inputs)
+        p, pa = cfg.video_patch, cfg.audio_patch
+        b, _, t, h, w = inputs.video.shape
+        video = patchify_video(inputs.video, p)
+        audio = patchify_audio(inputs.audio, pa)
+        n_patches = (h // p) * (w // p)
+        valid = {
+            "video": repeat(inputs.video_mask, "b t -> b (t r)", r=n_patches),
+            "audio": rearrange(inputs.audio_mask, "b (n p) -> b n p", p=pa).all(-1),
+            "video_text": inputs.video_text_mask,
+            "audio_text": inputs.audio_text_mask,
+        }
+        x = {"video": self.video(video), "audio": self.audio(audio)}
+        pooled = {}
+        for s in ("video_text", "audio_text"):
+            embed, pool = self.text_layers(s)
+            tokens = getattr(inputs, s)
+            x[s] = embed(tokens)
+            pooled[s] = pool(tokens, valid[s])[:, None]
+        x = {s: x[s] * valid[s][..., None].to(x[s].dtype) for s in STREAMS}
+
+        audio_t = rearrange(inputs.audio_t, "b (n p) -> b n p", p=pa).mean(-1)
+        text_t = self.time(torch.ones(b, 1, device=inputs.video.device))
+        c = {
+            "video": self.time(shared_rows(inputs.video_t)) + pooled["video_text"],
+            "video_text": text_t + pooled["video_text"],
+            "audio_text": text_t + pooled["audio_text"],
+            "audio": self.time(shared_rows(audio_t)) + pooled["audio_text"],
+        }
+        shapes = StreamShapes(
+            video_grid=(t, h // p, w // p),
+            audio_tokens=audio.shape[1],
+            video_text_tokens=x["video_text"].shape[1],
+            audio_text_tokens=x["audio_text"].shape[1],
+        )
+        return StreamTokens(x=x, c=c, valid=valid, shapes=shapes)
+
+    def rope(self, shapes: StreamShapes) -> dict[str, Tensor]:
+        """Rotary angles (N_s, head_dim / 2) per stream."""
+        cfg = self.cfg
+        pos = stream_positions(shapes, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps,
+                               cfg.audio_patch, cfg.text_rope)
+        return {s: rope_angles(pos[s], cfg.sections, cfg.rope_theta) for s in STREAMS}
+
+
+def shared_rows(t: Tensor) -> Tensor:
+    """Per-row timesteps (B, R), or (B, 1) when every row of each sample has the same t.
+
+    One row per sample is the same conditioning as R equal rows, at 1 / R of the adaLN cost.
+    """
+    return t[:, :1] if bool((t == t[:, :1]).all()) else t
+
+
+def joint_rope(angles: dict[str, Tensor], streams: tuple[str, ...], device: torch.device) -> Tensor:
+    """Complex rotations for the concatenation of `streams`."""
+    return rope_table(torch.cat([angles[s] for s in streams]), device)
+
+
+class OutputHeads(nn.Module):
+    """Final adaLN layer per generated modality, unpatchified to latent layout and masked."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.video = FinalLayer(cfg.dim, cfg.video_channels * cfg.video_patch**2, cfg.norm_eps)
+        self.audio = FinalLayer(cfg.dim, cfg.audio_channels * cfg.audio_patch, cfg.norm_eps)
+
+    def forward(self, x: dict[str, Tensor], tokens: StreamTokens, inputs: ModelInputs) -> ModelOutputs:
+        p, pa = self.cfg.video_patch, self.cfg.audio_patch
+        video = unpatchify_video(self.video(x["video"], tokens.c["video"]), tokens.shapes.video_grid, p)
+        audio = unpatchify_audio(self.audio(x["audio"], tokens.c["audio"]), pa)
+        video = video * inputs.video_mask[:, None, :, None, None].to(video.dtype)
+        audio = audio * inputs.audio_mask[:, None, :].to(audio.dtype)
+        return ModelOutputs(video=video, audio=audio)
+
+
+def _check_inputs(cfg: ModelConfig, inputs: ModelInputs) -> None:
+    """Shape checks with messages naming the offending field."""
+    b = inputs.video.shape[0]
+    if inputs.video.dim() != 5 or inputs.video.shape[1] != cfg.video_channels:
+        raise ValueError(f"inputs.video must be (B, {cfg.video_channels}, T, H, W), got {tuple(inputs.video.shape)}")
+    if inputs.audio.dim() != 3 or inputs.audio.shape[1] != cfg.audio_channels:
+        raise ValueError(f"inputs.audio must be (B, {cfg.audio_channels}, T), got {tuple(inputs.audio.shape)}")
+    _, _, t, h, w = inputs.video.shape
+    if h % cfg.video_patch or w % cfg.video_patch:
+        raise ValueError(f"inputs.video spatial size {h}x{w} is not divisible by model.video_patch = {cfg.video_patch}")
+    if inputs.audio.shape[2] % cfg.audio_patch:
+        raise ValueError(f"inputs.audio length {inputs.audio.shape[2]} is not divisible by model.audio_patch = {cfg.audio_patch}")
+    for s in ("video_text", "audio_text"):
+        emb = getattr(inputs, s)
+        if emb.dim() != 3 or emb.shape[2] != cfg.text_dim:
+            raise ValueError(f"inputs.{s} must be (B, L, {cfg.text_dim}) (model.text_dim), got {tuple(emb.shape)}")
+    expected = {
+        "video_mask": (b, t), "video_t": (b, t),
+        "audio_mask": (b, inputs.audio.shape[2]), "audio_t": (b, inputs.audio.shape[2]),
+        "video_text_mask": tuple(inputs.video_text.shape[:2]), "audio_text_mask": tuple(inputs.audio_text.shape[:2]),
+    }
+    for name, shape in expected.items():
+        got = tuple(getattr(inputs, name).shape)
+        if got != shape:
+            raise ValueError(f"inputs.{name} must have shape {shape}, got {got}")
+    for s in STREAMS:
+        if getattr(inputs, s).shape[0] != b:
+            raise ValueError(f"inputs.{s} batch size {getattr(inputs, s).shape[0]} != video batch size {b}")

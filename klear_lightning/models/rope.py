@@ -1,0 +1,91 @@
+"""MixD-RoPE: per-stream (t, h, w) position ids from stream shapes, and the rotary embedding.
+
+Every token gets three coordinates, one per head-dim section (t, h, w):
+- video patch (t, h, w): its grid indices;
+- audio token i, mode ``offset`` (paper): p = max_video_t + 1 + i in all three sections;
+- audio token i, mode ``aligned``: t = the token's start time in video-latent frames
+  (i * audio_patch * video_latent_fps / audio_latent_fps, fractional), h = w = -1, a fixed
+  spatial position outside every video grid;
+- text token j: 0 in every section (no rotation), or j in every section when ``text_rope``.
+Positions depend only on shapes, never on the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+AUDIO_SPATIAL_POSITION = -1.0
+
+
+@dataclass(frozen=True)
+class StreamShapes:
+    """Token-grid shapes of one batch: video grid (T, H, W) in patches, token counts of the rest."""
+
+    video_grid: tuple[int, int, int]
+    audio_tokens: int
+    video_text_tokens: int
+    audio_text_tokens: int
+
+
+def stream_positions(
+    shapes: StreamShapes,
+    mode: str,
+    video_latent_fps: float,
+    audio_latent_fps: float,
+    audio_patch: int,
+    text_rope: bool,
+) -> dict[str, Tensor]:
+    """Position ids (N_s, 3) float32 per stream, in (t, h, w) order; video flattened t-major."""
+    t, h, w = shapes.video_grid
+    grid = torch.stack(
+        torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1
+    )
+    video = rearrange(grid, "t h w c -> (t h w) c").float()
+
+    i = torch.arange(shapes.audio_tokens, dtype=torch.float64)
+    if mode == "offset":
+        audio = (t + i)[:, None].expand(-1, 3)
+    elif mode == "aligned":
+        time = i * audio_patch * video_latent_fps / audio_latent_fps
+        space = torch.full_like(time, AUDIO_SPATIAL_POSITION)
+        audio = torch.stack([time, space, space], dim=-1)
+    else:
+        raise ValueError(f"rope_mode = {mode!r} is not one of ['offset', 'aligned']")
+
+    def text(n: int) -> Tensor:
+        j = torch.arange(n, dtype=torch.float32) if text_rope else torch.zeros(n)
+        return j[:, None].expand(-1, 3)
+
+    return {
+        "video": video,
+        "video_text": text(shapes.video_text_tokens).float(),
+        "audio_text": text(shapes.audio_text_tokens).float(),
+        "audio": audio.float(),
+    }
+
+
+def rope_angles(positions: Tensor, sections: tuple[int, int, int], theta: float) -> Tensor:
+    """Rotation angles (N, head_dim / 2): section k's pairs rotate with positions[:, k]."""
+    parts = []
+    for k, size in enumerate(sections):
+        if size == 0:
+            continue
+        inv_freq = theta ** (-torch.arange(0, size, 2, dtype=torch.float64) / size)
+        parts.append(positions[:, k, None].double() * inv_freq)
+    return torch.cat(parts, dim=-1).float()
+
+
+def rope_table(angles: Tensor, device: torch.device) -> Tensor:
+    """Unit complex rotations e^{i angle} (N, 1, head_dim / 2), complex64."""
+    angles = angles.to(device)
+    return torch.polar(torch.ones_like(angles), angles)[:, None, :]
+
+
+def apply_rope(x: Tensor, rotation: Tensor) -> Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, N, H, D), as complex numbers, in float32."""
+    pairs = torch.view_as_complex(rearrange(x.float(), "... (d two) -> ... d two", two=2).contiguous())
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)

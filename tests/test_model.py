@@ -1,0 +1,251 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from klear_lightning.models import ModelConfig, build_model
+from klear_lightning.models.attention import make_backend
+from klear_lightning.models.embed import patchify_audio, patchify_video, shared_rows, unpatchify_audio, unpatchify_video
+from klear_lightning.models.inputs import InputShape, random_inputs
+from klear_lightning.models.layers import StreamLayer, modulate
+from klear_lightning.streams import ModelInputs
+from klear_lightning.tasks import TaskBatch
+
+SHAPE = InputShape(video_frames=3, video_hw=(4, 4), audio_frames=12, text_tokens=5)
+MIX = ["t2v", "t2a", "t2av", "ti2v", "ti2av", "v2a", "a2v"]
+
+
+def tiny(**overrides) -> ModelConfig:
+    base = dict(dim=32, depth=2, heads=2, text_dim=24, video_channels=4, audio_channels=3,
+                video_patch=2, audio_patch=2)
+    return ModelConfig.preset("tiny", **{**base, **overrides})
+
+
+def randomised(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
+    """The model with every weight random (zero-initialised gates would hide interactions)."""
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def inputs(cfg: ModelConfig, names: list[str], seed: int = 0, pad: bool = True) -> ModelInputs:
+    return random_inputs(cfg, TaskBatch.from_names(names), SHAPE, torch.Generator().manual_seed(seed), pad=pad)
+
+
+def with_changes(x: ModelInputs, **fields) -> ModelInputs:
+    return replace(x, **fields)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="attention_backend"):
+        ModelConfig(attention_backend="ring")
+    with pytest.raises(ValueError, match="model.dim = 30 is not divisible by model.heads = 4"):
+        ModelConfig(dim=30, heads=4)
+    with pytest.raises(ValueError, match="rope_sections"):
+        ModelConfig(dim=64, heads=4, rope_sections=(8, 4, 2))
+    with pytest.raises(ValueError, match="rope_mode"):
+        ModelConfig(rope_mode="spiral")
+    with pytest.raises(ValueError, match="architecture"):
+        ModelConfig(architecture="triple_tower")
+    with pytest.raises(ValueError, match="unknown override fields"):
+        ModelConfig.preset("tiny", width=3)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ModelConfig.preset("huge")
+
+
+def test_bad_input_shape_names_the_field():
+    cfg = tiny()
+    model = build_model(cfg)
+    x = inputs(cfg, ["t2av"])
+    with pytest.raises(ValueError, match="inputs.video_text"):
+        model(with_changes(x, video_text=torch.zeros(1, 5, cfg.text_dim + 1)))
+    with pytest.raises(ValueError, match="inputs.audio_t"):
+        model(with_changes(x, audio_t=torch.zeros(1, 3)))
+
+
+def test_tiny_preset_size_and_output_layout():
+    cfg = ModelConfig.preset("tiny")
+    n = sum(p.numel() for p in build_model(cfg).parameters())
+    assert 2e5 < n < 2e6
+    cfg = tiny()
+    x = inputs(cfg, MIX)
+    out = build_model(cfg)(x)
+    assert out.video.shape == x.video.shape and out.audio.shape == x.audio.shape
+
+
+def test_zero_init_blocks_are_identity_and_output_is_zero():
+    cfg = tiny()
+    model = build_model(cfg)
+    for m in model.modules():
+        if isinstance(m, StreamLayer):
+            assert (m.ada.weight == 0).all() and (m.ada.bias == 0).all()
+    out = model(inputs(cfg, MIX))
+    assert (out.video == 0).all() and (out.audio == 0).all()
+
+
+def test_patchify_round_trip_and_token_order():
+    video = torch.randn(2, 3, 4, 6, 8)
+    tokens = patchify_video(video, 2)
+    assert tokens.shape == (2, 4 * 3 * 4, 3 * 4)
+    assert torch.equal(unpatchify_video(tokens, (4, 3, 4), 2), video)
+    # token (t=1, h=2, w=3) holds latent patch [:, 1, 4:6, 6:8], channel-major.
+    idx = 1 * 12 + 2 * 4 + 3
+    assert torch.equal(tokens[:, idx], video[:, :, 1, 4:6, 6:8].reshape(2, -1))
+    audio = torch.randn(2, 5, 12)
+    a_tokens = patchify_audio(audio, 3)
+    assert torch.equal(unpatchify_audio(a_tokens, 3), audio)
+    assert torch.equal(a_tokens[:, 2], audio[:, :, 6:9].reshape(2, -1))
+
+
+@pytest.mark.parametrize("backend", ["packed", "reference"])
+def test_t2v_video_ignores_audio_streams_exactly(backend: str):
+    cfg = tiny(attention_backend=backend)
+    model = randomised(cfg)
+    x = inputs(cfg, ["t2v", "t2v"])
+    other = inputs(cfg, ["t2v", "t2v"], seed=9)
+    changed = with_changes(x, audio=other.audio, audio_text=other.audio_text, audio_t=other.audio_t)
+    a, b = model(x), model(changed)
+    assert torch.equal(a.video, b.video)
+    assert (a.audio == 0).all()
+    assert a.video.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["packed", "reference"])
+def test_t2a_audio_ignores_video_streams_exactly(backend: str):
+    cfg = tiny(attention_backend=backend)
+    model = randomised(cfg)
+    x = inputs(cfg, ["t2a", "t2a"])
+    other = inputs(cfg, ["t2a", "t2a"], seed=9)
+    changed = with_changes(x, video=other.video, video_text=other.video_text, video_t=other.video_t)
+    a, b = model(x), model(changed)
+    assert torch.equal(a.audio, b.audio)
+    assert (a.video == 0).all()
+
+
+def test_isolate_modalities_separates_video_and_audio_when_both_present():
+    cfg = tiny()
+    model = randomised(cfg)
+    x = inputs(cfg, ["t2av", "ti2av"])
+    other = inputs(cfg, ["t2av", "ti2av"], seed=4)
+    audio_side = with_changes(x, audio=other.audio, audio_text=other.audio_text, audio_t=other.audio_t)
+    video_side = with_changes(x, video=other.video, video_text=other.video_text, video_t=other.video_t)
+    assert torch.equal(model(x, isolate_modalities=True).video, model(audio_side, isolate_modalities=True).video)
+    assert torch.equal(model(x, isolate_modalities=True).audio, model(video_side, isolate_modalities=True).audio)
+    # without isolation the joint attention couples them
+    assert not torch.allclose(model(x).video, model(audio_side).video)
+
+
+def test_isolated_joint_prediction_equals_single_modality_task():
+    cfg = tiny()
+    model = randomised(cfg)
+    joint = inputs(cfg, ["t2av"], pad=False)
+    t2v = with_changes(joint, audio_mask=torch.zeros_like(joint.audio_mask),
+                       audio_text_mask=torch.zeros_like(joint.audio_text_mask))
+    torch.testing.assert_close(model(joint, isolate_modalities=True).video, model(t2v).video)
+
+
+def test_padding_content_cannot_influence_outputs():
+    cfg = tiny()
+    model = randomised(cfg)
+    x = inputs(cfg, MIX, seed=3)
+    assert not x.video_mask[x.video_mask.any(1)].all() or not x.audio_mask[x.audio_mask.any(1)].all()
+    noise = inputs(cfg, MIX, seed=7)
+
+    def swap(a, b, mask, dims):
+        m = mask.reshape(mask.shape + (1,) * dims)
+        return torch.where(m, a, b)
+
+    changed = with_changes(
+        x,
+        video=torch.where(x.video_mask[:, None, :, None, None], x.video, noise.video),
+        audio=torch.where(x.audio_mask[:, None, :], x.audio, noise.audio),
+        video_text=swap(x.video_text, noise.video_text, x.video_text_mask, 1),
+        audio_text=swap(x.audio_text, noise.audio_text, x.audio_text_mask, 1),
+        video_t=torch.where(x.video_mask, x.video_t, noise.video_t),
+        audio_t=torch.where(x.audio_mask, x.audio_t, noise.audio_t),
+    )
+    a, b = model(x), model(changed)
+    torch.testing.assert_close(a.video, b.video, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a.audio, b.audio, atol=1e-6, rtol=1e-6)
+    assert (a.video.permute(0, 2, 1, 3, 4)[~x.video_mask] == 0).all()
+    assert (a.audio.permute(0, 2, 1)[~x.audio_mask] == 0).all()
+
+
+def test_samples_are_independent_of_their_batch():
+    cfg = tiny()
+    model = randomised(cfg)
+    x = inputs(cfg, MIX, seed=5)
+    out = model(x)
+    for i in (0, 3, 6):
+        one = ModelInputs(**{f: getattr(x, f)[i : i + 1] for f in x.__dataclass_fields__})
+        alone = model(one)
+        torch.testing.assert_close(alone.video, out.video[i : i + 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(alone.audio, out.audio[i : i + 1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_model_packed_equals_reference_with_gradients(isolate: bool):
+    cfg = tiny(text_rope=True, rope_mode="aligned")
+    model = randomised(cfg, seed=1)
+    x = inputs(cfg, MIX, seed=2)
+    results = []
+    for name in ("reference", "packed"):
+        model.backend = make_backend(name)
+        model.zero_grad()
+        out = model(x, isolate_modalities=isolate)
+        (out.video.square().mean() + out.audio.square().mean()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ref, ref_grads), (packed, packed_grads) = results
+    torch.testing.assert_close(packed.video, ref.video, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed.audio, ref.audio, atol=1e-5, rtol=1e-4)
+    assert ref_grads.keys() == packed_grads.keys()
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(packed_grads[n], g, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_share_text_weights_shares_layers():
+    shared, separate = tiny(share_text_weights=True), tiny()
+    n_shared = sum(p.numel() for p in build_model(shared).parameters())
+    n_separate = sum(p.numel() for p in build_model(separate).parameters())
+    layer = sum(p.numel() for p in StreamLayer(32, 2, 128, 1e-6).parameters())
+    text_in = 24 * 32 + 32 + (24 * 32 + 32) + (32 * 32 + 32)  # embed + pooled MLP
+    assert n_separate - n_shared == 2 * layer + text_in
+    model = randomised(shared)
+    x = inputs(shared, ["t2av"])
+    assert model(x).video.abs().sum() > 0
+
+
+def test_paper_config_is_26b_on_meta_device():
+    cfg = ModelConfig.preset("paper")
+    assert cfg.depth == 32
+    with torch.device("meta"):
+        model = build_model(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert all(p.is_meta for p in model.parameters())
+    assert abs(n - 26e9) <= 0.1 * 26e9, n
+
+
+def test_bf16_autocast_forward_runs():
+    cfg = tiny()
+    model = randomised(cfg)
+    x = inputs(cfg, MIX)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    ref = model(x)
+    assert torch.isfinite(out.video).all()
+    torch.testing.assert_close(out.video.float(), ref.video, atol=0.3, rtol=0.1)
+
+
+def test_shared_timestep_rows_collapse_without_changing_modulation():
+    t = torch.tensor([[0.3, 0.3, 0.3], [1.0, 1.0, 1.0]])
+    assert shared_rows(t).shape == (2, 1)
+    mixed = torch.tensor([[1.0, 0.3, 0.3], [0.5, 0.5, 0.5]])
+    assert torch.equal(shared_rows(mixed), mixed)
+    x = torch.randn(2, 12, 8)
+    shift, scale = torch.randn(2, 1, 8), torch.randn(2, 1, 8)
+    per_frame = modulate(x, shift.expand(2, 3, 8), scale.expand(2, 3, 8))
+    torch.testing.assert_close(modulate(x, shift, scale), per_frame)
+    torch.testing.assert_close(per_frame, x * (1 + scale) + shift)

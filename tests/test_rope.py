@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+
+from klear_lightning.models.rope import (
+    StreamShapes,
+    apply_rope,
+    rope_angles,
+    rope_table,
+    stream_positions,
+)
+
+SHAPES = StreamShapes(video_grid=(2, 2, 3), audio_tokens=4, video_text_tokens=3, audio_text_tokens=2)
+
+
+def positions(mode: str, text_rope: bool = False, audio_patch: int = 2) -> dict[str, torch.Tensor]:
+    return stream_positions(SHAPES, mode, video_latent_fps=4.0, audio_latent_fps=16.0,
+                            audio_patch=audio_patch, text_rope=text_rope)
+
+
+def test_video_positions_are_the_grid_t_major():
+    video = positions("offset")["video"]
+    expected = [[t, h, w] for t in range(2) for h in range(2) for w in range(3)]
+    assert video.tolist() == expected
+
+
+def test_offset_audio_continues_after_the_last_video_frame():
+    audio = positions("offset")["audio"]
+    # max video t = 1, so audio token i sits at 2 + i in every section.
+    assert audio.tolist() == [[2 + i] * 3 for i in range(4)]
+
+
+def test_aligned_audio_time_in_video_latent_frames_and_outside_grid():
+    audio = positions("aligned")["audio"]
+    # token i starts at i * 2 / 16 s = i / 8 s = i / 2 video latent frames (4 fps).
+    assert audio[:, 0].tolist() == [0.0, 0.5, 1.0, 1.5]
+    assert (audio[:, 1:] == -1).all()
+
+
+@pytest.mark.parametrize("text_rope", [False, True])
+def test_text_positions(text_rope: bool):
+    pos = positions("offset", text_rope=text_rope)
+    expected = [[float(j) if text_rope else 0.0] * 3 for j in range(3)]
+    assert pos["video_text"].tolist() == expected
+    assert pos["audio_text"].shape == (2, 3)
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="rope_mode"):
+        positions("diagonal")
+
+
+def test_aligned_same_instant_has_equal_temporal_phase():
+    sections = (8, 4, 4)
+    pos = positions("aligned", audio_patch=1)
+    video = rope_angles(pos["video"], sections, 10000.0)
+    audio = rope_angles(pos["audio"], sections, 10000.0)
+    t_pairs = sections[0] // 2
+    # video frame 1 starts at 0.25 s; audio token 4 (16 Hz, patch 1) also starts at 0.25 s.
+    frame1 = video[1 * 6, :t_pairs]
+    shapes = StreamShapes(video_grid=(2, 2, 3), audio_tokens=8, video_text_tokens=0, audio_text_tokens=0)
+    pos8 = stream_positions(shapes, "aligned", 4.0, 16.0, 1, False)
+    audio8 = rope_angles(pos8["audio"], sections, 10000.0)
+    torch.testing.assert_close(audio8[4, :t_pairs], frame1, rtol=0, atol=0)
+    # ...and a different instant a different phase; spatial phases never match a video patch.
+    assert not torch.equal(audio8[5, :t_pairs], frame1)
+    assert audio.shape == (4, 8)
+    spatial_video = video[:, t_pairs:]
+    assert not (spatial_video[:, None, :] == audio8[None, :, t_pairs:]).all(-1).any()
+
+
+def test_each_section_rotates_with_its_own_coordinate():
+    sections = (4, 6, 6)
+    base = torch.tensor([[1.0, 2.0, 3.0]])
+    a = rope_angles(base, sections, 100.0)
+    moved = rope_angles(base + torch.tensor([[0.0, 5.0, 0.0]]), sections, 100.0)
+    changed = (a != moved)[0]
+    assert not changed[:2].any() and changed[2:5].all() and not changed[5:].any()
+    # first frequency of each section is 1 (theta ** 0): angle = coordinate.
+    assert a[0, 0] == 1.0 and a[0, 2] == 2.0 and a[0, 5] == 3.0
+
+
+def _matrix_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Independent formulation: each pair times the 2x2 rotation matrix of its angle."""
+    c, s = angles.double().cos()[:, None, :], angles.double().sin()[:, None, :]
+    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (N, 1, D/2, 2, 2)
+    pairs = x.double().reshape(*x.shape[:-1], -1, 2, 1)
+    return (rot @ pairs).reshape(x.shape)
+
+
+def test_apply_rope_matches_complex_rotation_and_is_relative():
+    sections = (4, 2, 2)
+    pos = torch.tensor([[0.0, 1.0, 2.0], [3.5, -1.0, 4.0], [7.0, 2.0, 0.0]])
+    angles = rope_angles(pos, sections, 10000.0)
+    x = torch.randn(2, 3, 2, 8)
+    out = apply_rope(x, rope_table(angles, torch.device("cpu")))
+    torch.testing.assert_close(out.double(), _matrix_rope(x, angles))
+    assert apply_rope(x.to(torch.bfloat16), rope_table(angles, torch.device("cpu"))).dtype == torch.bfloat16
+    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))
+
+    # <R(p) q, R(p') k> depends on p - p' only.
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    def score(pq: list[float], pk: list[float]) -> torch.Tensor:
+        rq = rope_table(rope_angles(torch.tensor([pq]), sections, 10000.0), torch.device("cpu"))
+        rk = rope_table(rope_angles(torch.tensor([pk]), sections, 10000.0), torch.device("cpu"))
+        return (apply_rope(q, rq) * apply_rope(k, rk)).sum()
+    torch.testing.assert_close(score([1, 2, 3], [0, 0, 1]), score([11, 7, 5], [10, 5, 3]))
+    assert not math.isclose(score([1, 2, 3], [0, 0, 1]).item(), score([1, 2, 3], [0, 1, 1]).item())
