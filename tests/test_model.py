@@ -241,9 +241,13 @@ def test_bf16_autocast_forward_runs():
 
 def test_shared_timestep_rows_collapse_without_changing_modulation():
     t = torch.tensor([[0.3, 0.3, 0.3], [1.0, 1.0, 1.0]])
-    assert shared_rows(t).shape == (2, 1)
+    all_valid = torch.ones(2, 3, dtype=torch.bool)
+    assert shared_rows(t, all_valid).shape == (2, 1)
     mixed = torch.tensor([[1.0, 0.3, 0.3], [0.5, 0.5, 0.5]])
-    assert torch.equal(shared_rows(mixed), mixed)
+    assert torch.equal(shared_rows(mixed, all_valid), mixed)
+    padded = torch.tensor([[0.3, 0.3, 0.9], [0.5, 0.5, 0.5]])
+    last_is_padding = torch.tensor([[True, True, False], [True, True, True]])
+    assert shared_rows(padded, last_is_padding).shape == (2, 1)
     x = torch.randn(2, 12, 8)
     shift, scale = torch.randn(2, 1, 8), torch.randn(2, 1, 8)
     per_frame = modulate(x, shift.expand(2, 3, 8), scale.expand(2, 3, 8))

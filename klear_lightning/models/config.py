@@ -67,6 +67,8 @@ class ModelConfig:
             raise ValueError(f"model.dim = {self.dim} is not divisible by model.heads = {self.heads}")
         if self.head_dim % 2:
             raise ValueError(f"model head dim = dim / heads = {self.head_dim} must be even for RoPE")
+        if self.attention_backend == "flex" and self.head_dim < 16:
+            raise ValueError(f"model.attention_backend = 'flex' needs a head dim >= 16, got {self.head_dim}")
         if self.time_freq_dim % 2:
             raise ValueError(f"model.time_freq_dim = {self.time_freq_dim} must be even")
         if self.mlp_ratio <= 0 or int(self.dim * self.mlp_ratio) <= 0:

@@ -103,10 +103,10 @@ class StreamEmbedder(nn.Module):
         audio_t = rearrange(inputs.audio_t, "b (n p) -> b n p", p=pa).mean(-1)
         text_t = self.time(torch.ones(b, 1, device=inputs.video.device))
         c = {
-            "video": self.time(shared_rows(inputs.video_t)) + pooled["video_text"],
+            "video": self.time(shared_rows(inputs.video_t, inputs.video_mask)) + pooled["video_text"],
             "video_text": text_t + pooled["video_text"],
             "audio_text": text_t + pooled["audio_text"],
-            "audio": self.time(shared_rows(audio_t)) + pooled["audio_text"],
+            "audio": self.time(shared_rows(audio_t, valid["audio"])) + pooled["audio_text"],
         }
         shapes = StreamShapes(
             video_grid=(t, h // p, w // p),
@@ -124,12 +124,14 @@ class StreamEmbedder(nn.Module):
         return {s: rope_angles(pos[s], cfg.sections, cfg.rope_theta) for s in STREAMS}
 
 
-def shared_rows(t: Tensor) -> Tensor:
-    """Per-row timesteps (B, R), or (B, 1) when every row of each sample has the same t.
+def shared_rows(t: Tensor, valid: Tensor) -> Tensor:
+    """Per-row timesteps (B, R), or (B, 1) when every valid row of each sample has the first row's t.
 
     One row per sample is the same conditioning as R equal rows, at 1 / R of the adaLN cost.
+    Invalid rows (padding, absent) never reach an output, so their t does not decide the path:
+    otherwise padding content could change the numerics of the valid rows.
     """
-    return t[:, :1] if bool((t == t[:, :1]).all()) else t
+    return t[:, :1] if bool(((t == t[:, :1]) | ~valid).all()) else t
 
 
 def joint_rope(angles: dict[str, Tensor], streams: tuple[str, ...], device: torch.device) -> Tensor:
