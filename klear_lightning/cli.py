@@ -1,0 +1,291 @@
+"""The `klear` command: LightningCLI (fit / validate / test / predict) plus project subcommands.
+
+Project subcommands (dispatched before LightningCLI): `summary`, `syncworld`, `prepare`,
+`generate`, `compare`. Each is a typed function exposed through jsonargparse, so `--help`
+lists its arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from klear_lightning.config_checks import check_config
+from klear_lightning.logging import KlearMLFlowLogger, RunIdInCheckpoint, flatten_config, run_id_from_checkpoint
+from klear_lightning.models import ModelConfig
+from klear_lightning.module import KlearModule
+from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
+
+PROJECT_COMMANDS = ("summary", "syncworld", "prepare", "generate", "compare")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the target folder, then renames it into place
+    (a crash never leaves a truncated `.ckpt`); reads with `weights_only=True`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class MLflowConfigLogger(SaveConfigCallback):
+    """Logs the resolved config to MLflow: params (flattened), tags (stage, ablation), the yaml as artifact."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = trainer.strategy.broadcast(True)
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        for logger in trainer.loggers:
+            if not isinstance(logger, KlearMLFlowLogger):
+                continue
+            cfg = self.config.as_dict()
+            params = flatten_config({k: v for k, v in cfg.items() if k not in ("config", "ckpt_path")})
+            logger.log_hyperparams(params)
+            logger.set_tags({"stage": cfg.get("stage", ""), "ablation": cfg.get("ablation", "")})
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "config.yaml"
+                path.write_text(self.parser.dump(self.config, skip_none=False))
+                logger.log_file(path)
+
+
+def _data_attr(name: str) -> Any:
+    def get(data: LightningDataModule) -> Any:
+        return getattr(data.sequence.geometry, name)
+
+    return get
+
+
+def _text_dim(data: LightningDataModule) -> int:
+    return data.text_dim
+
+
+def _video_fps(data: LightningDataModule) -> float:
+    return data.sequence.video_latent_fps
+
+
+def _audio_fps(data: LightningDataModule) -> float:
+    return data.sequence.audio_latent_fps
+
+
+def bootstrap_syncworld(config: Namespace) -> None:
+    """Generate SyncWorld into the data root when asked (`syncworld_clips_per_split` > 0) and absent
+    (single-process runs such as the demo; multi-process runs should run `klear syncworld` first)."""
+    clips = config.get("syncworld_clips_per_split") or 0
+    root = config.get("data.init_args.root")
+    if clips <= 0 or root is None or (Path(root) / "train").is_dir():
+        return
+    from klear_lightning.data.syncworld import generate_syncworld
+
+    print(f"SyncWorld not found in {root}: generating {clips} clips per split (once)", flush=True)
+    generate_syncworld(Path(root), clips_per_split=clips, seed=config.get("data.init_args.seed") or 0)
+
+
+class KlearCLI(LightningCLI):
+    """LightningCLI with the project's links, config checks, checkpointing and MLflow wiring."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--stage", type=str, default="pretrain", help="curriculum stage (MLflow tag)")
+        parser.add_argument("--ablation", type=str, default="baseline", help="ablation name (MLflow tag)")
+        parser.add_argument(
+            "--syncworld_clips_per_split", type=int, default=0,
+            help="when > 0 and data.init_args.root has no shards yet, generate SyncWorld there first "
+            "(this many clips per split; the demo's self-bootstrap)",
+        )
+        links = {
+            "model.model.video_channels": _data_attr("video_channels"),
+            "model.model.audio_channels": _data_attr("audio_channels"),
+            "model.model.text_dim": _text_dim,
+            "model.model.video_latent_fps": _video_fps,
+            "model.model.audio_latent_fps": _audio_fps,
+        }
+        for target, fn in links.items():
+            parser.link_arguments("data", target, compute_fn=fn, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        bootstrap_syncworld(config)
+        check_config(config)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if not isinstance(trainer.strategy, ModelParallelStrategy):  # it writes sharded folders itself
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def _resume_mlflow_run(self) -> None:
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt is None:
+            return
+        if ckpt == "last":
+            cb = self.trainer.checkpoint_callback
+            ckpt = cb and cb.dirpath and Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+            if not ckpt or not Path(ckpt).exists():
+                return
+        run_id = run_id_from_checkpoint(ckpt)
+        if run_id is None:
+            return
+        for logger in self.trainer.loggers:
+            if isinstance(logger, KlearMLFlowLogger):
+                logger.continue_run(run_id)
+
+    def before_fit(self) -> None:
+        self._resume_mlflow_run()
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> KlearCLI:
+    """Build the LightningCLI (used by `main` and by tests with explicit `args`)."""
+    return KlearCLI(
+        KlearModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        save_config_callback=MLflowConfigLogger,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger"},
+            "callbacks": [RunIdInCheckpoint()],
+        },
+        parser_kwargs={"parser_mode": "omegaconf"},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+class _ParseOnlyCLI(KlearCLI):
+    """Parses a training config without checking or instantiating anything (for `klear summary`)."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def _parse(config: Path) -> tuple[KlearModule, LightningDataModule]:
+    """The model and data modules of a training config (no trainer, no checks of data paths)."""
+    cli = _ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=["--config", str(config)],
+                        run=False, save_config_callback=None, auto_configure_optimizers=False,
+                        seed_everything_default=False)
+    init = cli.parser.instantiate_classes(Namespace(model=cli.config.model, data=cli.config.data))
+    return init.model, init.data
+
+
+def load_for_inference(config: Path, ckpt_path: Path, use_ema: bool = True) -> tuple[KlearModule, LightningDataModule]:
+    """KlearModule with a checkpoint's weights (EMA weights when stored and `use_ema`) and its data
+    module set up for decoding, both on CPU."""
+    module, data = _parse(config)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    module.configure_model()
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    ema = ckpt.get("callbacks", {})
+    shadow = next((v["shadow"] for k, v in ema.items() if k.startswith("EMA") and "shadow" in v), None)
+    if use_ema and shadow is not None:
+        state.update(shadow)
+    module.model.load_state_dict(state)
+    module.eval()
+    data.setup("predict")
+    return module, data
+
+
+def summary(config: Path, geometry: LatentGeometry | None = None, text_dim: int | None = None) -> None:
+    """Print parameters per component, tokens per stream and training FLOPs of a training config.
+
+    The model is built on the meta device. Codec widths come from the data module, or, for codecs
+    whose weights are not on this machine (the paper configs), from `geometry` and `text_dim`.
+
+    Args:
+        config: a training config (e.g. configs/pretrain.yaml).
+        geometry: the codecs' latent geometry (e.g. configs/paper_geometry.yaml) instead of loading them.
+        text_dim: the caption encoder's width (with `geometry`).
+    """
+    from klear_lightning.summary import summarize
+
+    if geometry is None:
+        module, data = _parse(config)
+        model_cfg, seq = module.model_config, data.sequence
+    else:
+        cli = _ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=["--config", str(config)],
+                            run=False, save_config_callback=None, auto_configure_optimizers=False,
+                            seed_everything_default=False)
+        clip = ClipSpec(**cli.config.data.init_args.clip.as_dict())
+        seq = SequenceSpec(clip, geometry)
+        model_cfg = ModelConfig(**cli.config.model.model.as_dict())
+        model_cfg = replace(
+            model_cfg, video_channels=geometry.video_channels, audio_channels=geometry.audio_channels,
+            text_dim=text_dim or model_cfg.text_dim, video_latent_fps=seq.video_latent_fps, audio_latent_fps=seq.audio_latent_fps,
+        )
+    # Counting on the meta device runs no attention: a CUDA-only backend must not stop it on a CPU machine.
+    model_cfg = replace(model_cfg, attention_backend="reference")
+    print(summarize(model_cfg, SequenceSpec(seq.clip, seq.geometry, model_cfg.video_patch, model_cfg.audio_patch)))
+
+
+def _project_command(name: str) -> Any:
+    if name == "summary":
+        return summary
+    if name == "syncworld":
+        from klear_lightning.data.syncworld import generate_syncworld
+
+        return generate_syncworld
+    if name == "prepare":
+        from klear_lightning.data.prepare import prepare
+
+        return prepare
+    if name == "generate":
+        from klear_lightning.generate import generate
+
+        return generate
+    from klear_lightning.compare import compare
+
+    return compare
+
+
+def run_function(name: str, fn: Any, args: list[str]) -> Any:
+    """Parse `args` into `fn`'s typed parameters (a plain parser: `--config` is a parameter here,
+    not jsonargparse's config-file option) and call it."""
+    parser = ArgumentParser(prog=f"klear {name}", description=(fn.__doc__ or "").split("\n")[0])
+    parser.add_function_arguments(fn, as_positional=False)
+    init = parser.instantiate_classes(parser.parse_args(args))
+    return fn(**{k: v for k, v in vars(init).items() if not k.startswith("__")})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in PROJECT_COMMANDS:
+        run_function(args[0], _project_command(args[0]), args[1:])
+        return
+    cli_main(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Checks of a parsed training config that run before anything is instantiated or trained.
+
+Each failure raises `ConfigError` whose message starts with the config field at fault, e.g.
+`model.task_weights.t2x: unknown task ...`. `check_model_matches_data` runs once the data module
+exists (codec widths are only known then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from klear_lightning.models.config import ATTENTION_BACKENDS
+from klear_lightning.tasks import TASKS
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field."""
+
+
+def _as_dict(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    if hasattr(cfg, "as_dict"):
+        return cfg.as_dict()
+    return dict(cfg)
+
+
+def check_task_weights(weights: Mapping[str, float] | None, field: str = "model.task_weights") -> None:
+    if weights is None:
+        return
+    if not weights:
+        raise ConfigError(f"{field}: empty; give at least one task a weight > 0 (tasks: {sorted(TASKS)})")
+    for name, w in weights.items():
+        if name not in TASKS:
+            raise ConfigError(f"{field}.{name}: unknown task {name!r}; known tasks: {sorted(TASKS)}")
+        if not isinstance(w, (int, float)) or w < 0 or w != w or w == float("inf"):
+            raise ConfigError(f"{field}.{name}: weight must be a finite number >= 0, got {w!r}")
+    if sum(weights.values()) <= 0:
+        raise ConfigError(f"{field}: all task weights are zero; at least one task must be trained")
+
+
+def check_attention_backend(backend: str | None, field: str = "model.model.attention_backend") -> None:
+    if backend is not None and backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"{field}: unknown attention backend {backend!r}; choose one of {list(ATTENTION_BACKENDS)}")
+
+
+def check_data_paths(data_args: Mapping[str, Any], prefix: str = "data.init_args") -> None:
+    """The data root and every configured local model path (`<codec>.path`) exist."""
+    root = data_args.get("root")
+    if root is not None and not Path(root).exists():
+        raise ConfigError(f"{prefix}.root: path does not exist: {root}")
+    for key, value in data_args.items():
+        if isinstance(value, Mapping) and value.get("path") is not None and not Path(value["path"]).exists():
+            raise ConfigError(f"{prefix}.{key}.path: path does not exist: {value['path']}")
+
+
+def check_config(cfg: Any) -> None:
+    """Checks of the whole parsed LightningCLI config (a jsonargparse Namespace or a dict)."""
+    cfg = _as_dict(cfg)
+    model = cfg.get("model") or {}
+    if "init_args" in model:
+        model = model["init_args"]
+    check_task_weights(model.get("task_weights"))
+    init_from = model.get("init_from")
+    if init_from is not None and not Path(init_from).exists():
+        raise ConfigError(f"model.init_from: checkpoint does not exist: {init_from}")
+    check_attention_backend((model.get("model") or {}).get("attention_backend"))
+    data = cfg.get("data") or {}
+    check_data_paths(data.get("init_args", data))
+
+
+def check_model_matches_data(model_cfg: Any, geometry: Any, text_dim: int) -> None:
+    """The denoiser's input widths equal what the codecs and the text encoder produce."""
+    pairs = (
+        ("model.model.video_channels", model_cfg.video_channels, "video codec channels", geometry.video_channels),
+        ("model.model.audio_channels", model_cfg.audio_channels, "audio codec channels", geometry.audio_channels),
+        ("model.model.text_dim", model_cfg.text_dim, "text encoder dim", text_dim),
+    )
+    for field, ours, what, theirs in pairs:
+        if ours != theirs:
+            raise ConfigError(f"{field} = {ours} does not match the {what} = {theirs}; set it to {theirs}")

@@ -1,0 +1,50 @@
+"""A bad config fails before training starts, with a message naming the field at fault."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from klear_lightning.cli import cli_main
+from klear_lightning.config_checks import ConfigError
+from test_module import RandomAVData, _trainer, tiny_module
+
+
+def _run(tmp_path, model: dict | None = None, data: dict | None = None) -> None:
+    cfg = {
+        "trainer": {"max_steps": 1, "logger": False, "enable_checkpointing": False, "default_root_dir": str(tmp_path)},
+        "model": {"model": {"dim": 32, "depth": 1, "heads": 2}, **(model or {})},
+        "data": data or {"class_path": "test_module.RandomAVData"},
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli_main(["fit", "--config", str(path)])
+
+
+def test_unknown_task_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"^model\.task_weights\.t2x: unknown task 't2x'"):
+        _run(tmp_path, model={"task_weights": {"t2v": 1.0, "t2x": 1.0}})
+
+
+def test_task_weights_all_zero(tmp_path):
+    with pytest.raises(ConfigError, match=r"^model\.task_weights: all task weights are zero"):
+        _run(tmp_path, model={"task_weights": {"t2v": 0.0, "t2a": 0.0}})
+
+
+def test_missing_data_path(tmp_path):
+    data = {"class_path": "klear_lightning.data.datamodule.AVDataModule",
+            "init_args": {"root": str(tmp_path / "nowhere"), "train_splits": {"sound": 1.0}}}
+    with pytest.raises(ConfigError, match=r"^data\.init_args\.root: path does not exist: .*nowhere"):
+        _run(tmp_path, data=data)
+
+
+def test_unknown_attention_backend(tmp_path):
+    with pytest.raises(ConfigError, match=r"^model\.model\.attention_backend: unknown attention backend 'fast'"):
+        _run(tmp_path, model={"model": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "fast"}})
+
+
+def test_codec_model_width_mismatch(tmp_path):
+    module = tiny_module(model=tiny_module().model_config.__class__.preset(
+        "tiny", dim=32, depth=1, heads=2, text_dim=16, video_channels=8, audio_channels=4))
+    with pytest.raises(ConfigError, match=r"^model\.model\.video_channels = 8 does not match the video codec channels = 4"):
+        _trainer(tmp_path, steps=1).fit(module, datamodule=RandomAVData())

@@ -1,0 +1,78 @@
+"""`klear generate`: a checkpoint + config -> mp4 (with audio), wav and spectrogram png, for each task kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from klear_lightning.cli import _parse, main
+from klear_lightning.data.media import decode_media, encode_av
+from klear_lightning.media import MediaClip
+from klear_lightning.generate import write_clip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from klear_lightning.data.syncworld import generate_syncworld
+
+    root = tmp_path_factory.mktemp("gen")
+    generate_syncworld(root / "data", clips_per_split=2, splits=["sound"])
+    cfg = {
+        "model": {"model": {"dim": 32, "depth": 1, "heads": 2, "video_patch": 2, "audio_patch": 2}},
+        "data": {"class_path": "klear_lightning.data.datamodule.AVDataModule",
+                 "init_args": {"root": str(root / "data"), "train_splits": {"sound": 1.0}, "num_workers": 0,
+                               "clip": {"duration": 1.0, "fps": 8.0, "height": 32, "width": 32}, "stats_samples": 2}},
+    }
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    module, _ = _parse(config)
+    module.configure_model()
+    ckpt = root / "model.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}, ckpt)
+    frames = np.zeros((8, 40, 48, 3), np.uint8)
+    frames[..., 0] = 200
+    clip = root / "cond.mp4"
+    clip.write_bytes(encode_av(frames, 8.0, 0.1 * np.sin(np.arange(16000) / 5).astype(np.float32), 16000))
+    return root, config, ckpt, clip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["t2av", "ti2v", "v2a", "t2a"])
+def test_generate_writes_media(trained, task):
+    root, config, ckpt, clip = trained
+    out = root / f"out_{task}"
+    args = ["generate", "--config", str(config), "--ckpt_path", str(ckpt), "--task", task,
+            "--prompt", "[a red ball bounces, a blue cube]", "--steps", "2", "--out", str(out)]
+    if task == "ti2v":
+        args += ["--image", str(clip)]
+    if task == "v2a":
+        args += ["--clip", str(clip)]
+    main(args)
+    names = sorted(p.name for p in out.iterdir())
+    has_video, has_audio = task != "t2a", task != "ti2v"
+    assert (f"{task}_prompt000.mp4" in names) == has_video
+    assert (f"{task}_prompt001.wav" in names) == has_audio
+    assert (f"{task}_prompt000_spectrogram.png" in names) == has_audio
+    if has_video:
+        dec = decode_media(out / f"{task}_prompt000.mp4")
+        assert dec.video.shape[1:] == (32, 32, 3) and dec.video.shape[0] == 8
+        assert (dec.audio is not None) == has_audio
+    if has_audio:
+        wave, sr = sf.read(out / f"{task}_prompt000.wav")
+        assert sr == 16000 and wave.shape == (16000,)
+
+
+def test_generate_requires_condition_inputs(trained):
+    _, config, ckpt, _ = trained
+    with pytest.raises(ValueError, match="--image is required for task ti2av"):
+        main(["generate", "--config", str(config), "--ckpt_path", str(ckpt), "--task", "ti2av", "--prompt", "[x]"])
+
+
+def test_write_clip_video_only_and_audio_only(tmp_path):
+    video = MediaClip(video=torch.zeros(4, 16, 16, 3, dtype=torch.uint8), fps=4.0, audio=None, sample_rate=16000)
+    assert [p.name for p in write_clip(video, tmp_path, "v")] == ["v.mp4"]
+    audio = MediaClip(video=None, fps=4.0, audio=torch.zeros(1600), sample_rate=16000)
+    assert [p.name for p in write_clip(audio, tmp_path, "a")] == ["a.wav", "a_spectrogram.png"]

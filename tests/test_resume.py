@@ -1,0 +1,118 @@
+"""Exact resume: a `klear fit` killed with SIGKILL after a checkpoint and resumed with
+`--ckpt_path last` logs the same per-step losses as an uninterrupted run, into the same MLflow run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from klear_lightning.cli import AtomicCheckpointIO
+from klear_lightning.logging import sqlite_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 8
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process at the end of global step `step` (before that step's checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _config(run_dir: Path, kill_at: int | None) -> dict:
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(run_dir / "ckpt"), "every_n_train_steps": 2, "save_last": True, "save_top_k": -1}},
+        {"class_path": "klear_lightning.callbacks.ema.EMA", "init_args": {"decay": 0.9}},
+    ]
+    if kill_at is not None:
+        callbacks.append({"class_path": "test_resume.KillAt", "init_args": {"step": kill_at}})
+    return {
+        "seed_everything": 3,
+        "stage": "pretrain",
+        "ablation": "resume_test",
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "log_every_n_steps": 1,
+            "limit_val_batches": 0, "enable_progress_bar": False, "enable_model_summary": False,
+            "deterministic": True, "default_root_dir": str(run_dir),
+            "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger", "init_args": {"run_dir": str(run_dir)}},
+            "callbacks": callbacks,
+        },
+        "model": {
+            "model": {"dim": 32, "depth": 2, "heads": 2, "attention_backend": "reference"},
+            "task_weights": {"t2av": 1.0, "t2v": 1.0, "t2a": 1.0, "ti2av": 1.0},
+            "caption_dropout": 0.2,
+            "optim": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},
+        },
+        "data": {"class_path": "test_module.RandomAVData", "init_args": {"seed": 1}},
+    }
+
+
+def _klear(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), OMP_NUM_THREADS="1")
+    code = "from klear_lightning.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _losses(run_dir: Path) -> tuple[int, dict[int, float]]:
+    client = MlflowClient(sqlite_uri(run_dir))
+    exp = client.get_experiment_by_name("klear")
+    runs = client.search_runs([exp.experiment_id])
+    history = client.get_metric_history(runs[0].info.run_id, "train/loss")
+    return len(runs), {m.step: m.value for m in history}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
+    for d, kill in ((ref_dir, None), (kill_dir, 5)):
+        d.mkdir()
+        (d / "cfg.yaml").write_text(yaml.safe_dump(_config(d, kill)))
+    done = _klear(["fit", "--config", str(ref_dir / "cfg.yaml")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _klear(["fit", "--config", str(kill_dir / "cfg.yaml")])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (kill_dir / "ckpt" / "last.ckpt").exists()
+    (kill_dir / "cfg.yaml").write_text(yaml.safe_dump(_config(kill_dir, None)))
+    resumed = _klear(["fit", "--config", str(kill_dir / "cfg.yaml"), "--ckpt_path", "last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    n_ref, ref = _losses(ref_dir)
+    n_kill, got = _losses(kill_dir)
+    assert n_ref == 1 and n_kill == 1, "resume must continue the same MLflow run"
+    assert len(ref) == STEPS and sorted(got) == sorted(ref)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), f"step {step}"
+    ckpt = torch.load(kill_dir / "ckpt" / "last.ckpt", weights_only=True)
+    ref_ckpt = torch.load(ref_dir / "ckpt" / "last.ckpt", weights_only=True)
+    for k, v in ref_ckpt["state_dict"].items():
+        torch.testing.assert_close(ckpt["state_dict"][k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_atomic_save_leaves_old_file_when_write_fails(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"w": torch.ones(3)}, path)
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        io.save_checkpoint({"w": torch.zeros(3), "bad": Unsaveable()}, path)
+    assert torch.equal(io.load_checkpoint(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
