@@ -1,16 +1,17 @@
 """The `klear` command: LightningCLI (fit / validate / test / predict) plus project subcommands.
 
 Project subcommands (dispatched before LightningCLI): `summary`, `syncworld`, `prepare`,
-`generate`, `compare`. Each is a typed function exposed through jsonargparse, so `--help`
+`cache`, `generate`, `compare`. Each is a typed function exposed through jsonargparse, so `--help`
 lists its arguments.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from klear_lightning.models import ModelConfig
 from klear_lightning.module import KlearModule
 from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
 
-PROJECT_COMMANDS = ("summary", "syncworld", "prepare", "generate", "compare")
+PROJECT_COMMANDS = ("summary", "syncworld", "prepare", "cache", "generate", "compare")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -98,17 +99,45 @@ def _audio_fps(data: LightningDataModule) -> float:
     return data.sequence.audio_latent_fps
 
 
+def _init_value(config: Namespace, key: str, cls: type) -> Any:
+    """A data init argument as `cls` (a parsed dataclass value is a Namespace before instantiation)."""
+    value = config.get(f"data.init_args.{key}")
+    if value is None:
+        return cls()
+    return cls(**value.as_dict()) if isinstance(value, Namespace) else value
+
+
 def bootstrap_syncworld(config: Namespace) -> None:
     """Generate SyncWorld into the data root when asked (`syncworld_clips_per_split` > 0) and absent
-    (single-process runs such as the demo; multi-process runs should run `klear syncworld` first)."""
+    (single-process runs such as the demo; multi-process runs should run `klear syncworld` first):
+    the splits the data config names, at its clip's duration, fps, sample rate and (square clips)
+    size; then cache latents and caption embeddings for train / val / test with its codecs, so
+    training reads the cached path."""
     clips = config.get("syncworld_clips_per_split") or 0
     root = config.get("data.init_args.root")
     if clips <= 0 or root is None or (Path(root) / "train").is_dir():
         return
-    from klear_lightning.data.syncworld import generate_syncworld
+    from klear_lightning.codecs import AudioCodecConfig, TextEncoderConfig, VideoCodecConfig
+    from klear_lightning.data.cache import cache_latents
+    from klear_lightning.data.syncworld import SPLITS, generate_syncworld
 
+    clip = _init_value(config, "clip", ClipSpec)
+    train = list(config.get("data.init_args.train_splits") or {})
+    splits = list(dict.fromkeys(train + list(config.get("data.init_args.val_splits") or [])
+                                + list(config.get("data.init_args.test_splits") or []))) or list(SPLITS)
+    size = {"size": clip.height} if clip.height == clip.width else {}
     print(f"SyncWorld not found in {root}: generating {clips} clips per split (once)", flush=True)
-    generate_syncworld(Path(root), clips_per_split=clips, seed=config.get("data.init_args.seed") or 0)
+    generate_syncworld(Path(root), clips_per_split=clips, seed=config.get("data.init_args.seed") or 0, splits=splits,
+                       duration=clip.duration, fps=int(clip.fps), sample_rate=clip.sample_rate, **size)
+    print(f"caching latents and caption embeddings in {root}", flush=True)
+    cache_latents(
+        Path(root), splits, partitions=["train", "val", "test"], clip=clip,
+        resolutions=[tuple(r) for r in config.get("data.init_args.resolutions") or []],
+        video_codec=_init_value(config, "video_codec", VideoCodecConfig),
+        audio_codec=_init_value(config, "audio_codec", AudioCodecConfig),
+        text_encoder=_init_value(config, "text_encoder", TextEncoderConfig),
+        workers=max(1, min(2, config.get("data.init_args.num_workers") or 1)),
+    )
 
 
 class KlearCLI(LightningCLI):
@@ -261,6 +290,10 @@ def _project_command(name: str) -> Any:
         from klear_lightning.data.prepare import prepare
 
         return prepare
+    if name == "cache":
+        from klear_lightning.data.cache import cache_latents
+
+        return cache_latents
     if name == "generate":
         from klear_lightning.generate import generate
 
@@ -282,7 +315,9 @@ def run_function(name: str, fn: Any, args: list[str]) -> Any:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in PROJECT_COMMANDS:
-        run_function(args[0], _project_command(args[0]), args[1:])
+        result = run_function(args[0], _project_command(args[0]), args[1:])
+        if args[0] == "cache":
+            print(json.dumps(asdict(result), indent=1))
         return
     cli_main(argv)
 

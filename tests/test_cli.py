@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,17 @@ from lightning.pytorch import LightningDataModule
 from klear_lightning.cli import _ParseOnlyCLI, main, summary
 from klear_lightning.logging import flatten_config
 from klear_lightning.module import KlearModule
-from klear_lightning.sequence import LatentGeometry
+from klear_lightning.sequence import ClipSpec, LatentGeometry
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _parse(*paths: Path):
-    args = [a for p in paths for a in ("--config", str(p))]
-    cli = _ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=args, run=False,
+    return _parse_args(*(a for p in paths for a in ("--config", str(p))))
+
+
+def _parse_args(*args: str):
+    cli = _ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=list(args), run=False,
                         save_config_callback=None, auto_configure_optimizers=False, seed_everything_default=False)
     return cli.config
 
@@ -71,3 +75,46 @@ def test_summary_paper_scale_on_meta(capsys):
 
 def test_flatten_config():
     assert flatten_config({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
+
+
+def _cached_keys(root: Path, partition: str, split: str) -> list[str]:
+    from klear_lightning.data.shards import iter_tar, read_index
+
+    return [k for s in read_index(root / partition, split) for raw in iter_tar(s.url) for k in raw if k.startswith("latent.")]
+
+
+def test_bootstrap_generates_at_clip_size_then_caches(tmp_path, capsys):
+    """The demo's self-bootstrap writes only the configured splits at the clip's resolution and caches
+    every train / val / test sample with the data module's codecs (the fast path the demo trains on)."""
+    from klear_lightning.cli import bootstrap_syncworld
+    from klear_lightning.data.datamodule import AVDataModule
+    from klear_lightning.data.shards import iter_tar, parse_sample, read_index
+
+    root = tmp_path / "sw"
+    cfg = _parse_args("--config", str(CONFIGS / "demo.yaml"), "--data.init_args.root", str(root),
+                      "--data.init_args.train_splits", "{sound: 1.0}", "--syncworld_clips_per_split", "2")
+    bootstrap_syncworld(cfg)
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["sound"]
+    rec = parse_sample(next(iter_tar(read_index(root / "train", "sound")[0].url)), "first")
+    assert rec.video()[0].shape[1:3] == (32, 32)
+    dm = AVDataModule(root, {"sound": 1.0}, clip=ClipSpec(**cfg.data.init_args.clip.as_dict()), num_workers=0)
+    for partition in ("train", "val", "test"):
+        n = sum(s.nsamples for s in read_index(root / partition, "sound"))
+        assert len(_cached_keys(root, partition, "sound")) == 2 * n, partition  # video and audio latents
+    assert (root / "stats" / f"{dm.video_codec.name}-{dm.video_codec.version}.json").exists()
+
+
+def test_cache_subcommand_adds_latents(tmp_path, capsys):
+    from test_datamodule import make_sample
+
+    from klear_lightning.data.shards import ShardWriter
+
+    with ShardWriter(tmp_path / "train", "s") as w:
+        for i in range(2):
+            s = make_sample(f"k{i}", "s")
+            s.arrays = {}
+            w.write(s)
+    main(["cache", "--root", str(tmp_path), "--splits", "[s]", "--partitions", "[train]", "--clip.duration", "1.0", "--workers", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert (report["cached"], report["failed"]) == (2, [])
+    assert len(_cached_keys(tmp_path, "train", "s")) == 4

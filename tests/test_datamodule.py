@@ -80,8 +80,8 @@ def test_set_split_weights_reaches_running_workers(mixture_root):
     dm.set_split_weights({"b": 1.0})
     assert dm.split_weights() == {"a": 0.0, "b": 1.0, "c": 0.0}
     after = [{m["split"] for m in next(it).meta} for _ in range(16)]
-    in_flight = 2 * 2 + 2
-    assert all(s == {"b"} for s in after[in_flight:])
+    lookahead = 2 * 2  # prefetch_factor * num_workers: batches 4..7 may already be built
+    assert all(s == {"a"} for s in after[:lookahead]) and all(s == {"b"} for s in after[lookahead:])
     with pytest.raises(ValueError, match="unknown splits"):
         dm.set_split_weights({"nope": 1.0})
     with pytest.raises(ValueError, match="positive sum"):
@@ -243,7 +243,7 @@ def test_cached_latents_give_the_same_batches_as_decoding(tmp_path):
 
 
 def test_training_on_unusable_data_fails_loudly(tmp_path, monkeypatch):
-    import klear_lightning.data.datamodule as dmod
+    import klear_lightning.data.mixture as dmod
 
     monkeypatch.setattr(dmod, "MAX_CONSECUTIVE_SKIPS", 5)
     with ShardWriter(tmp_path / "train", "s") as w:
@@ -263,3 +263,39 @@ def test_clip_that_does_not_tile_fails_at_setup(tmp_path):
     dm = AVDataModule(tmp_path, {"s": 1.0}, clip=ClipSpec(height=30), normalize=False)
     with pytest.raises(ValueError, match="clip.height = 30 is not divisible"):
         dm.setup("fit")
+
+
+def _keys(batch):
+    return [m["key"] for m in batch.meta]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_stream_resumes_exactly_from_state_dict(mixture_root, workers):
+    """Stop mid-epoch (after a weight change), restore the state into a fresh module: the remaining
+    batches of that epoch and the next epoch equal those of the uninterrupted stream."""
+    def fresh():
+        return mixture(mixture_root, {"a": 1.0, "b": 1.0, "c": 1.0}, num_workers=workers, epoch_samples=8 * 12, seed=5)
+
+    def run(dm, epochs, stop=None):
+        out = []
+        for _ in range(epochs):
+            for i, b in enumerate(dm.train_dataloader()):
+                if i == 3:
+                    dm.set_split_weights({"c": 1.0})
+                out.append(_keys(b))
+                if stop is not None and len(out) == stop:
+                    return out, dm.state_dict()
+        return out, None
+
+    reference, _ = run(fresh(), 2)
+    assert len(reference) == 24 and reference[:12] != reference[12:]
+    head, state = run(fresh(), 1, stop=7)
+    assert state["consumed"] == 7 and state["epoch"] == 0 and len(state["schedule"]) == 2
+    resumed = fresh()
+    resumed.load_state_dict(state)
+    tail = [_keys(b) for b in resumed.train_dataloader()]
+    assert head + tail == reference[:12]
+    assert [_keys(b) for b in resumed.train_dataloader()] == reference[12:]
+
+    with pytest.raises(ValueError, match="data.num_workers"):
+        mixture(mixture_root, {"a": 1.0, "b": 1.0, "c": 1.0}, num_workers=workers + 1).load_state_dict(state)

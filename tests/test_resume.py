@@ -1,5 +1,7 @@
-"""Exact resume: a `klear fit` killed with SIGKILL after a checkpoint and resumed with
-`--ckpt_path last` logs the same per-step losses as an uninterrupted run, into the same MLflow run."""
+"""Exact resume: a `klear fit` on the real AVDataModule (a tiny SyncWorld, cached latents, two
+DataLoader worker processes), killed with SIGKILL after a mid-epoch checkpoint and resumed with
+`--ckpt_path last`, logs the same per-step losses as an uninterrupted run, into the same MLflow run:
+model, optimizer, RNGs and the data module's train stream all continue where they stopped."""
 
 from __future__ import annotations
 
@@ -16,10 +18,22 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from klear_lightning.cli import AtomicCheckpointIO
+from klear_lightning.data.cache import cache_latents
+from klear_lightning.data.syncworld import generate_syncworld
 from klear_lightning.logging import sqlite_uri
+from klear_lightning.sequence import ClipSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 8
+STEPS = 8  # epochs of 6 batches (2 workers x 3); the checkpoint at step 3 is mid-epoch, on worker 1's turn
+CLIP = ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000)
+
+
+@pytest.fixture(scope="module")
+def syncworld(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("syncworld")
+    generate_syncworld(root, clips_per_split=6, splits=["sound"], duration=CLIP.duration, size=CLIP.height, holdout=[])
+    cache_latents(root, ["sound"], partitions=["train"], clip=CLIP, workers=1)
+    return root
 
 
 class KillAt(L.Callback):
@@ -33,10 +47,10 @@ class KillAt(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _config(run_dir: Path, kill_at: int | None) -> dict:
+def _config(run_dir: Path, data_root: Path, kill_at: int | None) -> dict:
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(run_dir / "ckpt"), "every_n_train_steps": 2, "save_last": True, "save_top_k": -1}},
+         "init_args": {"dirpath": str(run_dir / "ckpt"), "every_n_train_steps": 3, "save_last": True, "save_top_k": -1}},
         {"class_path": "klear_lightning.callbacks.ema.EMA", "init_args": {"decay": 0.9}},
     ]
     if kill_at is not None:
@@ -58,7 +72,9 @@ def _config(run_dir: Path, kill_at: int | None) -> dict:
             "caption_dropout": 0.2,
             "optim": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},
         },
-        "data": {"class_path": "test_module.RandomAVData", "init_args": {"seed": 1}},
+        "data": {"class_path": "klear_lightning.data.AVDataModule", "init_args": {
+            "root": str(data_root), "train_splits": {"sound": 1.0}, "clip": dict(vars(CLIP)), "batch_size": 2,
+            "num_workers": 2, "epoch_samples": 12, "shuffle_buffer": 2, "seed": 1}},
     }
 
 
@@ -77,17 +93,18 @@ def _losses(run_dir: Path) -> tuple[int, dict[int, float]]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, syncworld):
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
     for d, kill in ((ref_dir, None), (kill_dir, 5)):
         d.mkdir()
-        (d / "cfg.yaml").write_text(yaml.safe_dump(_config(d, kill)))
+        (d / "cfg.yaml").write_text(yaml.safe_dump(_config(d, syncworld, kill)))
     done = _klear(["fit", "--config", str(ref_dir / "cfg.yaml")])
     assert done.returncode == 0, done.stderr[-3000:]
     killed = _klear(["fit", "--config", str(kill_dir / "cfg.yaml")])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert (kill_dir / "ckpt" / "last.ckpt").exists()
-    (kill_dir / "cfg.yaml").write_text(yaml.safe_dump(_config(kill_dir, None)))
+    stream = torch.load(kill_dir / "ckpt" / "last.ckpt", weights_only=True)["AVDataModule"]
+    assert (stream["epoch"], stream["consumed"]) == (0, 3)
+    (kill_dir / "cfg.yaml").write_text(yaml.safe_dump(_config(kill_dir, syncworld, None)))
     resumed = _klear(["fit", "--config", str(kill_dir / "cfg.yaml"), "--ckpt_path", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -1,27 +1,25 @@
 """AVDataModule: a weighted mixture over split folders for training, deterministic val / test.
 
-Train: per DataLoader worker, an endless stream per split over resampled shards (shards drawn
-with replacement by a per-rank, per-worker, per-epoch RNG, then a shuffle buffer), mixed by split
-weights read at every draw from a shared-memory tensor, so `set_split_weights` reaches running
-workers. An epoch is `epoch_samples` samples over all ranks and workers (WebDataset's
-`with_epoch`). Val / test: every sample of every listed split once, in order, sample i going to
-global worker i mod (world * workers); batches are bucketed so shapes match.
+Train: the resumable mixture stream of `klear_lightning.data.mixture` (an epoch is `epoch_samples`
+samples over all ranks and workers; `set_split_weights` reaches running workers). The module is
+stateful: its `state_dict` (saved in Lightning checkpoints) holds the epoch, the batches consumed,
+the split-weight schedule and the skip counts, so `--ckpt_path` continues the stream where it stopped.
+Val / test: every sample of every listed split once, in order, sample i going to global worker
+i mod (world * workers); batches are bucketed so shapes match.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, IterableDataset
 
 from klear_lightning.codecs import (
     AudioCodec, AudioCodecConfig, LatentStats, StatsAccumulator, TextEncoderConfig, VideoCodec, VideoCodecConfig,
@@ -29,108 +27,15 @@ from klear_lightning.codecs import (
 )
 from klear_lightning.codecs.text import HFTextEncoder
 from klear_lightning.data.collate import LatentSample
-from klear_lightning.data.pipeline import LoaderLimits, SampleLoader, SkipCounter, bucketed_batches
-from klear_lightning.data.schema import SampleError
-from klear_lightning.data.shards import ShardInfo, iter_tar, parse_sample, read_index
+from klear_lightning.data.mixture import (
+    MixtureDataset, MixtureLoader, Placement, StreamPosition, WeightSchedule, lookahead, worker_init,
+)
+from klear_lightning.data.pipeline import LoaderLimits, SampleLoader, SkipCounter, bucketed_batches, load_or_skip, records
+from klear_lightning.data.shards import ShardInfo, read_index
 from klear_lightning.sequence import ClipSpec, SequenceSpec
 from klear_lightning.streams import AVBatch
 
 log = logging.getLogger(__name__)
-MAX_CONSECUTIVE_SKIPS = 1000
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a dataset copy runs: distributed rank / world and the DataLoader worker."""
-
-    rank: int = 0
-    world: int = 1
-
-    def worker(self) -> tuple[int, int]:
-        info = get_worker_info()
-        return (info.id, info.num_workers) if info is not None else (0, 1)
-
-    def global_worker(self) -> tuple[int, int]:
-        wid, nw = self.worker()
-        return self.rank * nw + wid, self.world * nw
-
-
-def records(shard: ShardInfo, skips: SkipCounter) -> Iterator[Any]:
-    """Parsed records of one shard; bad samples and a truncated tar are counted and skipped."""
-    try:
-        for raw in iter_tar(shard.url):
-            try:
-                yield parse_sample(raw, shard.url.name)
-            except SampleError as e:
-                skips.add(e.reason, str(e))
-    except (tarfile.TarError, OSError, EOFError) as e:
-        skips.add("truncated_shard", f"shard {shard.url}: {e}")
-
-
-def load_or_skip(loader: SampleLoader, rec: Any, skips: SkipCounter) -> LatentSample | None:
-    try:
-        return loader.load(rec)
-    except SampleError as e:
-        skips.add(e.reason, str(e))
-        return None
-
-
-class MixtureDataset(IterableDataset):
-    """Endless weighted mixture over splits; yields `batches_per_worker` AVBatches per iteration."""
-
-    def __init__(self, shards: dict[str, list[ShardInfo]], weights: torch.Tensor, loader: SampleLoader, skips: SkipCounter,
-                 batch_size: int, epoch_samples: int, shuffle_buffer: int, duration_bucket: int, seed: int,
-                 placement: Placement) -> None:
-        self.splits = list(shards)
-        self.shards, self.weights, self.loader, self.skips = shards, weights, loader, skips
-        self.batch_size, self.epoch_samples, self.shuffle_buffer = batch_size, epoch_samples, shuffle_buffer
-        self.duration_bucket, self.seed, self.placement = duration_bucket, seed, placement
-        self.iterations = torch.zeros(1024, dtype=torch.int64).share_memory_()
-
-    def _split_stream(self, split: str, rng: random.Random) -> Iterator[Any]:
-        buffer: list[Any] = []
-        empty_shards = 0
-        while True:
-            shard = rng.choice(self.shards[split])
-            found = False
-            for rec in records(shard, self.skips):
-                found = True
-                buffer.append(rec)
-                if len(buffer) >= self.shuffle_buffer:
-                    yield buffer.pop(rng.randrange(len(buffer)))
-            empty_shards = 0 if found else empty_shards + 1
-            if empty_shards > 10 * len(self.shards[split]):
-                raise RuntimeError(f"split {split!r}: no readable sample in {empty_shards} shard reads; skipped so far: {self.skips.as_dict()}")
-
-    def draws(self, rng: random.Random) -> Iterator[Any]:
-        """Endless raw records, each from a split drawn by the current shared weights."""
-        streams = {s: self._split_stream(s, random.Random(rng.random())) for s in self.splits}
-        while True:
-            split = rng.choices(self.splits, weights=self.weights.tolist())[0]
-            yield next(streams[split])
-
-    def _samples(self, rng: random.Random) -> Iterator[LatentSample]:
-        failures = 0
-        for rec in self.draws(rng):
-            sample = load_or_skip(self.loader, rec, self.skips)
-            if sample is not None:
-                failures = 0
-                yield sample
-            elif (failures := failures + 1) >= MAX_CONSECUTIVE_SKIPS:
-                raise RuntimeError(f"{failures} samples in a row were skipped; the data is unusable: {self.skips.as_dict()}")
-
-    def batches_per_worker(self, workers: int) -> int:
-        return max(1, self.epoch_samples // (self.batch_size * self.placement.world * workers))
-
-    def __iter__(self) -> Iterator[AVBatch]:
-        wid, nw = self.placement.worker()
-        gid, _ = self.placement.global_worker()
-        epoch = int(self.iterations[wid])
-        self.iterations[wid] += 1
-        rng = random.Random(hash((self.seed, gid, epoch)))
-        batches = bucketed_batches(self._samples(rng), self.batch_size, self.duration_bucket, drop_last=True)
-        for _ in range(self.batches_per_worker(nw)):
-            yield next(batches)
 
 
 class OrderedDataset(IterableDataset):
@@ -152,10 +57,6 @@ class OrderedDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[AVBatch]:
         return bucketed_batches(self._samples(), self.batch_size, self.duration_bucket, drop_last=False)
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
 
 
 class AVDataModule(L.LightningDataModule):
@@ -210,7 +111,8 @@ class AVDataModule(L.LightningDataModule):
         resolutions = list(resolutions or [])
         self._check_config(train_splits, resolutions)
         self.split_names = list(train_splits)
-        self.weights = torch.zeros(len(self.split_names), dtype=torch.float64).share_memory_()
+        self.schedule = WeightSchedule(self.split_names)
+        self.position = StreamPosition()
         self.set_split_weights(train_splits)
         self.resolutions = [(clip.height, clip.width)] + [tuple(r) for r in resolutions if tuple(r) != (clip.height, clip.width)]
         self.skips = SkipCounter()
@@ -275,21 +177,55 @@ class AVDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------- curriculum and skip counts
     def set_split_weights(self, weights: dict[str, float]) -> None:
-        """Change the train mixture (also inside running workers); unknown splits are an error."""
+        """Change the train mixture; unknown splits are an error. Running workers switch at batch
+        `handed out + 2 * num_workers` of the epoch (a fixed point, so a resumed run repeats it)."""
         unknown = set(weights) - set(self.split_names)
         if unknown:
             raise ValueError(f"set_split_weights: unknown splits {sorted(unknown)}; train splits are {self.split_names}")
         values = [float(weights.get(s, 0.0)) for s in self.split_names]
         if any(v < 0 for v in values) or sum(values) <= 0:
             raise ValueError(f"split weights must be >= 0 with a positive sum, got {weights}")
-        self.weights.copy_(torch.tensor(values, dtype=torch.float64) / sum(values))
+        p = self.position
+        taken = p.resume_at if p.resume_at is not None else p.taken
+        self.schedule.change([v / sum(values) for v in values], taken + lookahead(self.num_workers))
 
     def split_weights(self) -> dict[str, float]:
-        return dict(zip(self.split_names, self.weights.tolist()))
+        """The latest weights (those in force once a pending change is reached)."""
+        return dict(zip(self.split_names, self.schedule.latest()))
 
     def skipped_counts(self) -> dict[str, int]:
         """Skipped samples by reason, summed over every worker of this process."""
         return self.skips.as_dict()
+
+    # ------------------------------------------------------------- resume
+    def _consumed(self) -> int:
+        """Batches of the current epoch the training loop has taken (the loader may be one ahead)."""
+        p = self.position
+        if p.resume_at is not None:
+            return p.resume_at
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING and p.epoch >= 0:
+            return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        return p.taken
+
+    def state_dict(self) -> dict[str, Any]:
+        """Train-stream position (saved in every Lightning checkpoint)."""
+        return {
+            "epoch": self.position.epoch, "consumed": self._consumed(), "schedule": self.schedule.state(),
+            "splits": list(self.split_names), "num_workers": self.num_workers, "world": self._placement().world,
+            "skipped": self.skips.as_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the train stream where `state` was taken: same splits, workers and world size needed."""
+        for key, ours in (("splits", self.split_names), ("num_workers", self.num_workers), ("world", self._placement().world)):
+            if state[key] != ours:
+                field = {"splits": "data.train_splits", "num_workers": "data.num_workers", "world": "the number of processes"}[key]
+                raise ValueError(f"cannot resume the train stream: the checkpoint has {key} = {state[key]}, this run has "
+                                 f"{ours}; resume with the same {field}")
+        self.schedule.load(state["schedule"])
+        self.skips.load(state["skipped"])
+        self.position.epoch, self.position.taken, self.position.resume_at = int(state["epoch"]), 0, int(state["consumed"])
 
     # ------------------------------------------------------------- setup and loaders
     def _placement(self) -> Placement:
@@ -346,17 +282,17 @@ class AVDataModule(L.LightningDataModule):
         if self._train_dataset is None:
             shards = {s: self._shards(self.train_partition, s) for s in self.split_names}
             self._train_dataset = MixtureDataset(
-                shards, self.weights, self._loader(self.video_stats, self.audio_stats), self.skips, self.batch_size,
-                self.epoch_samples, self.shuffle_buffer, self.duration_bucket, self.seed, self._placement(),
+                shards, self.schedule, self._loader(self.video_stats, self.audio_stats), self.skips, self.batch_size,
+                self.epoch_samples, self.shuffle_buffer, self.duration_bucket, self.seed, self._placement(), self.num_workers,
             )
         return self._train_dataset
 
     def _dataloader(self, dataset: IterableDataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, worker_init_fn=_worker_init,
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, worker_init_fn=worker_init,
                           persistent_workers=self.num_workers > 0, prefetch_factor=2 if self.num_workers > 0 else None)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._dataloader(self.train_dataset())
+    def train_dataloader(self) -> MixtureLoader:
+        return MixtureLoader(self.train_dataset(), self.position, self.num_workers)
 
     def _ordered(self, partition: str, splits: list[str]) -> DataLoader:
         shards = [s for split in splits for s in self._shards(partition, split)]

@@ -8,8 +8,10 @@ counts reasons in shared memory so counts from all worker processes add up in th
 from __future__ import annotations
 
 import logging
+import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from klear_lightning.codecs.text import HFTextEncoder
 from klear_lightning.data.collate import LatentSample, collate
 from klear_lightning.data.media import fit_video, nearest_resolution, retime
 from klear_lightning.data.schema import SampleError, embedding_name, latent_name, stream_texts
-from klear_lightning.data.shards import ShardRecord
+from klear_lightning.data.shards import ShardInfo, ShardRecord, iter_tar, parse_sample
 from klear_lightning.sequence import ClipSpec
 from klear_lightning.streams import AVBatch
 
@@ -36,18 +38,31 @@ TEXT_MEMO = 4096  # captions embedded per worker and kept (synthetic captions re
 
 
 class SkipCounter:
-    """Skipped-sample counts by reason in a shared-memory tensor (visible across DataLoader workers)."""
+    """Skipped-sample counts by reason in a shared-memory tensor (visible across DataLoader workers).
+
+    While `quiet` (a per-process flag: a resumed stream replaying batches counted before its
+    checkpoint) `add` neither counts nor logs.
+    """
 
     def __init__(self) -> None:
         self.counts = torch.zeros(len(SKIP_REASONS), dtype=torch.int64).share_memory_()
+        self.quiet = False
 
     def add(self, reason: str, message: str) -> None:
+        if self.quiet:
+            return
         index = SKIP_REASONS.index(reason) if reason in SKIP_REASONS else SKIP_REASONS.index("invalid")
         self.counts[index] += 1
         log.warning("skipped sample (%s): %s", reason, message)
 
     def as_dict(self) -> dict[str, int]:
         return {r: int(c) for r, c in zip(SKIP_REASONS, self.counts.tolist()) if c}
+
+    def load(self, counts: dict[str, int]) -> None:
+        unknown = set(counts) - set(SKIP_REASONS)
+        if unknown:
+            raise ValueError(f"unknown skip reasons {sorted(unknown)}; known: {SKIP_REASONS}")
+        self.counts.copy_(torch.tensor([int(counts.get(r, 0)) for r in SKIP_REASONS], dtype=torch.int64))
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,26 @@ class SampleLoader:
                             self._text(rec, "audio_text", texts["audio_text"]), {**rec.record, "shard": rec.shard})
 
 
+def records(shard: ShardInfo, skips: SkipCounter) -> Iterator[Any]:
+    """Parsed records of one shard; bad samples and a truncated tar are counted and skipped."""
+    try:
+        for raw in iter_tar(shard.url):
+            try:
+                yield parse_sample(raw, shard.url.name)
+            except SampleError as e:
+                skips.add(e.reason, str(e))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        skips.add("truncated_shard", f"shard {shard.url}: {e}")
+
+
+def load_or_skip(loader: SampleLoader, rec: ShardRecord, skips: SkipCounter) -> LatentSample | None:
+    try:
+        return loader.load(rec)
+    except SampleError as e:
+        skips.add(e.reason, str(e))
+        return None
+
+
 def _finite(latent: Tensor, rec: ShardRecord, name: str) -> Tensor:
     """Computed latents are checked here; cached ones were checked when the shard entry was read."""
     if not torch.isfinite(latent).all():
@@ -170,16 +205,22 @@ def bucket_key(s: LatentSample, duration_bucket: int) -> tuple[int, ...]:
     return (c, h, w, t // max(duration_bucket, 1))
 
 
-def bucketed_batches(samples: Iterable[LatentSample], batch_size: int, duration_bucket: int, drop_last: bool) -> Iterator[AVBatch]:
-    """Group samples by bucket; yield a batch when a bucket fills (leftovers last unless drop_last)."""
+def bucketed_groups(samples: Iterable[LatentSample], batch_size: int, duration_bucket: int,
+                    drop_last: bool) -> Iterator[list[LatentSample]]:
+    """Group samples by bucket; yield a group when a bucket fills (leftovers last unless drop_last)."""
     buckets: dict[tuple[int, ...], list[LatentSample]] = {}
     for s in samples:
         group = buckets.setdefault(bucket_key(s, duration_bucket), [])
         group.append(s)
         if len(group) == batch_size:
-            yield collate(group)
+            yield group
             buckets[bucket_key(s, duration_bucket)] = []
     if not drop_last:
         for group in buckets.values():
             if group:
-                yield collate(group)
+                yield group
+
+
+def bucketed_batches(samples: Iterable[LatentSample], batch_size: int, duration_bucket: int, drop_last: bool) -> Iterator[AVBatch]:
+    """`bucketed_groups`, collated."""
+    return map(collate, bucketed_groups(samples, batch_size, duration_bucket, drop_last))
