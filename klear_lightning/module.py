@@ -149,7 +149,6 @@ class KlearModule(L.LightningModule):
         self.nonfinite_in_row = 0
         self._generators: tuple[torch.Generator, torch.Generator] | None = None
         self._val_groups: dict[str, list[float]] = {}
-        self._step_skipped = False
         self._pending_states: tuple[Tensor, Tensor] | None = None
 
     # ----------------------------------------------------------------- model
@@ -159,6 +158,10 @@ class KlearModule(L.LightningModule):
         self.model = build_model(self.model_config)
         if self.init_from:
             load_model_weights(self.init_from, self.model)
+        if self.caption_dropout == 0:
+            # Only caption dropout trains the null captions; without it they would get no gradient.
+            self.model.null_video_text.requires_grad_(False)
+            self.model.null_audio_text.requires_grad_(False)
         if isinstance(self._trainer.strategy if self._trainer else None, ModelParallelStrategy):
             parallelize(self.model, self.parallel, self.device_mesh)
 
@@ -243,7 +246,6 @@ class KlearModule(L.LightningModule):
         terms, fs, tasks = self._loss(batch, self.generators(), self.caption_dropout)
         finite = bool(torch.isfinite(terms.total).item())
         all_finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        self._step_skipped = not all_finite
         if not all_finite:
             self.nonfinite_total += 1
             self.nonfinite_in_row += 1
@@ -265,16 +267,6 @@ class KlearModule(L.LightningModule):
         for key, value in self._breakdown(terms, fs, tasks.names).items():
             self.log(f"train/{key}", value, on_step=True, on_epoch=False)
         return terms.total
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Parameters that got no gradient this step (e.g. a text stream's output in the last block)
-        get a zero one, so every parameter has optimizer state: a sharded checkpoint needs all of it."""
-        if self._step_skipped:
-            return
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
 
     def _breakdown(self, terms: LossTerms, fs: FlowSample, names: list[str]) -> dict[str, float]:
         """Mean per-sample loss by task and by t bucket ([0, 1/4), ..., [3/4, 1]); a sample's t is its
@@ -339,7 +331,7 @@ class KlearModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim
         opt = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
         )
         total = cfg.total_steps
         if total is None:

@@ -156,3 +156,37 @@ def test_module_without_generate_is_rejected_before_work(tmp_path, test_metrics)
     callback = BenchmarkCallback(MetricsConfig(metrics=["peak_test"], tasks=["t2a"]))
     with pytest.raises(TypeError, match="NoGenerate.generate"):
         trainer(tmp_path, callback, False).test(NoGenerate(), loader(3))
+
+
+def split_batch(indices: list[int], splits: list[str]) -> AVBatch:
+    batch = make_batch(indices)
+    for meta, split in zip(batch.meta, splits):
+        meta["split"] = split
+    return batch
+
+
+def test_keep_clips_bounds_each_split_and_the_total(test_metrics):
+    from klear_lightning.callbacks.benchmark import keep_clips
+
+    kept: list[AVBatch] = []
+    keep_clips(kept, split_batch([0, 1, 2, 3], ["sound", "sound", "sound", "speech"]), limit=5, per_split=2)
+    keep_clips(kept, split_batch([4, 5, 6, 7], ["speech", "speech", "singing", "singing"]), limit=5, per_split=2)
+    keep_clips(kept, split_batch([8], ["multi"]), limit=5, per_split=2)
+    assert [m["key"] for b in kept for m in b.meta] == ["clip0", "clip1", "clip3", "clip4", "clip6"]
+    # the rows travel with their tensors (audio scales with the clip index in make_batch)
+    assert torch.equal(kept[1].audio, make_batch([4, 6]).audio)
+    unbounded: list[AVBatch] = []
+    keep_clips(unbounded, split_batch([0, 1, 2], ["a", "a", "a"]), limit=None, per_split=None)
+    assert unbounded[0].batch_size == 3
+    with pytest.raises(ValueError, match="metrics.clips_per_split"):
+        MetricsConfig(metrics=["peak_test"], tasks=["t2a"], clips_per_split=0)
+
+
+def test_validation_subset_takes_clips_per_split(tmp_path, test_metrics):
+    cfg = MetricsConfig(metrics=["peak_test"], tasks=["t2a"], clips_per_task=3, clips_per_split=1, sampling_steps=2)
+    module = FakeModule()
+    splits = ["sound", "sound", "sound", "speech", "speech", "singing", "singing"]
+    val = DataLoader(list(range(7)), batch_size=3, collate_fn=lambda ix: split_batch(ix, [splits[i] for i in ix]))
+    trainer(tmp_path, BenchmarkCallback(cfg), RecordingLogger(), epochs=1).fit(module, loader(3), val)
+    # batches [0 1 2] [3 4 5] [6]: one sound clip from the first, speech and singing from the second
+    assert [keys for *_, keys in module.calls] == [["clip0"], ["clip3", "clip5"]]

@@ -7,6 +7,7 @@ from klear_lightning.models import ModelConfig, build_model
 from klear_lightning.models.attention import make_backend
 from klear_lightning.models.embed import patchify_audio, patchify_video, shared_rows, unpatchify_audio, unpatchify_video
 from klear_lightning.models.inputs import InputShape, random_inputs
+from klear_lightning.flow import null_captions
 from klear_lightning.models.layers import StreamLayer, modulate
 from klear_lightning.streams import ModelInputs
 from klear_lightning.tasks import TaskBatch
@@ -211,8 +212,9 @@ def test_share_text_weights_shares_layers():
     n_shared = sum(p.numel() for p in build_model(shared).parameters())
     n_separate = sum(p.numel() for p in build_model(separate).parameters())
     layer = sum(p.numel() for p in StreamLayer(32, 2, 128, 1e-6).parameters())
+    last = sum(p.numel() for p in StreamLayer(32, 2, 128, 1e-6, pre_only=True).parameters())
     text_in = 24 * 32 + 32 + (24 * 32 + 32) + (32 * 32 + 32)  # embed + pooled MLP
-    assert n_separate - n_shared == 2 * layer + text_in
+    assert n_separate - n_shared == layer + last + text_in
     model = randomised(shared)
     x = inputs(shared, ["t2av"])
     assert model(x).video.abs().sum() > 0
@@ -248,8 +250,58 @@ def test_shared_timestep_rows_collapse_without_changing_modulation():
     padded = torch.tensor([[0.3, 0.3, 0.9], [0.5, 0.5, 0.5]])
     last_is_padding = torch.tensor([[True, True, False], [True, True, True]])
     assert shared_rows(padded, last_is_padding).shape == (2, 1)
-    x = torch.randn(2, 12, 8)
-    shift, scale = torch.randn(2, 1, 8), torch.randn(2, 1, 8)
-    per_frame = modulate(x, shift.expand(2, 3, 8), scale.expand(2, 3, 8))
-    torch.testing.assert_close(modulate(x, shift, scale), per_frame)
-    torch.testing.assert_close(per_frame, x * (1 + scale) + shift)
+    # One row per sample gives the per-token adaLN vectors of one equal row per frame.
+    layer = StreamLayer(8, 2, 16, 1e-6)
+    torch.nn.init.normal_(layer.ada.weight)
+    c = torch.randn(2, 8)
+    per_sample = layer.modulation(c, torch.tensor([0] * 6 + [1] * 6))
+    per_frame = layer.modulation(c.repeat_interleave(3, dim=0), torch.arange(6).repeat_interleave(2))
+    for a, b in zip(per_sample, per_frame, strict=True):
+        torch.testing.assert_close(a, b)
+    shift, scale = layer.ada(torch.nn.functional.silu(c)).chunk(6, dim=-1)[:2]
+    torch.testing.assert_close(per_sample[1][0], 1 + scale[0])
+    x = torch.randn(12, 8)
+    torch.testing.assert_close(modulate(x, per_sample[0], per_sample[1]), x * (1 + scale[[0] * 6 + [1] * 6]) + shift[[0] * 6 + [1] * 6])
+
+
+def test_packed_layout_holds_only_valid_tokens():
+    cfg = tiny()
+    model = build_model(cfg)
+    x = inputs(cfg, MIX)
+    packed, dense = model.embed(x, packed=True), model.embed(x, packed=False)
+    for s, valid in dense.valid.items():
+        assert packed.x[s].shape[0] == int(valid.sum())
+        assert dense.x[s].shape[0] == valid.numel()
+        torch.testing.assert_close(packed.x[s], dense.x[s][valid.flatten()])
+        assert torch.equal(packed.rotation[s], dense.rotation[s][valid.flatten()])
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_last_block_text_layers_only_give_keys_and_values(share: bool):
+    cfg = tiny(share_text_weights=share, depth=3)
+    model = build_model(cfg)
+    for i, block in enumerate(model.blocks):
+        for s in ("video_text", "audio_text"):
+            layer = block.layer(s)
+            assert layer.pre_only == (i == 2)
+            assert hasattr(layer, "mlp") != layer.pre_only and hasattr(layer, "proj") != layer.pre_only
+            assert layer.ada.out_features == (2 if layer.pre_only else 6) * cfg.dim
+        assert not block.layer("video").pre_only and not block.layer("audio").pre_only
+
+
+@pytest.mark.parametrize("backend", ["packed", "reference"])
+@pytest.mark.parametrize("architecture", ["single_tower", "dual_tower"])
+@pytest.mark.parametrize("share", [False, True])
+def test_every_parameter_gets_a_gradient(architecture: str, backend: str, share: bool):
+    """One training-like backward (caption dropout on two samples) reaches every parameter: none
+    is left without a gradient at initialisation, and with random weights none gets zeros."""
+    cfg = tiny(architecture=architecture, attention_backend=backend, share_text_weights=share)
+    drop = torch.tensor([False, False, True, False, True, False, False])
+    for model, nonzero in ((build_model(cfg), False), (randomised(cfg), True)):
+        x = null_captions(inputs(cfg, MIX), model, drop)
+        out = model(x)
+        (out.video.square().mean() + out.audio.square().mean()).backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None, f"{name} got no gradient"
+            if nonzero:
+                assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"

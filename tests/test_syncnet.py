@@ -154,7 +154,23 @@ def test_detector_runs_batched_on_saved_weights(tmp_path):
 
 
 def test_annotation_boxes_convert_yx_to_xy():
-    tracks = face.annotation_boxes({"annotation": {"faces": [{"box": [1, 2, 3, 4]}]}}, 5)
+    frames = torch.zeros(5, 64, 64, 3, dtype=torch.uint8)
+    tracks = face.annotation_boxes({"annotation": {"faces": [{"box": [1, 2, 3, 4]}]}}, frames)
     assert len(tracks) == 1 and tracks[0].shape == (5, 4)
     assert tracks[0][0].tolist() == [2.0, 1.0, 4.0, 3.0]
-    assert face.annotation_boxes({}, 5) == []
+    assert face.annotation_boxes({}, frames) == []
+
+
+def test_annotation_boxes_follow_a_resized_clip():
+    """A face drawn at 64 px and the clip resized to 32 px (as the demo's DataModule does): the
+    box lands on the face in the small frames, not on the 64 px coordinates."""
+    big = torch.zeros(1, 3, 64, 64)
+    big[:, 0, 24:56, 16:40] = 255.0  # red face, box [y0, x0, y1, x1] = [24, 16, 56, 40]
+    small = torch.nn.functional.interpolate(big, size=(32, 32), mode="area")
+    frames = small.permute(0, 2, 3, 1).round().to(torch.uint8).expand(4, -1, -1, -1)
+    meta = {"annotation": {"frame_size": [64, 64], "faces": [{"box": [24, 16, 56, 40]}]}}
+    (track,) = face.annotation_boxes(meta, frames)
+    assert track[0].tolist() == [8.0, 12.0, 20.0, 28.0]
+    x0, y0, x1, y1 = (int(v) for v in track[0])
+    assert (frames[:, y0:y1, x0:x1, 0] == 255).all()  # every pixel inside the box is the face
+    assert frames[..., 0].sum() == frames[:, y0:y1, x0:x1, 0].sum()  # and the face is all inside

@@ -1,5 +1,9 @@
-"""Lightning callbacks: validation / test benchmark (Verse-Bench metrics), EMA."""
+"""Lightning callbacks: validation / test benchmark (Verse-Bench metrics), EMA of the weights,
+generated media at validation, and the stage-II task / split rebalancing."""
 
 from klear_lightning.callbacks.benchmark import BenchmarkCallback
+from klear_lightning.callbacks.ema import EMA
+from klear_lightning.callbacks.media_logger import MediaLogger
+from klear_lightning.callbacks.rebalance import Rebalance
 
-__all__ = ["BenchmarkCallback"]
+__all__ = ["EMA", "BenchmarkCallback", "MediaLogger", "Rebalance"]

@@ -1,7 +1,8 @@
 """Verse-Bench metrics during validation and `klear test`.
 
 Validation: every `every_n_val_epochs` validation epochs (never in the sanity check), the first
-`metrics.clips_per_task` clips of the (unshuffled) validation loader are kept as they pass, then
+`metrics.clips_per_task` clips of the (unshuffled) validation loader are kept as they pass (at most
+`metrics.clips_per_split` of each `meta["split"]` when set), then
 for each task in `metrics.tasks` the module generates them with `metrics.sampling_steps` steps and
 a fixed seed, the ground truth is decoded as reference, and the suite logs `val/<task>/<key>` and
 `val/<task>/<key>_n`. Test: the same over the test split (up to `metrics.test_clips_per_task`),
@@ -15,6 +16,7 @@ The LightningModule must provide `generate(batch, task, sampler) -> list[MediaCl
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,36 @@ from klear_lightning.streams import AVBatch
 log = logging.getLogger(__name__)
 
 
+def select(batch: AVBatch, rows: list[int]) -> AVBatch:
+    """The samples `rows` of a batch, in that order, on the CPU."""
+    index = torch.tensor(rows, dtype=torch.long)
+    moved = {
+        f.name: getattr(batch, f.name).cpu()[index]
+        for f in fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)
+    }
+    return replace(batch, **moved, meta=[batch.meta[i] for i in rows])
+
+
 def head(batch: AVBatch, n: int) -> AVBatch:
     """The first `n` samples of a batch, on the CPU."""
-    moved = {f.name: getattr(batch, f.name)[:n].cpu() for f in fields(batch) if isinstance(getattr(batch, f.name), torch.Tensor)}
-    return replace(batch, **moved, meta=list(batch.meta[:n]))
+    return select(batch, list(range(min(n, batch.batch_size))))
+
+
+def keep_clips(kept: list[AVBatch], batch: AVBatch, limit: int | None, per_split: int | None) -> None:
+    """Append to `kept` the samples of `batch` that fit: at most `limit` in all (None: no bound)
+    and at most `per_split` per `meta["split"]` (None: no bound), in arrival order."""
+    have = sum(b.batch_size for b in kept)
+    counts = Counter(m.get("split") for b in kept for m in b.meta)
+    rows = []
+    for i, meta in enumerate(batch.meta):
+        if limit is not None and have + len(rows) >= limit:
+            break
+        if per_split is None or counts[meta.get("split")] < per_split:
+            counts[meta.get("split")] += 1
+            rows.append(i)
+    if rows:
+        kept.append(select(batch, rows))
 
 
 class BenchmarkCallback(L.Callback):
@@ -69,13 +97,10 @@ class BenchmarkCallback(L.Callback):
             for name, reason in self.suite.skipped.items():
                 log.warning("metric %s not computed: %s", name, reason)
 
-    def _keep(self, batch: Any, limit: int | None) -> None:
+    def _keep(self, batch: Any, limit: int | None, per_split: int | None = None) -> None:
         if not isinstance(batch, AVBatch):
             raise TypeError(f"BenchmarkCallback expects AVBatch batches, got {type(batch).__name__}")
-        have = sum(b.batch_size for b in self._kept)
-        want = batch.batch_size if limit is None else min(batch.batch_size, limit - have)
-        if want > 0:
-            self._kept.append(head(batch, want))
+        keep_clips(self._kept, batch, limit, per_split)
 
     def _evaluate(self, pl_module: L.LightningModule, prefix: str) -> MetricSuite:
         suite = self.suite
@@ -106,7 +131,7 @@ class BenchmarkCallback(L.Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self._active:
-            self._keep(batch, self.cfg.clips_per_task)
+            self._keep(batch, self.cfg.clips_per_task, self.cfg.clips_per_split)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._active and self._kept:

@@ -1,4 +1,5 @@
-"""Logs generated media at validation: for a fixed set of validation clips and each configured
+"""Logs generated media at validation: for a fixed set of validation clips (the first `clips`
+as they arrive, at most `clips_per_split` of each `meta["split"]` when set) and each configured
 task, `pl_module.generate` with a fixed seed, written as mp4 (with audio), wav and spectrogram png,
 and logged to MLflow under `media/step_<global step>/<task>/` (also kept in `<run_dir>/media/`).
 The same clips' ground truth (decoded from their latents) is logged once, under `media/reference/`."""
@@ -11,7 +12,7 @@ from typing import Any
 
 import lightning as L
 
-from klear_lightning.callbacks.benchmark import head
+from klear_lightning.callbacks.benchmark import keep_clips
 from klear_lightning.generate import write_clip
 from klear_lightning.logging import KlearMLFlowLogger
 from klear_lightning.sampling import SamplerConfig
@@ -24,7 +25,9 @@ class MediaLogger(L.Callback):
 
     Args:
         tasks: tasks to generate (each is sampled for the same clips).
-        clips: how many clips of the first validation batch.
+        clips: how many validation clips (the first ones, in loader order).
+        clips_per_split: at most this many of them per `meta["split"]` (None: no bound), so a
+            SyncWorld demo shows sound, speech and singing side by side.
         sampler: sampling settings (fixed seed, so samples differ only by the weights).
         every_n_val_epochs: log on every n-th validation run.
     """
@@ -33,28 +36,33 @@ class MediaLogger(L.Callback):
         self,
         tasks: list[str] | None = None,
         clips: int = 2,
+        clips_per_split: int | None = None,
         sampler: SamplerConfig | None = None,
         every_n_val_epochs: int = 1,
     ) -> None:
         self.tasks = list(tasks or ["t2av"])
         for task in self.tasks:
             get_task(task)
-        if clips < 1 or every_n_val_epochs < 1:
-            raise ValueError("MediaLogger: clips and every_n_val_epochs must be >= 1")
+        if clips < 1 or every_n_val_epochs < 1 or (clips_per_split is not None and clips_per_split < 1):
+            raise ValueError("MediaLogger: clips, clips_per_split and every_n_val_epochs must be >= 1")
         self.clips = clips
+        self.clips_per_split = clips_per_split
         self.sampler = sampler or SamplerConfig(steps=10)
         self.every_n_val_epochs = every_n_val_epochs
-        self._batch: AVBatch | None = None
+        self._kept: list[AVBatch] = []
         self._runs = 0
 
     def on_validation_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if batch_idx == 0 and dataloader_idx == 0 and isinstance(batch, AVBatch):
-            self._batch = head(batch, self.clips)
+        if dataloader_idx != 0 or not isinstance(batch, AVBatch):
+            return
+        if batch_idx == 0:
+            self._kept = []
+        keep_clips(self._kept, batch, self.clips, self.clips_per_split)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self._batch is None:
+        if trainer.sanity_checking or not self._kept:
             return
         self._runs += 1
         if (self._runs - 1) % self.every_n_val_epochs:
@@ -63,9 +71,10 @@ class MediaLogger(L.Callback):
         root = logger.run_dir / "media" if logger is not None else Path(tempfile.mkdtemp())
         step = trainer.global_step
         if self._runs == 1 and trainer.is_global_zero:
-            self._write(pl_module.reference_media(self._batch), root, "reference", "reference", logger)
+            reference = [c for b in self._kept for c in pl_module.reference_media(b)]
+            self._write(reference, root, "reference", "reference", logger)
         for task in self.tasks:
-            clips = pl_module.generate(self._batch, task, self.sampler)
+            clips = [c for b in self._kept for c in pl_module.generate(b, task, self.sampler)]
             if trainer.is_global_zero:
                 self._write(clips, root, f"step_{step:07d}/{task}", task, logger)
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from klear_lightning.data.syncworld.measure import scaled_box
+
 MIN_SIZES = (16, 32, 64, 128, 256, 512)
 STEPS = (4, 8, 16, 32, 64, 128)
 VARIANCE = (0.1, 0.2)
@@ -186,12 +188,13 @@ def load_s3fd(path: str | Path) -> S3FD:
     return net.eval()
 
 
-def annotation_boxes(meta: dict, num_frames: int) -> list[Tensor]:
-    """SyncWorld face boxes from `meta['annotation']['faces']` ([y0, x0, y1, x1], static per clip)
-    as per-frame (T, 4) tracks in (x0, y0, x1, y1); empty when the clip has no annotated face."""
-    faces = (meta.get("annotation") or {}).get("faces") or []
+def annotation_boxes(meta: dict, frames: Tensor) -> list[Tensor]:
+    """SyncWorld face boxes from `meta['annotation']['faces']` ([y0, x0, y1, x1], static per clip,
+    drawn at `annotation['frame_size']`) as per-frame (T, 4) tracks in (x0, y0, x1, y1) pixels of
+    `frames` (T, H, W, 3), so a clip the DataModule resized keeps its face; empty without a face."""
+    found = meta.get("annotation") or {}
     tracks = []
-    for face in faces:
-        y0, x0, y1, x1 = (float(v) for v in face["box"])
-        tracks.append(torch.tensor([x0, y0, x1, y1]).expand(num_frames, 4).clone())
+    for face in found.get("faces") or []:
+        y0, x0, y1, x1 = scaled_box(face["box"], found.get("frame_size"), frames.cpu().numpy())
+        tracks.append(torch.tensor([x0, y0, x1, y1], dtype=torch.float32).expand(frames.shape[0], 4).clone())
     return tracks

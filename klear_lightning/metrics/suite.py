@@ -61,6 +61,9 @@ class MetricsConfig:
             the metrics that need it with one line saying what to set.
         tasks: tasks to generate and score.
         clips_per_task: validation clips generated per task (the cost bound).
+        clips_per_split: in validation, at most this many of those clips per `meta["split"]`
+            (SyncWorld's sound, speech_single, ...) so each split's metrics see clips; None: the
+            first clips as they come.
         sampling_steps: sampler steps for the benchmark generations.
         seed: sampler seed, so every evaluation sees the same noise.
         test_clips_per_task: clips per task in `klear test` (None: the whole test split).
@@ -70,6 +73,7 @@ class MetricsConfig:
     checkpoints: dict[str, str] = field(default_factory=dict)
     tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     clips_per_task: int = 8
+    clips_per_split: int | None = None
     sampling_steps: int = 25
     seed: int = 0
     test_clips_per_task: int | None = None
@@ -90,6 +94,8 @@ class MetricsConfig:
             raise ValueError("metrics.tasks: at least one task is needed")
         if self.clips_per_task < 1:
             raise ValueError(f"metrics.clips_per_task must be >= 1, got {self.clips_per_task}")
+        if self.clips_per_split is not None and self.clips_per_split < 1:
+            raise ValueError(f"metrics.clips_per_split must be >= 1 or null, got {self.clips_per_split}")
         if self.test_clips_per_task is not None and self.test_clips_per_task < 1:
             raise ValueError(f"metrics.test_clips_per_task must be >= 1 or null, got {self.test_clips_per_task}")
         if self.sampling_steps < 1:

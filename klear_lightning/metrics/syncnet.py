@@ -180,7 +180,7 @@ class LipSync(ClipMetric):
 
     def tracks(self, clip: MediaClip, frames: Tensor) -> list[Tensor]:
         """Face tracks at the 25 fps frame rate: the SyncWorld annotation, else the detector."""
-        annotated = annotation_boxes(clip.meta, frames.shape[0])
+        annotated = annotation_boxes(clip.meta, frames)
         if annotated or self.detector is None:
             return annotated
         found = self.detector.track(frames)

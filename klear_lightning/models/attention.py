@@ -1,15 +1,17 @@
 """Attention backends behind one interface: plan once per forward, attend in every block.
 
-A plan says which keys each query may see: keys must be valid (real tokens of present streams)
-and, when groups are given, in the query's group (isolated modalities). Queries that are not
-valid, or see no key, get a zero output. Backends:
-- ``reference``: one SDPA call with a dense boolean mask (B, 1, Nq, Nk): the ground truth.
-- ``packed``: invalid tokens removed; every (sample, group) is one segment; on CPU one SDPA
-  call per segment, no mask.
-- ``flash`` / ``flex`` / ``xformers`` (CUDA): the packed layout through
-  torch's varlen flash attention, flex_attention with a document block mask, or xformers'
-  BlockDiagonalMask.
-Tensors: q (B, Nq, H, D), k and v (B, Nk, H, D); the output has q's shape.
+Tokens live in a flat layout: q (Nq, H, D), k and v (Nk, H, D), rows in any order. A plan maps
+them to the attention order the backend needs, and back. It is built from dense (B, L) masks and
+`flat` maps (B, L) giving each dense position's row in the flat tensor (-1: not there). Keys must
+be valid (real tokens of present streams) and, when groups are given, in the query's group
+(isolated modalities). Queries that are not valid, or see no key, get a zero output. Backends:
+- ``reference``: every token, sample-major (B, L), one SDPA call with a dense boolean mask
+  (B, 1, Lq, Lk): the ground truth.
+- ``packed``: only valid tokens, one segment per (sample, group); on CPU one SDPA call per
+  segment (one batched call when all segments have the same lengths), no mask.
+- ``flash`` / ``flex`` / ``xformers`` (CUDA): the packed segments through torch's varlen flash
+  attention, flex_attention with a document block mask, or xformers' BlockDiagonalMask.
+Moving rows between the layouts is a gather whose backward is also a gather (no scatter-add).
 """
 
 from __future__ import annotations
@@ -23,17 +25,88 @@ from einops import rearrange
 from torch import Tensor
 
 
+def _gather(x: Tensor, index: Tensor | None, zero: Tensor | None, rows: int) -> Tensor:
+    """x[index] with the rows where `zero` is True set to zero; index None: x itself."""
+    if index is None:
+        return x
+    if x.shape[0] == 0:
+        return x.new_zeros(rows, *x.shape[1:])
+    y = x.index_select(0, index)
+    return y if zero is None else y.masked_fill(zero.view(-1, *[1] * (x.dim() - 1)), 0)
+
+
+@dataclass
+class Reorder:
+    """y = x[index] with rows where `zero` is True set to zero; index None: y = x."""
+
+    index: Tensor | None
+    zero: Tensor | None
+    rows: int  # rows of y
+
+
+def reorder(order: Tensor, rows: int) -> tuple[Reorder, Reorder]:
+    """The gather taking rows `order` of an x with `rows` rows, and its adjoint (x's rows from y;
+    rows not in `order` get zeros). `order` must not repeat a row."""
+    m = order.numel()
+    identity = m == rows and bool((order == torch.arange(m, device=order.device)).all())
+    if identity:
+        return Reorder(None, None, m), Reorder(None, None, rows)
+    inverse = torch.full((rows,), -1, dtype=torch.long, device=order.device)
+    inverse[order] = torch.arange(m, device=order.device)
+    dropped = inverse < 0
+    zero = dropped if bool(dropped.any()) else None
+    return Reorder(order, None, m), Reorder(inverse.clamp(min=0), zero, rows)
+
+
+class _Move(torch.autograd.Function):
+    """A gather in forward whose backward is the adjoint gather (no scatter-add, no zero-fill)."""
+
+    @staticmethod
+    def forward(ctx, x, index, zero, rows, back_index, back_zero, back_rows):  # type: ignore[override]
+        ctx.save_for_backward(back_index, back_zero)
+        ctx.back_rows = back_rows
+        return _gather(x, index, zero, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        back_index, back_zero = ctx.saved_tensors
+        return _gather(grad.contiguous(), back_index, back_zero, ctx.back_rows), None, None, None, None, None, None
+
+
+def move(x: Tensor, maps: tuple[Reorder, Reorder]) -> Tensor:
+    """Apply maps[0] to x; its backward applies the adjoint maps[1] to the gradient."""
+    f, b = maps
+    if f.index is None:
+        return x
+    return _Move.apply(x, f.index, f.zero, f.rows, b.index, b.zero, b.rows)
+
+
+def flipped(maps: tuple[Reorder, Reorder]) -> tuple[Reorder, Reorder]:
+    return maps[1], maps[0]
+
+
 @dataclass
 class AttentionPlan:
     """Who sees whom, in the forms the backends need (built by `plan_attention`)."""
 
-    q_ok: Tensor  # (B, Nq) bool: valid and sees at least one key
-    dense_mask: Tensor | None  # (B, 1, Nq, Nk) bool, None when every query sees every key
-    q_index: Tensor  # flat indices into (B * Nq) of q_ok tokens, segment-major
-    k_index: Tensor
-    q_lens: list[int]  # per non-empty segment
+    q_in: tuple[Reorder, Reorder]  # flat queries -> attention order, and its adjoint
+    k_in: tuple[Reorder, Reorder]  # flat keys -> attention order, and its adjoint
+    q_ok: Tensor  # (B, Lq) bool: valid and sees at least one key
+    dense_mask: Tensor | None  # (B, 1, Lq, Lk) bool; None when every query sees every key or not dense
+    q_lens: list[int]  # per non-empty segment (packed)
     k_lens: list[int]
-    full: bool  # every query sees every key: no mask, no packing needed
+    dense: bool  # attention order is every token, sample-major (B, L)
+    full: bool  # every query sees every key: no mask needed
+
+    @property
+    def uniform(self) -> bool:
+        """All segments have the same lengths: one batched call."""
+        return len(set(self.q_lens)) <= 1 and len(set(self.k_lens)) <= 1
+
+
+def dense_flat(valid: Tensor) -> Tensor:
+    """The flat map of a layout holding every dense position in row-major (sample-major) order."""
+    return torch.arange(valid.numel(), device=valid.device).view(valid.shape)
 
 
 def plan_attention(
@@ -42,12 +115,17 @@ def plan_attention(
     q_group: Tensor | None = None,
     k_group: Tensor | None = None,
     dense: bool = True,
+    q_flat: Tensor | None = None,
+    k_flat: Tensor | None = None,
 ) -> AttentionPlan:
-    """Build the plan. Groups (N,) int must be non-decreasing along the tokens (streams in order)."""
+    """Build the plan. Groups (L,) int must be non-decreasing along the tokens (streams in order).
+    q_flat / k_flat (B, L) long: each dense position's row in the flat tensors (default: every
+    position, row-major). A dense plan needs every position; a packed one every valid position."""
     if (q_group is None) != (k_group is None):
         raise ValueError("attention plan: give groups for both queries and keys, or for neither")
-    b, nq = q_valid.shape
-    nk = k_valid.shape[1]
+    q_flat = dense_flat(q_valid) if q_flat is None else q_flat
+    k_flat = dense_flat(k_valid) if k_flat is None else k_flat
+    nq, nk = q_valid.shape[1], k_valid.shape[1]
     if q_group is None or k_group is None:
         q_group = torch.zeros(nq, dtype=torch.long, device=q_valid.device)
         k_group = torch.zeros(nk, dtype=torch.long, device=k_valid.device)
@@ -62,8 +140,17 @@ def plan_attention(
     q_count = q_ok.float() @ q_onehot
     k_ok = k_valid & (q_count[:, k_group] > 0)
     k_count = k_ok.float() @ k_onehot
-
     full = bool(q_ok.all()) and bool(k_ok.all()) and n_groups == 1
+
+    q_rows, k_rows = int((q_flat >= 0).sum()), int((k_flat >= 0).sum())
+    if dense:
+        if q_rows != q_flat.numel() or k_rows != k_flat.numel():
+            raise ValueError("a dense attention plan needs every token in the flat layout (padding included)")
+        q_order, k_order = q_flat.flatten(), k_flat.flatten()
+    else:
+        q_order, k_order = q_flat[q_ok], k_flat[k_ok]
+        if bool((q_order < 0).any()) or bool((k_order < 0).any()):
+            raise ValueError("a packed attention plan needs every valid token in the flat layout")
     dense_mask = None
     if dense and not full:
         same = q_group[:, None] == k_group[None, :]
@@ -71,19 +158,20 @@ def plan_attention(
     lens = torch.stack([q_count.flatten(), k_count.flatten()], dim=-1).long()
     lens = lens[lens[:, 0] > 0].tolist()
     return AttentionPlan(
+        q_in=reorder(q_order, q_rows),
+        k_in=reorder(k_order, k_rows),
         q_ok=q_ok,
         dense_mask=dense_mask,
-        q_index=q_ok.flatten().nonzero().squeeze(-1),
-        k_index=k_ok.flatten().nonzero().squeeze(-1),
         q_lens=[q for q, _ in lens],
         k_lens=[k for _, k in lens],
+        dense=dense,
         full=full,
     )
 
 
 class AttentionBackend(Protocol):
     name: str
-    dense: bool  # whether plans need the dense mask
+    dense: bool  # whether plans (and the model's token layout) hold every token, padding included
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor: ...
 
@@ -97,68 +185,53 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor
 
 
 class ReferenceAttention:
-    """Dense-mask SDPA; fully masked query rows are made safe and zeroed."""
+    """Dense-mask SDPA over every token; fully masked query rows are made safe and zeroed."""
 
     name = "reference"
     dense = True
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
+        if not plan.dense:
+            raise ValueError("reference attention needs a plan built with dense=True")
+        b, lq = plan.q_ok.shape
+        qa = move(q, plan.q_in).view(b, lq, *q.shape[1:])
+        ka = move(k, plan.k_in).view(b, -1, *k.shape[1:])
+        va = move(v, plan.k_in).view(b, -1, *v.shape[1:])
         if plan.dense_mask is None:
-            if not plan.full:
-                raise ValueError("reference attention needs a plan built with dense=True")
-            return _sdpa(q, k, v)
-        # A row with no visible key would give NaN; let it see everything, then zero it.
-        mask = plan.dense_mask | ~plan.q_ok[:, None, :, None]
-        out = _sdpa(q, k, v, mask)
-        return out * plan.q_ok[:, :, None, None].to(out.dtype)
-
-
-class _GatherRows(torch.autograd.Function):
-    """x.index_select(0, index) for unique indices; the backward copies rows back (index_copy)
-    instead of accumulating them (index_add), which is several times faster on CPU."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(index)
-        ctx.rows = x.shape[0]
-        return x.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (index,) = ctx.saved_tensors
-        return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_copy(0, index, grad), None
+            out = _sdpa(qa, ka, va)
+        else:
+            # A row with no visible key would give NaN; let it see everything, then zero it.
+            mask = plan.dense_mask | ~plan.q_ok[:, None, :, None]
+            out = _sdpa(qa, ka, va, mask) * plan.q_ok[:, :, None, None].to(q.dtype)
+        return move(out.reshape(b * lq, *q.shape[1:]), flipped(plan.q_in))
 
 
 class PackedAttention:
-    """Shared gather / scatter around a segment-wise attention kernel."""
+    """Gather the valid tokens into segments, attend per segment, gather back."""
 
     name = "packed"
     dense = False
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
-        if plan.full:
-            return self.unmasked(q, k, v)
-        b, nq, h, d = q.shape
-        qf = _GatherRows.apply(q.reshape(b * nq, h, d), plan.q_index)
-        kf = _GatherRows.apply(k.reshape(-1, h, d), plan.k_index)
-        vf = _GatherRows.apply(v.reshape(-1, h, d), plan.k_index)
-        out = self.segments(qf, kf, vf, plan)
-        scattered = out.new_zeros(b * nq, h, d).index_copy(0, plan.q_index, out)
-        return scattered.view(b, nq, h, d)
-
-    def unmasked(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return _sdpa(q, k, v)
+        if plan.dense:
+            raise ValueError(f"{self.name} attention needs a plan built with dense=False")
+        out = self.segments(move(q, plan.q_in), move(k, plan.k_in), move(v, plan.k_in), plan)
+        return move(out, flipped(plan.q_in))
 
     def segments(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
-        """(n_q, H, D) packed queries -> (n_q, H, D); one SDPA call per segment."""
-        outs = []
-        for qs, ks, vs in zip(
-            q.split(plan.q_lens), k.split(plan.k_lens), v.split(plan.k_lens), strict=True
-        ):
-            outs.append(_sdpa(qs[None], ks[None], vs[None])[0])
-        return torch.cat(outs) if outs else q.new_zeros(0, *q.shape[1:])
-
-
+        """(n_q, H, D) queries in segment order -> (n_q, H, D); one SDPA call per segment,
+        or one batched call when the segments have equal lengths."""
+        if not plan.q_lens:
+            return q.new_zeros(0, *q.shape[1:])
+        if plan.uniform:
+            s = len(plan.q_lens)
+            out = _sdpa(q.view(s, -1, *q.shape[1:]), k.view(s, -1, *k.shape[1:]), v.view(s, -1, *v.shape[1:]))
+            return out.reshape(q.shape)
+        outs = [
+            _sdpa(qs[None], ks[None], vs[None])[0]
+            for qs, ks, vs in zip(q.split(plan.q_lens), k.split(plan.k_lens), v.split(plan.k_lens), strict=True)
+        ]
+        return torch.cat(outs)
 def _cu_seqlens(lens: list[int], device: torch.device) -> Tensor:
     return F.pad(torch.tensor(lens, device=device, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
 
@@ -237,9 +310,6 @@ class XformersAttention(PackedAttention):
                 "pip install -c constraints.txt 'klear-lightning[cuda]'"
             ) from e
         self._xops = xops
-
-    def unmasked(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return self._xops.memory_efficient_attention(q, k, v)
 
     def segments(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan) -> Tensor:
         if not plan.q_lens:

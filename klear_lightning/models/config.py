@@ -27,8 +27,10 @@ class ModelConfig:
       stream, QKV + output projection (4 d^2), an MLP of ratio 4 (8 d^2) and an adaLN-Zero
       projection to six modulation vectors (6 d^2), i.e. 18 d^2 per stream. With four streams
       (text weights not shared) and 32 blocks: 4 * 32 * 18 d^2 = 2304 d^2 = 26e9 gives
-      d = 3359; rounded to a multiple of the head dim 128, d = 3328 (26 heads), which makes
-      25.5e9 in the blocks plus about 0.1e9 in embeddings and final layers (25.6B total).
+      d = 3359; rounded to a multiple of the head dim 128, d = 3328 (26 heads). In the last
+      block the two text streams only give keys and values (adaLN shift / scale and K, V:
+      4 d^2 instead of 18 d^2), so the blocks hold 2276 d^2 = 25.2e9, plus about 0.13e9 in
+      embeddings and final layers (25.3B total).
 
     video_channels / audio_channels / text_dim are decided by the codecs and text encoder and
     are overridden from them. rope_sections=None uses `default_rope_sections(dim // heads)`.

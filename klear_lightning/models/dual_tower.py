@@ -5,7 +5,8 @@ tower over {audio_text, audio}, each with per-stream MM-DiT weights. In every bl
 attention, video tokens cross-attend to audio tokens and audio tokens to video tokens (both from
 the same pre-cross states), then each stream runs its MLP. Cross-attention uses the MixD-RoPE
 positions of both sides and a zero-initialised output, so training starts from two independent
-towers. isolate_modalities turns the cross-attention off.
+towers. isolate_modalities turns the cross-attention off. In the last block the text streams only
+give keys / values (`pre_only` layers). Tokens are flat as in the single tower (see `embed`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from torch import Tensor, nn
 
 from klear_lightning.models.attention import AttentionBackend, AttentionPlan, make_backend, plan_attention
 from klear_lightning.models.config import ModelConfig
-from klear_lightning.models.embed import OutputHeads, StreamEmbedder, joint_rope
+from klear_lightning.models.embed import OutputHeads, StreamEmbedder
 from klear_lightning.models.layers import QKNorm, StreamLayer, init_weights, joint_qkv
-from klear_lightning.models.mmdit import layer_key, stream_layers
-from klear_lightning.models.rope import apply_rope, rope_table
+from klear_lightning.models.mmdit import JointAttention, joint_attention, layer_key, query_streams, stream_layers
+from klear_lightning.models.rope import apply_rope
 from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
 
 TOWERS: dict[str, tuple[str, str]] = {"video": ("video", "video_text"), "audio": ("audio_text", "audio")}
@@ -42,40 +43,50 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, other: Tensor, rope_q: Tensor, rope_k: Tensor,
                 plan: AttentionPlan, backend: AttentionBackend) -> Tensor:
-        q = rearrange(self.q(self.norm_q(x)), "b n (h d) -> b n h d", h=self.heads)
-        k, v = rearrange(self.kv(self.norm_kv(other)), "b n (two h d) -> two b n h d", two=2, h=self.heads)
+        q = rearrange(self.q(self.norm_q(x)), "n (h d) -> n h d", h=self.heads)
+        k, v = rearrange(self.kv(self.norm_kv(other)), "n (two h d) -> two n h d", two=2, h=self.heads)
         q = apply_rope(self.q_norm(q), rope_q)
         k = apply_rope(self.k_norm(k), rope_k)
-        return self.proj(rearrange(backend(q, k, v, plan), "b n h d -> b n (h d)"))
+        return self.proj(backend(q, k, v, plan).flatten(1))
 
 
 class DualBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Tower self-attention, audio <-> video cross-attention, MLPs; returns the updated streams
+    (only video and audio in the last block)."""
+
+    def __init__(self, cfg: ModelConfig, last: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.streams = stream_layers(cfg)
+        self.streams = stream_layers(cfg, last)
         self.cross = nn.ModuleDict({m: CrossAttention(cfg.dim, cfg.heads, cfg.norm_eps) for m in TOWERS})
 
     def layer(self, stream: str) -> StreamLayer:
         return self.streams[layer_key(self.cfg, stream)]
 
-    def forward(self, x: dict[str, Tensor], c: dict[str, Tensor], ropes: dict[str, Tensor],
-                plans: dict[str, AttentionPlan], backend: AttentionBackend, cross: bool) -> dict[str, Tensor]:
-        mods = {s: self.layer(s).modulation(c[s]) for s in STREAMS}
-        out = dict(x)
+    def queries(self, tower: str) -> tuple[str, ...]:
+        return query_streams({s: self.layer(s) for s in TOWERS[tower]})
+
+    def forward(self, x: dict[str, Tensor], c: dict[str, Tensor], row: dict[str, Tensor],
+                towers: dict[str, JointAttention], ropes: dict[str, Tensor], plans: dict[str, AttentionPlan],
+                backend: AttentionBackend, cross: bool) -> dict[str, Tensor]:
+        """`towers[t]` planned for `queries(t)`; ropes / plans of the cross-attention by modality."""
+        mods = {s: self.layer(s).modulation(c[s], row[s]) for s in STREAMS}
+        out = {}
         for tower, streams in TOWERS.items():
             layers = [self.layer(s) for s in streams]
-            q, k, v = joint_qkv(layers, [x[s] for s in streams], [mods[s] for s in streams], ropes[tower])
-            attn = rearrange(backend(q, k, v, plans[tower]), "b n h d -> b n (h d)")
-            for s, a in zip(streams, attn.split([x[s].shape[1] for s in streams], dim=1), strict=True):
+            att = towers[tower]
+            q, k, v = joint_qkv(layers, [x[s] for s in streams], [mods[s] for s in streams],
+                                att.q_rotation, att.k_rotation)
+            attn = backend(q, k, v, att.plan).flatten(1)
+            queries = self.queries(tower)
+            for s, a in zip(queries, attn.split([x[s].shape[0] for s in queries]), strict=True):
                 out[s] = self.layer(s).attn_residual(x[s], a, mods[s])
         if cross:
             latent = {m: out[m] for m in TOWERS}
             for m in TOWERS:
                 o = OTHER[m]
-                out[m] = latent[m] + self.cross[m](latent[m], latent[o], ropes[m + "_latent"],
-                                                   ropes[o + "_latent"], plans[m + "_cross"], backend)
-        return {s: self.layer(s).mlp_residual(out[s], mods[s]) for s in STREAMS}
+                out[m] = latent[m] + self.cross[m](latent[m], latent[o], ropes[m], ropes[o], plans[m], backend)
+        return {s: self.layer(s).mlp_residual(h, mods[s]) for s, h in out.items()}
 
 
 class DualTower(nn.Module):
@@ -85,7 +96,7 @@ class DualTower(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = StreamEmbedder(cfg)
-        self.blocks = nn.ModuleList(DualBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(DualBlock(cfg, last=i == cfg.depth - 1) for i in range(cfg.depth))
         self.heads = OutputHeads(cfg)
         self.null_video_text = nn.Parameter(torch.empty(cfg.text_dim))
         self.null_audio_text = nn.Parameter(torch.empty(cfg.text_dim))
@@ -102,20 +113,24 @@ class DualTower(nn.Module):
         nn.init.normal_(self.null_audio_text, std=0.02)
 
     def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
-        tokens = self.embed(inputs)
-        x, valid = tokens.x, tokens.valid
-        device = x["video"].device
-        angles = self.embed.rope(tokens.shapes)
-        ropes = {tower: joint_rope(angles, streams, device) for tower, streams in TOWERS.items()}
-        ropes |= {m + "_latent": rope_table(angles[m], device) for m in TOWERS}
+        tokens = self.embed(inputs, packed=not self.backend.dense)
         dense = self.backend.dense
+        ropes = {m: tokens.rotation[m] for m in TOWERS}
         plans = {}
-        for tower, streams in TOWERS.items():
-            v = torch.cat([valid[s] for s in streams], dim=1)
-            plans[tower] = plan_attention(v, v, dense=dense)
         if not isolate_modalities:
-            for m in TOWERS:
-                plans[m + "_cross"] = plan_attention(valid[m], valid[OTHER[m]], dense=dense)
+            plans = {
+                m: plan_attention(tokens.valid[m], tokens.valid[OTHER[m]], dense=dense,
+                                  q_flat=tokens.flat[m], k_flat=tokens.flat[OTHER[m]])
+                for m in TOWERS
+            }
+        attention: dict[tuple[tuple[str, ...], tuple[str, ...]], JointAttention] = {}
+        x = tokens.x
         for block in self.blocks:
-            x = block(x, tokens.c, ropes, plans, self.backend, cross=not isolate_modalities)
+            towers = {}
+            for tower, streams in TOWERS.items():
+                key = (block.queries(tower), streams)
+                if key not in attention:
+                    attention[key] = joint_attention(tokens, *key, False, dense)
+                towers[tower] = attention[key]
+            x = x | block(x, tokens.c, tokens.row, towers, ropes, plans, self.backend, cross=not isolate_modalities)
         return self.heads(x, tokens, inputs)

@@ -1,12 +1,17 @@
-"""Streams in and out of the tower: patchify + embed, conditioning rows, RoPE tables, unpatchify.
+"""Streams in and out of the tower: patchify, pack, embed, conditioning rows, RoPE, unpack.
 
 Video latents (B, C, T, H, W) become T * (H/p) * (W/p) tokens (t-major) over (1, p, p) patches;
 audio latents (B, C, T) become T / p_a tokens. A token is valid when its mask is True (an audio
-token only when all its latent frames are); invalid tokens are zeroed on entry and excluded from
-attention. Conditioning: a video frame's row is the embedding of its timestep plus the pooled
-video caption (one row per sample when all its frames share t); an audio token's row its (patch-mean) timestep plus the pooled audio caption; a
-text stream has one row per sample at t = 1 plus its own pooled caption. So the video side
-({video, video_text}) never reads the audio side ({audio_text, audio}) except through attention.
+token only when all its latent frames are). Each stream is flat, (n_s, dim), sample-major:
+- packed layout (packed attention backends): only valid tokens, taken ONCE here, so every layer
+  of every block skips padding and absent streams; the output heads unpack;
+- dense layout (``reference``): every token, B * L_s rows, invalid ones zeroed on entry and
+  excluded from attention (the ground truth).
+Conditioning: a video frame's row is the embedding of its timestep plus the pooled video
+caption (one row per sample when all its frames share t); an audio token's row its (patch-mean)
+timestep plus the pooled audio caption; a text stream has one row per sample at t = 1 plus its
+own pooled caption. So the video side ({video, video_text}) never reads the audio side
+({audio_text, audio}) except through attention.
 """
 
 from __future__ import annotations
@@ -50,10 +55,58 @@ def unpatchify_audio(tokens: Tensor, p: int) -> Tensor:
 class StreamTokens:
     """Embedded streams of one batch, all keyed by stream name in `STREAMS` order."""
 
-    x: dict[str, Tensor]  # (B, n_s, dim)
-    c: dict[str, Tensor]  # (B, R_s, dim) conditioning rows
-    valid: dict[str, Tensor]  # (B, n_s) bool
+    x: dict[str, Tensor]  # (n_s, dim) flat tokens, sample-major
+    c: dict[str, Tensor]  # (B * R_s, dim) conditioning rows
+    row: dict[str, Tensor]  # (n_s,) long: each token's row in c
+    valid: dict[str, Tensor]  # (B, L_s) bool, dense
+    flat: dict[str, Tensor]  # (B, L_s) long: each dense position's row in x (-1: not there)
+    keep: dict[str, Tensor | None]  # (n_s,) long: dense index b * L_s + j of each row; None: all, in order
+    rotation: dict[str, Tensor]  # (n_s, 1, head_dim / 2) complex RoPE rotations
     shapes: StreamShapes
+
+    @property
+    def batch_size(self) -> int:
+        return self.valid["video"].shape[0]
+
+    def flat_index(self, streams: tuple[str, ...]) -> Tensor:
+        """(B, sum L_s) map of the concatenation of `streams` (their x concatenated in order)."""
+        parts, offset = [], 0
+        for s in streams:
+            f = self.flat[s]
+            parts.append(torch.where(f >= 0, f + offset, f))
+            offset += self.x[s].shape[0]
+        return torch.cat(parts, dim=1)
+
+    def joint_rotation(self, streams: tuple[str, ...]) -> Tensor:
+        return torch.cat([self.rotation[s] for s in streams])
+
+    def unpack(self, y: Tensor, stream: str) -> Tensor:
+        """(n_s, F) per-token values -> (B, L_s, F), zeros where a token is invalid."""
+        b, length = self.valid[stream].shape
+        keep = self.keep[stream]
+        if keep is None:
+            return y.view(b, length, -1) * self.valid[stream][..., None].to(y.dtype)
+        return y.new_zeros(b * length, y.shape[-1]).index_copy(0, keep, y).view(b, length, -1)
+
+
+def _layout(valid: Tensor, packed: bool) -> tuple[Tensor, Tensor | None]:
+    """(flat map, keep) of one stream: packed keeps the valid tokens, dense keeps all."""
+    if not packed:
+        return torch.arange(valid.numel(), device=valid.device).view(valid.shape), None
+    keep = valid.flatten().nonzero().squeeze(-1)
+    flat = torch.full((valid.numel(),), -1, dtype=torch.long, device=valid.device)
+    flat[keep] = torch.arange(keep.numel(), device=valid.device)
+    return flat.view(valid.shape), keep
+
+
+def _take(x: Tensor, keep: Tensor | None) -> Tensor:
+    """(B, L, F) -> (n, F) rows `keep` of the flattened (B * L, F)."""
+    flat = rearrange(x, "b l f -> (b l) f")
+    return flat if keep is None else flat.index_select(0, keep)
+
+
+def _dense_index(valid: Tensor, keep: Tensor | None) -> Tensor:
+    return torch.arange(valid.numel(), device=valid.device) if keep is None else keep
 
 
 class StreamEmbedder(nn.Module):
@@ -77,28 +130,33 @@ class StreamEmbedder(nn.Module):
             return self.video_text, self.video_text_pool
         return self.audio_text, self.audio_text_pool
 
-    def forward(self, inputs: ModelInputs) -> StreamTokens:
+    def forward(self, inputs: ModelInputs, packed: bool) -> StreamTokens:
         cfg = self.cfg
         _check_inputs(cfg, inputs)
         p, pa = cfg.video_patch, cfg.audio_patch
         b, _, t, h, w = inputs.video.shape
-        video = patchify_video(inputs.video, p)
-        audio = patchify_audio(inputs.audio, pa)
         n_patches = (h // p) * (w // p)
         valid = {
             "video": repeat(inputs.video_mask, "b t -> b (t r)", r=n_patches),
-            "audio": rearrange(inputs.audio_mask, "b (n p) -> b n p", p=pa).all(-1),
             "video_text": inputs.video_text_mask,
             "audio_text": inputs.audio_text_mask,
+            "audio": rearrange(inputs.audio_mask, "b (n p) -> b n p", p=pa).all(-1),
         }
-        x = {"video": self.video(video), "audio": self.audio(audio)}
-        pooled = {}
+        layout = {s: _layout(valid[s], packed) for s in STREAMS}
+        features = {
+            "video": patchify_video(inputs.video, p),
+            "video_text": inputs.video_text,
+            "audio_text": inputs.audio_text,
+            "audio": patchify_audio(inputs.audio, pa),
+        }
+        x, pooled = {}, {}
+        for s in STREAMS:
+            keep = layout[s][1]
+            x[s] = self.embedding(s)(_take(features[s], keep))
+            if keep is None:
+                x[s] = x[s] * valid[s].flatten()[:, None].to(x[s].dtype)
         for s in ("video_text", "audio_text"):
-            embed, pool = self.text_layers(s)
-            tokens = getattr(inputs, s)
-            x[s] = embed(tokens)
-            pooled[s] = pool(tokens, valid[s])[:, None]
-        x = {s: x[s] * valid[s][..., None].to(x[s].dtype) for s in STREAMS}
+            pooled[s] = self.text_layers(s)[1](features[s], valid[s])[:, None]
 
         audio_t = rearrange(inputs.audio_t, "b (n p) -> b n p", p=pa).mean(-1)
         text_t = self.time(torch.ones(b, 1, device=inputs.video.device))
@@ -110,14 +168,35 @@ class StreamEmbedder(nn.Module):
         }
         shapes = StreamShapes(
             video_grid=(t, h // p, w // p),
-            audio_tokens=audio.shape[1],
-            video_text_tokens=x["video_text"].shape[1],
-            audio_text_tokens=x["audio_text"].shape[1],
+            audio_tokens=valid["audio"].shape[1],
+            video_text_tokens=valid["video_text"].shape[1],
+            audio_text_tokens=valid["audio_text"].shape[1],
         )
-        return StreamTokens(x=x, c=c, valid=valid, shapes=shapes)
+        angles = self.rope(shapes)
+        row, rotation = {}, {}
+        for s in STREAMS:
+            length = valid[s].shape[1]
+            rows = c[s].shape[1]
+            index = _dense_index(valid[s], layout[s][1])
+            position = index % length
+            row[s] = torch.div(index, length, rounding_mode="floor") * rows + position // max(length // rows, 1)
+            rotation[s] = rope_table(angles[s], x[s].device).index_select(0, position)
+        return StreamTokens(
+            x=x,
+            c={s: rearrange(c[s], "b r d -> (b r) d") for s in STREAMS},
+            row=row,
+            valid=valid,
+            flat={s: layout[s][0] for s in STREAMS},
+            keep={s: layout[s][1] for s in STREAMS},
+            rotation=rotation,
+            shapes=shapes,
+        )
+
+    def embedding(self, stream: str) -> nn.Linear:
+        return self.text_layers(stream)[0] if stream in ("video_text", "audio_text") else getattr(self, stream)
 
     def rope(self, shapes: StreamShapes) -> dict[str, Tensor]:
-        """Rotary angles (N_s, head_dim / 2) per stream."""
+        """Rotary angles (L_s, head_dim / 2) per stream."""
         cfg = self.cfg
         pos = stream_positions(shapes, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps,
                                cfg.audio_patch, cfg.text_rope)
@@ -134,13 +213,8 @@ def shared_rows(t: Tensor, valid: Tensor) -> Tensor:
     return t[:, :1] if bool(((t == t[:, :1]) | ~valid).all()) else t
 
 
-def joint_rope(angles: dict[str, Tensor], streams: tuple[str, ...], device: torch.device) -> Tensor:
-    """Complex rotations for the concatenation of `streams`."""
-    return rope_table(torch.cat([angles[s] for s in streams]), device)
-
-
 class OutputHeads(nn.Module):
-    """Final adaLN layer per generated modality, unpatchified to latent layout and masked."""
+    """Final adaLN layer per generated modality, unpacked and unpatchified to latent layout, masked."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -150,8 +224,10 @@ class OutputHeads(nn.Module):
 
     def forward(self, x: dict[str, Tensor], tokens: StreamTokens, inputs: ModelInputs) -> ModelOutputs:
         p, pa = self.cfg.video_patch, self.cfg.audio_patch
-        video = unpatchify_video(self.video(x["video"], tokens.c["video"]), tokens.shapes.video_grid, p)
-        audio = unpatchify_audio(self.audio(x["audio"], tokens.c["audio"]), pa)
+        video = tokens.unpack(self.video(x["video"], tokens.c["video"], tokens.row["video"]), "video")
+        audio = tokens.unpack(self.audio(x["audio"], tokens.c["audio"], tokens.row["audio"]), "audio")
+        video = unpatchify_video(video, tokens.shapes.video_grid, p)
+        audio = unpatchify_audio(audio, pa)
         video = video * inputs.video_mask[:, None, :, None, None].to(video.dtype)
         audio = audio * inputs.audio_mask[:, None, :].to(audio.dtype)
         return ModelOutputs(video=video, audio=audio)

@@ -1,8 +1,8 @@
 """Building blocks shared by both towers: embeddings, adaLN-Zero stream layers, final layers.
 
-Conditioning is per row: a stream of n tokens carries c of shape (B, R, dim) with n = R * r,
-and every group of r consecutive tokens shares one row (a video latent frame's patches share its
-timestep; a text stream has one row per sample; an audio token is its own row).
+Tokens are flat: a stream of n tokens (of any samples) is (n, dim). Conditioning is per row: a
+stream carries a table c (rows, dim) (one row per sample, or per video frame / audio token) and
+`row` (n,), each token's row. adaLN vectors are computed on the rows and gathered per token.
 """
 
 from __future__ import annotations
@@ -17,20 +17,23 @@ from torch import Tensor, nn
 from klear_lightning.models.rope import apply_rope
 
 
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x * (1 + scale) + shift for x (B, n, d), shift / scale (B, R, d), n = R * r: a row per r tokens."""
-    b, n, d = x.shape
-    rows = shift.shape[1]
-    out = torch.addcmul(shift[:, :, None], x.view(b, rows, n // rows, d), 1 + scale[:, :, None])
-    return out.view(b, n, d)
+def modulate(x: Tensor, shift: Tensor, scale_plus_one: Tensor) -> Tensor:
+    """x * (1 + scale) + shift for per-token x, shift, (1 + scale) (n, d)."""
+    return torch.addcmul(shift, x, scale_plus_one)
 
 
 def gated_add(x: Tensor, y: Tensor, g: Tensor) -> Tensor:
-    """x + g * y for x, y (B, n, d) and per-row gates g (B, R, d)."""
-    b, n, d = x.shape
-    rows = g.shape[1]
-    shape = (b, rows, n // rows, d)
-    return torch.addcmul(x.view(shape), y.view(shape), g[:, :, None]).view(b, n, d)
+    """x + g * y, all (n, d)."""
+    return torch.addcmul(x, y, g)
+
+
+def adaln(ada: nn.Linear, c: Tensor, row: Tensor) -> list[Tensor]:
+    """adaLN vectors (shift, scale + 1, [gate,] ...) of `ada` on the rows c (R, d), gathered per
+    token (n, d) by `row`. Scales (every second of each (shift, scale, gate) or (shift, scale)
+    group) get their 1 added on the rows, before the gather."""
+    vectors = ada(F.silu(c)).chunk(ada.out_features // ada.in_features, dim=-1)
+    period = 3 if len(vectors) % 3 == 0 else 2
+    return [(v + 1 if i % period == 1 else v).index_select(0, row) for i, v in enumerate(vectors)]
 
 
 class TimestepEmbedding(nn.Module):
@@ -80,55 +83,78 @@ class Mlp(nn.Module):
 
 
 class StreamLayer(nn.Module):
-    """One stream's weights in a joint block: adaLN-Zero, fused QKV, QK-RMSNorm, output, MLP."""
+    """One stream's weights in a joint block: adaLN-Zero, fused QKV, QK-RMSNorm, output, MLP.
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, eps: float):
+    `pre_only` (SD3's context_pre_only, taken one step further): the stream only gives keys and
+    values to the block's attention and its output is not used (text streams in the last block),
+    so the layer has no query, no output projection, no MLP, and only the (shift, scale) of the
+    attention's adaLN: every parameter it has gets a gradient.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, eps: float, pre_only: bool = False):
         super().__init__()
         self.heads = heads
+        self.pre_only = pre_only
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
-        self.ada = nn.Linear(dim, 6 * dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = QKNorm(dim // heads, eps=eps)
+        self.ada = nn.Linear(dim, (2 if pre_only else 6) * dim)
+        if pre_only:
+            self.kv = nn.Linear(dim, 2 * dim)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.q_norm = QKNorm(dim // heads, eps=eps)
         self.k_norm = QKNorm(dim // heads, eps=eps)
-        self.proj = nn.Linear(dim, dim)
-        self.mlp = Mlp(dim, mlp_dim)
+        if not pre_only:
+            self.proj = nn.Linear(dim, dim)
+            self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+            self.mlp = Mlp(dim, mlp_dim)
 
-    def modulation(self, c: Tensor) -> tuple[Tensor, ...]:
-        """Six (B, R, d) vectors: shift, scale, gate for attention, then for the MLP."""
-        return self.ada(F.silu(c)).chunk(6, dim=-1)
+    def modulation(self, c: Tensor, row: Tensor) -> list[Tensor]:
+        """Per-token (n, d) vectors: shift, scale + 1, gate for attention, then for the MLP
+        (shift and scale + 1 only when pre_only)."""
+        return adaln(self.ada, c, row)
 
-    def qkv_tokens(self, x: Tensor, mod: tuple[Tensor, ...]) -> Tensor:
-        """Fused q, k, v projections (B, n, 3 * dim) of the modulated, normalised stream."""
-        return self.qkv(modulate(self.norm1(x), mod[0], mod[1]))
+    def qkv_tokens(self, x: Tensor, mod: list[Tensor]) -> Tensor:
+        """Fused q, k, v projections (n, 3 * dim) of the modulated, normalised stream; k, v
+        (n, 2 * dim) when pre_only."""
+        return (self.kv if self.pre_only else self.qkv)(modulate(self.norm1(x), mod[0], mod[1]))
 
-    def residual(self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...]) -> Tensor:
+    def residual(self, x: Tensor, attn: Tensor, mod: list[Tensor]) -> Tensor:
         """Gated attention output and gated MLP, added to the stream's residual x."""
         return self.mlp_residual(self.attn_residual(x, attn, mod), mod)
 
-    def attn_residual(self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...]) -> Tensor:
+    def attn_residual(self, x: Tensor, attn: Tensor, mod: list[Tensor]) -> Tensor:
         return gated_add(x, self.proj(attn), mod[2])
 
-    def mlp_residual(self, x: Tensor, mod: tuple[Tensor, ...]) -> Tensor:
+    def mlp_residual(self, x: Tensor, mod: list[Tensor]) -> Tensor:
         _, _, _, shift_mlp, scale_mlp, gate_mlp = mod
         return gated_add(x, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp)
 
 
+def _norm_rope(x: Tensor, norms: list[tuple[QKNorm, int]], rotation: Tensor) -> Tensor:
+    """RMSNorm over the head dim with each stream's weight on its n rows, then RoPE: one pass."""
+    weight = torch.cat([norm.weight.expand(n, -1) for norm, n in norms])  # (N, D)
+    x = F.rms_norm(x, (x.shape[-1],), eps=norms[0][0].eps)
+    return apply_rope(x * weight[:, None].to(x.dtype), rotation)
+
+
 def joint_qkv(
-    layers: list[StreamLayer], xs: list[Tensor], mods: list[tuple[Tensor, ...]], rotation: Tensor
+    layers: list[StreamLayer], xs: list[Tensor], mods: list[list[Tensor]], q_rotation: Tensor, k_rotation: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v (B, N, H, D) of the concatenated streams: per-stream projections and QK-RMSNorm
-    weights, but one concatenation, one normalisation and one rotation for all of them."""
-    qkv = torch.cat([layer.qkv_tokens(x, m) for layer, x, m in zip(layers, xs, mods, strict=True)], dim=1)
-    first = layers[0]
-    q_k_v = rearrange(qkv, "b n (three h d) -> three b n h d", three=3, h=first.heads)
-    weight = torch.cat([
-        torch.stack([layer.q_norm.weight, layer.k_norm.weight]).expand(x.shape[1], -1, -1)
-        for layer, x in zip(layers, xs, strict=True)
-    ])  # (N, 2, D)
-    qk = F.rms_norm(q_k_v[:2], (q_k_v.shape[-1],), eps=first.q_norm.eps)
-    qk = apply_rope(qk * rearrange(weight, "n two d -> two 1 n 1 d").to(qk.dtype), rotation)
-    return qk[0], qk[1], q_k_v[2]
+    """q (Nq, H, D) of the concatenated query streams (layers not pre_only), k and v (N, H, D) of
+    all the concatenated streams: per-stream projections and QK-RMSNorm weights, one
+    concatenation, normalisation and rotation ((Nq | N, 1, D / 2)) each for queries and keys."""
+    heads, dim = layers[0].heads, xs[0].shape[1]
+    # (q, kv) per stream: one split (its backward is one concatenation) rather than two slices
+    streams: list[tuple[StreamLayer, Tensor | None, Tensor]] = []
+    for layer, x, m in zip(layers, xs, mods, strict=True):
+        proj = layer.qkv_tokens(x, m)
+        streams.append((layer, None, proj) if layer.pre_only else (layer, *proj.split([dim, 2 * dim], dim=1)))
+    queries = [(layer.q_norm, sq) for layer, sq, _ in streams if sq is not None]
+    q = rearrange(torch.cat([sq for _, sq in queries]), "n (h d) -> n h d", h=heads)
+    k, v = rearrange(torch.cat([kv for _, _, kv in streams]), "n (two h d) -> two n h d", two=2, h=heads)
+    q = _norm_rope(q, [(norm, sq.shape[0]) for norm, sq in queries], q_rotation)
+    k = _norm_rope(k, [(layer.k_norm, kv.shape[0]) for layer, _, kv in streams], k_rotation)
+    return q, k, v
 
 
 class FinalLayer(nn.Module):
@@ -140,9 +166,9 @@ class FinalLayer(nn.Module):
         self.ada = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, out_dim)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.ada(F.silu(c)).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+    def forward(self, x: Tensor, c: Tensor, row: Tensor) -> Tensor:
+        shift, scale_plus_one = adaln(self.ada, c, row)
+        return self.linear(modulate(self.norm(x), shift, scale_plus_one))
 
 
 def init_weights(module: nn.Module) -> None:

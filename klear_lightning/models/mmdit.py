@@ -2,66 +2,97 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from klear_lightning.models.attention import AttentionBackend, AttentionPlan, make_backend, plan_attention
 from klear_lightning.models.config import ModelConfig
-from klear_lightning.models.embed import STREAM_GROUP, OutputHeads, StreamEmbedder, StreamTokens, joint_rope
+from klear_lightning.models.embed import STREAM_GROUP, OutputHeads, StreamEmbedder, StreamTokens
 from klear_lightning.models.layers import StreamLayer, init_weights, joint_qkv
-from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
+from klear_lightning.streams import GENERATED_STREAMS, STREAMS, TEXT_STREAMS, ModelInputs, ModelOutputs
 
 
-def stream_layers(cfg: ModelConfig) -> nn.ModuleDict:
-    """Per-stream layers; with share_text_weights both text streams use the one under "text"."""
+def stream_layers(cfg: ModelConfig, last: bool) -> nn.ModuleDict:
+    """Per-stream layers; with share_text_weights both text streams use the one under "text".
+    In the last block the text streams' outputs are unused: their layers are `pre_only`."""
     names = ("video", "text", "audio") if cfg.share_text_weights else STREAMS
-    return nn.ModuleDict({n: StreamLayer(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.norm_eps) for n in names})
+    return nn.ModuleDict({
+        n: StreamLayer(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.norm_eps, pre_only=last and n not in GENERATED_STREAMS)
+        for n in names
+    })
 
 
 def layer_key(cfg: ModelConfig, stream: str) -> str:
-    return "text" if cfg.share_text_weights and stream in ("video_text", "audio_text") else stream
+    return "text" if cfg.share_text_weights and stream in TEXT_STREAMS else stream
+
+
+@dataclass
+class JointAttention:
+    """One attention over concatenated streams: who sees whom, and the RoPE of queries and keys."""
+
+    plan: AttentionPlan
+    q_rotation: Tensor  # (Nq, 1, head_dim / 2) of the concatenated query streams
+    k_rotation: Tensor  # (N, 1, head_dim / 2) of all the concatenated streams
+
+
+def query_streams(layers: dict[str, StreamLayer]) -> tuple[str, ...]:
+    """The streams (of `layers`, in order) that ask queries: those whose layer is not pre_only."""
+    return tuple(s for s, layer in layers.items() if not layer.pre_only)
 
 
 class JointBlock(nn.Module):
-    """Per-stream adaLN-Zero / QKV / MLP around ONE attention over the concatenated streams."""
+    """Per-stream adaLN-Zero / QKV / MLP around ONE attention over the concatenated streams.
 
-    def __init__(self, cfg: ModelConfig):
+    Returns the updated streams: all four, or only video and audio in the last block (where the
+    text streams only give keys and values).
+    """
+
+    def __init__(self, cfg: ModelConfig, last: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.streams = stream_layers(cfg)
+        self.streams = stream_layers(cfg, last)
 
     def layer(self, stream: str) -> StreamLayer:
         return self.streams[layer_key(self.cfg, stream)]
+
+    @property
+    def queries(self) -> tuple[str, ...]:
+        return query_streams({s: self.layer(s) for s in STREAMS})
 
     def forward(
         self,
         x: dict[str, Tensor],
         c: dict[str, Tensor],
-        rotation: Tensor,
-        plan: AttentionPlan,
+        row: dict[str, Tensor],
+        attention: JointAttention,
         backend: AttentionBackend,
     ) -> dict[str, Tensor]:
+        """x[s] (n_s, dim) flat tokens; c[s] conditioning rows, row[s] each token's row;
+        `attention` planned for this block's `queries`."""
         layers = [self.layer(s) for s in STREAMS]
-        mods = {s: layer.modulation(c[s]) for s, layer in zip(STREAMS, layers, strict=True)}
-        q, k, v = joint_qkv(layers, [x[s] for s in STREAMS], [mods[s] for s in STREAMS], rotation)
-        out = rearrange(backend(q, k, v, plan), "b n h d -> b n (h d)")
-        parts = out.split([x[s].shape[1] for s in STREAMS], dim=1)
-        return {s: self.layer(s).residual(x[s], o, mods[s]) for s, o in zip(STREAMS, parts, strict=True)}
+        mods = {s: layer.modulation(c[s], row[s]) for s, layer in zip(STREAMS, layers, strict=True)}
+        q, k, v = joint_qkv(layers, [x[s] for s in STREAMS], list(mods.values()),
+                            attention.q_rotation, attention.k_rotation)
+        out = backend(q, k, v, attention.plan).flatten(1)
+        parts = out.split([x[s].shape[0] for s in self.queries])
+        return {s: self.layer(s).residual(x[s], o, mods[s]) for s, o in zip(self.queries, parts, strict=True)}
 
 
 class MMDiT(nn.Module):
     """KLEAR's single tower. `forward(inputs, isolate_modalities)` -> velocities in latent layout.
 
     isolate_modalities masks cross-modal attention: {video, video_text} and {audio_text, audio}
-    cannot see each other (the "isolated" prediction of modality guidance).
+    cannot see each other (the "isolated" prediction of modality guidance). With a packed
+    backend the blocks run on the valid tokens only (see `embed`).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
         self.embed = StreamEmbedder(cfg)
-        self.blocks = nn.ModuleList(JointBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(JointBlock(cfg, last=i == cfg.depth - 1) for i in range(cfg.depth))
         self.heads = OutputHeads(cfg)
         self.null_video_text = nn.Parameter(torch.empty(cfg.text_dim))
         self.null_audio_text = nn.Parameter(torch.empty(cfg.text_dim))
@@ -73,21 +104,38 @@ class MMDiT(nn.Module):
         nn.init.normal_(self.null_video_text, std=0.02)
         nn.init.normal_(self.null_audio_text, std=0.02)
 
-    def attention_plan(self, tokens: StreamTokens, isolate_modalities: bool) -> AttentionPlan:
-        valid = torch.cat([tokens.valid[s] for s in STREAMS], dim=1)
-        groups = None
-        if isolate_modalities:
-            groups = torch.cat([
-                torch.full((tokens.x[s].shape[1],), STREAM_GROUP[s], dtype=torch.long, device=valid.device)
-                for s in STREAMS
-            ])
-        return plan_attention(valid, valid, groups, groups, dense=self.backend.dense)
-
     def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
-        tokens = self.embed(inputs)
+        tokens = self.embed(inputs, packed=not self.backend.dense)
+        attention: dict[tuple[str, ...], JointAttention] = {}
         x = tokens.x
-        rotation = joint_rope(self.embed.rope(tokens.shapes), STREAMS, x["video"].device)
-        plan = self.attention_plan(tokens, isolate_modalities)
         for block in self.blocks:
-            x = block(x, tokens.c, rotation, plan, self.backend)
+            queries = block.queries
+            if queries not in attention:
+                attention[queries] = joint_attention(tokens, queries, STREAMS, isolate_modalities, self.backend.dense)
+            x = x | block(x, tokens.c, tokens.row, attention[queries], self.backend)
         return self.heads(x, tokens, inputs)
+
+
+def joint_attention(
+    tokens: StreamTokens, queries: tuple[str, ...], keys: tuple[str, ...], isolate_modalities: bool, dense: bool
+) -> JointAttention:
+    """Plan and rotations of an attention from the concatenated `queries` streams to `keys`."""
+
+    def groups(streams: tuple[str, ...]) -> Tensor | None:
+        if not isolate_modalities:
+            return None
+        return torch.cat([
+            torch.full((tokens.valid[s].shape[1],), STREAM_GROUP[s], dtype=torch.long, device=tokens.valid[s].device)
+            for s in streams
+        ])
+
+    plan = plan_attention(
+        torch.cat([tokens.valid[s] for s in queries], dim=1),
+        torch.cat([tokens.valid[s] for s in keys], dim=1),
+        groups(queries),
+        groups(keys),
+        dense=dense,
+        q_flat=tokens.flat_index(queries),
+        k_flat=tokens.flat_index(keys),
+    )
+    return JointAttention(plan, tokens.joint_rotation(queries), tokens.joint_rotation(keys))

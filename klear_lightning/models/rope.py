@@ -86,6 +86,6 @@ def rope_table(angles: Tensor, device: torch.device) -> Tensor:
 
 
 def apply_rope(x: Tensor, rotation: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, N, H, D), as complex numbers, in float32."""
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (..., N, H, D) by rotation (N, 1, D / 2), as complex numbers, in float32."""
     pairs = torch.view_as_complex(rearrange(x.float(), "... (d two) -> ... d two", two=2).contiguous())
     return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
