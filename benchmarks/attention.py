@@ -55,6 +55,16 @@ def _attention_step(model: torch.nn.Module, inputs, name: str):
     return run, plan
 
 
+def _interleaved(runs: dict, rounds: int) -> dict[str, float]:
+    """Fastest time of each run over `rounds` interleaved rounds (so all see the same machine
+    load); the first round is the warm-up."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(timed(run, warmup=0, repeats=1))
+    return {name: min(t[1:]) for name, t in times.items()}
+
+
 def _flops(cfg: ModelConfig, rows: int, attention_pairs: int) -> float:
     """Forward FLOPs of the blocks: 2 * 12 d^2 per token (QKV, output, MLP) + 4 d per score."""
     return cfg.depth * (2 * (4 + 2 * cfg.mlp_ratio) * cfg.dim**2 * rows + 4 * cfg.dim * attention_pairs)
@@ -71,27 +81,25 @@ def main() -> dict:
         for p in model.parameters():
             p.normal_(0, 0.02)
 
-    attention = {}
-    for name in ("reference", "packed"):
-        run, plan = _attention_step(model, inputs, name)
-        attention[name] = (timed(run, warmup=1, repeats=3), plan)
+    attention = {name: _attention_step(model, inputs, name) for name in ("reference", "packed")}
+    attention_times = _interleaved({name: run for name, (run, _) in attention.items()}, rounds=4)
     packed_plan = attention["packed"][1]
     valid = attention["reference"][1].q_ok
     n = valid.shape[1]
     pairs = sum(a * b for a, b in zip(packed_plan.q_lens, packed_plan.k_lens, strict=True))
     valid_rows = int(valid.sum())
 
-    reference = timed(_model_step(model, inputs, "reference"), warmup=1, repeats=2)
-    packed = timed(_model_step(model, inputs, "packed"), warmup=1, repeats=2)
+    times = _interleaved({name: _model_step(model, inputs, name) for name in ("reference", "packed")}, rounds=5)
+    reference, packed = times["reference"], times["packed"]
     speedup = reference / packed
     ideal = _flops(cfg, BATCH * n, BATCH * n * n) / _flops(cfg, valid_rows, pairs)
-    attention_speedup = attention["reference"][0] / attention["packed"][0]
+    attention_speedup = attention_times["reference"] / attention_times["packed"]
     result = {
         "config": "small", "batch": BATCH, "tokens_per_sample": n, "tasks": names,
         "valid_token_fraction": valid_rows / (BATCH * n),
         "reference_s": reference, "packed_s": packed, "packed_speedup": speedup, "target": 2.0,
         "ideal_speedup": ideal,
-        "attention_reference_s": attention["reference"][0], "attention_packed_s": attention["packed"][0],
+        "attention_reference_s": attention_times["reference"], "attention_packed_s": attention_times["packed"],
         "attention_speedup": attention_speedup, "attention_ideal_speedup": BATCH * n * n / pairs,
     }
     return write_result(

@@ -16,9 +16,8 @@ import torch
 from benchmarks.common import matmul_flops_per_second, timed, write_result
 from klear_lightning.models import ModelConfig
 from klear_lightning.models.attention import make_backend, plan_attention
-from klear_lightning.models.embed import joint_rope
-from klear_lightning.models.mmdit import JointBlock
-from klear_lightning.models.rope import StreamShapes, rope_angles, stream_positions
+from klear_lightning.models.mmdit import JointAttention, JointBlock
+from klear_lightning.models.rope import StreamShapes, rope_angles, rope_table, stream_positions
 from klear_lightning.streams import STREAMS
 
 BATCH = 2
@@ -48,19 +47,27 @@ def main() -> dict:
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0, 0.02)
-    x = {s: torch.randn(BATCH, n, d, requires_grad=True) for s, n in TOKENS.items()}
-    c = {s: torch.randn(BATCH, 1, d) for s in STREAMS}
+    # flat tokens (B * n_s, d), sample-major per stream, one adaLN row per sample
+    x = {s: torch.randn(BATCH * n, d, requires_grad=True) for s, n in TOKENS.items()}
+    c = {s: torch.randn(BATCH, d) for s in STREAMS}
+    row = {s: torch.arange(BATCH).repeat_interleave(n) for s, n in TOKENS.items()}
     shapes = StreamShapes((FRAMES, *GRID), TOKENS["audio"], TOKENS["video_text"], TOKENS["audio_text"])
     pos = stream_positions(shapes, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps, cfg.audio_patch, False)
-    rotation = joint_rope({s: rope_angles(pos[s], cfg.sections, cfg.rope_theta) for s in STREAMS}, STREAMS,
-                          torch.device("cpu"))
+    rotation = torch.cat([
+        rope_table(rope_angles(pos[s], cfg.sections, cfg.rope_theta), torch.device("cpu")).repeat(BATCH, 1, 1)
+        for s in STREAMS
+    ])
     total = sum(TOKENS.values())
+    offsets = torch.tensor([0, *TOKENS.values()]).cumsum(0) * BATCH
+    flat = torch.cat([
+        offsets[i] + torch.arange(BATCH * n).view(BATCH, n) for i, n in enumerate(TOKENS.values())
+    ], dim=1)
     valid = torch.ones(BATCH, total, dtype=torch.bool)
     backend = make_backend("packed")
-    plan = plan_attention(valid, valid, dense=False)
+    attention = JointAttention(plan_attention(valid, valid, dense=False, q_flat=flat, k_flat=flat), rotation, rotation)
 
     def run_ours() -> None:
-        out = ours(x, c, rotation, plan, backend)
+        out = ours(x, c, row, attention, backend)
         sum(o.sum() for o in out.values()).backward()
         ours.zero_grad(set_to_none=True)
 

@@ -264,6 +264,25 @@ def test_shared_timestep_rows_collapse_without_changing_modulation():
     torch.testing.assert_close(modulate(x, per_sample[0], per_sample[1]), x * (1 + scale[[0] * 6 + [1] * 6]) + shift[[0] * 6 + [1] * 6])
 
 
+@pytest.mark.parametrize("rows", [5, 100])
+def test_per_token_adaln_gather_and_its_gradient(rows: int):
+    """Both backward paths (run sums for few rows, index_add for many) against plain indexing."""
+    layer = StreamLayer(8, 2, 16, 1e-6)
+    torch.nn.init.normal_(layer.ada.weight)
+    g = torch.Generator().manual_seed(rows)
+    c = torch.randn(rows, 8, generator=g, requires_grad=True)
+    row = torch.sort(torch.randint(0, rows, (300,), generator=g)).values
+    weights = [torch.randn(300, 8, generator=g) for _ in range(6)]
+    got = layer.modulation(c, row)
+    expected = [v + 1 if i in (1, 4) else v for i, v in enumerate(layer.ada(torch.nn.functional.silu(c)).chunk(6, -1))]
+    expected = [v[row] for v in expected]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    grad = torch.autograd.grad(sum((a * w).sum() for a, w in zip(got, weights)), c)[0]
+    ref = torch.autograd.grad(sum((b * w).sum() for b, w in zip(expected, weights)), c)[0]
+    torch.testing.assert_close(grad, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_packed_layout_holds_only_valid_tokens():
     cfg = tiny()
     model = build_model(cfg)

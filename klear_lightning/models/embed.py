@@ -64,10 +64,6 @@ class StreamTokens:
     rotation: dict[str, Tensor]  # (n_s, 1, head_dim / 2) complex RoPE rotations
     shapes: StreamShapes
 
-    @property
-    def batch_size(self) -> int:
-        return self.valid["video"].shape[0]
-
     def flat_index(self, streams: tuple[str, ...]) -> Tensor:
         """(B, sum L_s) map of the concatenation of `streams` (their x concatenated in order)."""
         parts, offset = [], 0

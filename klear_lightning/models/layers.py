@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from klear_lightning.models.rope import apply_rope
 
+FEW_ROWS = 64  # up to this many adaLN rows, the CPU backward of the per-token gather sums runs
+
 
 def modulate(x: Tensor, shift: Tensor, scale_plus_one: Tensor) -> Tensor:
     """x * (1 + scale) + shift for per-token x, shift, (1 + scale) (n, d)."""
@@ -27,13 +29,34 @@ def gated_add(x: Tensor, y: Tensor, g: Tensor) -> Tensor:
     return torch.addcmul(x, y, g)
 
 
+class _Rows(torch.autograd.Function):
+    """table[row]: per-token copies of per-row vectors; `row` must be non-decreasing (tokens are
+    sample-major, rows per sample then frame). The backward sums each row's tokens. On CPU with
+    few rows (a row per sample) it sums the contiguous runs: CPU index_add / scatter_add (what
+    autograd's own gather backward uses) is very slow when thousands of tokens share a row."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, row: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(row)
+        ctx.rows = table.shape[0]
+        return table.index_select(0, row)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (row,) = ctx.saved_tensors
+        if grad.is_cuda or ctx.rows > FEW_ROWS:
+            return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_add_(0, row, grad), None
+        counts = torch.bincount(row, minlength=ctx.rows).tolist()
+        return torch.stack([part.sum(0) for part in grad.split(counts)]), None
+
+
 def adaln(ada: nn.Linear, c: Tensor, row: Tensor) -> list[Tensor]:
     """adaLN vectors (shift, scale + 1, [gate,] ...) of `ada` on the rows c (R, d), gathered per
     token (n, d) by `row`. Scales (every second of each (shift, scale, gate) or (shift, scale)
     group) get their 1 added on the rows, before the gather."""
     vectors = ada(F.silu(c)).chunk(ada.out_features // ada.in_features, dim=-1)
     period = 3 if len(vectors) % 3 == 0 else 2
-    return [(v + 1 if i % period == 1 else v).index_select(0, row) for i, v in enumerate(vectors)]
+    return [_Rows.apply(v + 1 if i % period == 1 else v, row) for i, v in enumerate(vectors)]
 
 
 class TimestepEmbedding(nn.Module):
