@@ -16,6 +16,7 @@ import torch
 from benchmarks.common import matmul_flops_per_second, timed, write_result
 from klear_lightning.models import ModelConfig
 from klear_lightning.models.attention import make_backend, plan_attention
+from klear_lightning.models.layers import Rows
 from klear_lightning.models.mmdit import JointAttention, JointBlock
 from klear_lightning.models.rope import StreamShapes, rope_angles, rope_table, stream_positions
 from klear_lightning.streams import STREAMS
@@ -50,7 +51,7 @@ def main() -> dict:
     # flat tokens (B * n_s, d), sample-major per stream, one adaLN row per sample
     x = {s: torch.randn(BATCH * n, d, requires_grad=True) for s, n in TOKENS.items()}
     c = {s: torch.randn(BATCH, d) for s in STREAMS}
-    row = {s: torch.arange(BATCH).repeat_interleave(n) for s, n in TOKENS.items()}
+    row = {s: Rows(torch.arange(BATCH).repeat_interleave(n), run=n) for s, n in TOKENS.items()}
     shapes = StreamShapes((FRAMES, *GRID), TOKENS["audio"], TOKENS["video_text"], TOKENS["audio_text"])
     pos = stream_positions(shapes, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps, cfg.audio_patch, False)
     rotation = torch.cat([

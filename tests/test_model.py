@@ -8,7 +8,7 @@ from klear_lightning.models.attention import make_backend
 from klear_lightning.models.embed import patchify_audio, patchify_video, shared_rows, unpatchify_audio, unpatchify_video
 from klear_lightning.models.inputs import InputShape, random_inputs
 from klear_lightning.flow import null_captions
-from klear_lightning.models.layers import StreamLayer, modulate
+from klear_lightning.models.layers import Rows, StreamLayer, _Rows, modulate
 from klear_lightning.streams import ModelInputs
 from klear_lightning.tasks import TaskBatch
 
@@ -254,14 +254,18 @@ def test_shared_timestep_rows_collapse_without_changing_modulation():
     layer = StreamLayer(8, 2, 16, 1e-6)
     torch.nn.init.normal_(layer.ada.weight)
     c = torch.randn(2, 8)
-    per_sample = layer.modulation(c, torch.tensor([0] * 6 + [1] * 6))
-    per_frame = layer.modulation(c.repeat_interleave(3, dim=0), torch.arange(6).repeat_interleave(2))
+    per_sample = layer.modulation(c, Rows(torch.tensor([0] * 6 + [1] * 6)))
+    per_frame = layer.modulation(c.repeat_interleave(3, dim=0), Rows(torch.arange(6).repeat_interleave(2)))
     for a, b in zip(per_sample, per_frame, strict=True):
         torch.testing.assert_close(a, b)
     shift, scale = layer.ada(torch.nn.functional.silu(c)).chunk(6, dim=-1)[:2]
-    torch.testing.assert_close(per_sample[1][0], 1 + scale[0])
+    torch.testing.assert_close(per_sample[1][0, 0], 1 + scale[0])
     x = torch.randn(12, 8)
-    torch.testing.assert_close(modulate(x, per_sample[0], per_sample[1]), x * (1 + scale[[0] * 6 + [1] * 6]) + shift[[0] * 6 + [1] * 6])
+    expected = x * (1 + scale[[0] * 6 + [1] * 6]) + shift[[0] * 6 + [1] * 6]
+    torch.testing.assert_close(modulate(x, per_sample[0], per_sample[1]), expected)
+    broadcast = layer.modulation(c, Rows(torch.tensor([0] * 6 + [1] * 6), run=6))
+    assert broadcast[0].shape == (2, 1, 8)
+    torch.testing.assert_close(modulate(x, broadcast[0], broadcast[1]), expected)
 
 
 @pytest.mark.parametrize("rows", [5, 100])
@@ -273,7 +277,7 @@ def test_per_token_adaln_gather_and_its_gradient(rows: int):
     c = torch.randn(rows, 8, generator=g, requires_grad=True)
     row = torch.sort(torch.randint(0, rows, (300,), generator=g)).values
     weights = [torch.randn(300, 8, generator=g) for _ in range(6)]
-    got = layer.modulation(c, row)
+    got = [v.squeeze(1) for v in layer.modulation(c, Rows(row))]
     expected = [v + 1 if i in (1, 4) else v for i, v in enumerate(layer.ada(torch.nn.functional.silu(c)).chunk(6, -1))]
     expected = [v[row] for v in expected]
     for a, b in zip(got, expected, strict=True):
@@ -281,6 +285,53 @@ def test_per_token_adaln_gather_and_its_gradient(rows: int):
     grad = torch.autograd.grad(sum((a * w).sum() for a, w in zip(got, weights)), c)[0]
     ref = torch.autograd.grad(sum((b * w).sum() for b, w in zip(expected, weights)), c)[0]
     torch.testing.assert_close(grad, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_broadcast_modulation_equals_per_token_copies_with_gradients():
+    """Rows with a uniform `run` broadcast the adaLN vectors; same outputs and gradients as copies."""
+    layer = StreamLayer(8, 2, 16, 1e-6)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    c = torch.randn(3, 8, generator=g)
+    x = torch.randn(12, 8, generator=g)
+    attn = torch.randn(12, 8, generator=g)
+    index = torch.arange(3).repeat_interleave(4)
+    results = []
+    for rows in (Rows(index), Rows(index, run=4)):
+        leaves = [t.clone().requires_grad_() for t in (c, x, attn)]
+        mod = layer.modulation(leaves[0], rows)
+        out = layer.residual(leaves[1], leaves[2], mod).square().sum() + layer.qkv_tokens(leaves[1], mod).square().sum()
+        weights = [p for n, p in layer.named_parameters() if "norm" not in n]  # QK norms act in joint_qkv
+        results.append((out, torch.autograd.grad(out, [*leaves, *weights])))
+    (ref, ref_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_model_broadcast_modulation_equals_per_token_copies(monkeypatch: pytest.MonkeyPatch):
+    """Without padding every stream's rows have a uniform run (the fast path); forcing per-token
+    copies gives the same outputs and gradients."""
+    cfg = tiny()
+    model = randomised(cfg, seed=3)
+    x = inputs(cfg, ["t2av", "ti2av"], seed=4, pad=False)
+    assert all(r.run is not None for r in model.embed(x, packed=True).row.values())
+    results = []
+    for copies in (False, True):
+        if copies:
+            monkeypatch.setattr(Rows, "spread", lambda self, table: _Rows.apply(table, self.index)[:, None])
+        model.zero_grad()
+        out = model(x)
+        (out.video.square().mean() + out.audio.square().mean()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (fast, fast_grads), (ref, ref_grads) = results
+    torch.testing.assert_close(fast.video, ref.video)
+    torch.testing.assert_close(fast.audio, ref.audio)
+    assert fast_grads.keys() == ref_grads.keys()
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(fast_grads[n], g, atol=1e-6, rtol=1e-5, msg=n)
 
 
 def test_packed_layout_holds_only_valid_tokens():
@@ -293,6 +344,11 @@ def test_packed_layout_holds_only_valid_tokens():
         assert dense.x[s].shape[0] == valid.numel()
         torch.testing.assert_close(packed.x[s], dense.x[s][valid.flatten()])
         assert torch.equal(packed.rotation[s], dense.rotation[s][valid.flatten()])
+        assert torch.equal(packed.row[s].index, dense.row[s].index[valid.flatten()])
+        assert dense.row[s].run is not None and (packed.row[s].run is None) == (not bool(valid.all()))
+        for rows in (packed.row[s], dense.row[s]):
+            if rows.run is not None:
+                assert torch.equal(rows.index, torch.arange(len(rows.index)) // rows.run)
 
 
 @pytest.mark.parametrize("share", [False, True])

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from klear_lightning.models.attention import AttentionBackend, AttentionPlan, make_backend, plan_attention
 from klear_lightning.models.config import ModelConfig
 from klear_lightning.models.embed import OutputHeads, StreamEmbedder
-from klear_lightning.models.layers import QKNorm, StreamLayer, init_weights, joint_qkv
+from klear_lightning.models.layers import QKNorm, Rows, StreamLayer, init_weights, joint_qkv
 from klear_lightning.models.mmdit import JointAttention, joint_attention, layer_key, query_streams, stream_layers
 from klear_lightning.models.rope import apply_rope
 from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
@@ -66,7 +66,7 @@ class DualBlock(nn.Module):
     def queries(self, tower: str) -> tuple[str, ...]:
         return query_streams({s: self.layer(s) for s in TOWERS[tower]})
 
-    def forward(self, x: dict[str, Tensor], c: dict[str, Tensor], row: dict[str, Tensor],
+    def forward(self, x: dict[str, Tensor], c: dict[str, Tensor], row: dict[str, Rows],
                 towers: dict[str, JointAttention], ropes: dict[str, Tensor], plans: dict[str, AttentionPlan],
                 backend: AttentionBackend, cross: bool) -> dict[str, Tensor]:
         """`towers[t]` planned for `queries(t)`; ropes / plans of the cross-attention by modality."""

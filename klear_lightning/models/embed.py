@@ -23,7 +23,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from klear_lightning.models.config import ModelConfig
-from klear_lightning.models.layers import FinalLayer, PooledText, TimestepEmbedding
+from klear_lightning.models.layers import FinalLayer, PooledText, Rows, TimestepEmbedding
 from klear_lightning.models.rope import StreamShapes, rope_angles, rope_table, stream_positions
 from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
 
@@ -57,7 +57,7 @@ class StreamTokens:
 
     x: dict[str, Tensor]  # (n_s, dim) flat tokens, sample-major
     c: dict[str, Tensor]  # (B * R_s, dim) conditioning rows
-    row: dict[str, Tensor]  # (n_s,) long: each token's row in c
+    row: dict[str, Rows]  # each token's row in c
     valid: dict[str, Tensor]  # (B, L_s) bool, dense
     flat: dict[str, Tensor]  # (B, L_s) long: each dense position's row in x (-1: not there)
     keep: dict[str, Tensor | None]  # (n_s,) long: dense index b * L_s + j of each row; None: all, in order
@@ -175,7 +175,10 @@ class StreamEmbedder(nn.Module):
             rows = c[s].shape[1]
             index = _dense_index(valid[s], layout[s][1])
             position = index % length
-            row[s] = torch.div(index, length, rounding_mode="floor") * rows + position // max(length // rows, 1)
+            row[s] = Rows(
+                torch.div(index, length, rounding_mode="floor") * rows + position // max(length // rows, 1),
+                run=length // rows if index.numel() == valid[s].numel() and length % rows == 0 and length else None,
+            )
             rotation[s] = rope_table(angles[s], x[s].device).index_select(0, position)
         return StreamTokens(
             x=x,

@@ -2,12 +2,15 @@
 
 Tokens are flat: a stream of n tokens (of any samples) is (n, dim). Conditioning is per row: a
 stream carries a table c (rows, dim) (one row per sample, or per video frame / audio token) and
-`row` (n,), each token's row. adaLN vectors are computed on the rows and gathered per token.
+`Rows`, each token's row. adaLN vectors are computed on the rows and applied to the tokens viewed
+as (G, n / G, dim) groups, each group taking one vector (G, 1, dim): the rows themselves when every
+row has the same run of consecutive tokens, else per-token copies (G = n).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +22,20 @@ from klear_lightning.models.rope import apply_rope
 FEW_ROWS = 64  # up to this many adaLN rows, the CPU backward of the per-token gather sums runs
 
 
+def _grouped(x: Tensor, groups: int) -> Tensor:
+    """Tokens (n, d) viewed as (groups, n / groups, d)."""
+    return x.reshape(groups, x.shape[0] // max(groups, 1), x.shape[1])
+
+
 def modulate(x: Tensor, shift: Tensor, scale_plus_one: Tensor) -> Tensor:
-    """x * (1 + scale) + shift for per-token x, shift, (1 + scale) (n, d)."""
-    return torch.addcmul(shift, x, scale_plus_one)
+    """x * (1 + scale) + shift for tokens x (n, d) and per-group shift, (1 + scale) (G, 1, d)."""
+    return torch.addcmul(shift, _grouped(x, shift.shape[0]), scale_plus_one).view(x.shape)
 
 
 def gated_add(x: Tensor, y: Tensor, g: Tensor) -> Tensor:
-    """x + g * y, all (n, d)."""
-    return torch.addcmul(x, y, g)
+    """x + g * y for tokens x, y (n, d) and a per-group gate g (G, 1, d)."""
+    groups = g.shape[0]
+    return torch.addcmul(_grouped(x, groups), _grouped(y, groups), g).view(x.shape)
 
 
 class _Rows(torch.autograd.Function):
@@ -50,13 +59,28 @@ class _Rows(torch.autograd.Function):
         return torch.stack([part.sum(0) for part in grad.split(counts)]), None
 
 
-def adaln(ada: nn.Linear, c: Tensor, row: Tensor) -> list[Tensor]:
-    """adaLN vectors (shift, scale + 1, [gate,] ...) of `ada` on the rows c (R, d), gathered per
-    token (n, d) by `row`. Scales (every second of each (shift, scale, gate) or (shift, scale)
-    group) get their 1 added on the rows, before the gather."""
+@dataclass(frozen=True)
+class Rows:
+    """Each token's conditioning row: `index` (n,) non-decreasing. `run`: set when every row has
+    exactly `run` consecutive tokens (index == arange(R).repeat_interleave(run)); then per-row
+    vectors broadcast over the tokens viewed (R, run, d) and are never copied per token."""
+
+    index: Tensor
+    run: int | None = None
+
+    def spread(self, table: Tensor) -> Tensor:
+        """Per-row vectors (R, d) -> per-group (G, 1, d): the rows (G = R) when `run` is set,
+        else per-token copies (G = n)."""
+        return (table if self.run is not None else _Rows.apply(table, self.index))[:, None]
+
+
+def adaln(ada: nn.Linear, c: Tensor, rows: Rows) -> list[Tensor]:
+    """adaLN vectors (shift, scale + 1, [gate,] ...) of `ada` on the rows c (R, d), spread to
+    (G, 1, d) by `rows`. Scales (every second of each (shift, scale, gate) or (shift, scale)
+    group) get their 1 added on the rows, before any copy."""
     vectors = ada(F.silu(c)).chunk(ada.out_features // ada.in_features, dim=-1)
     period = 3 if len(vectors) % 3 == 0 else 2
-    return [_Rows.apply(v + 1 if i % period == 1 else v, row) for i, v in enumerate(vectors)]
+    return [rows.spread(v + 1 if i % period == 1 else v) for i, v in enumerate(vectors)]
 
 
 class TimestepEmbedding(nn.Module):
@@ -131,10 +155,10 @@ class StreamLayer(nn.Module):
             self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
             self.mlp = Mlp(dim, mlp_dim)
 
-    def modulation(self, c: Tensor, row: Tensor) -> list[Tensor]:
-        """Per-token (n, d) vectors: shift, scale + 1, gate for attention, then for the MLP
-        (shift and scale + 1 only when pre_only)."""
-        return adaln(self.ada, c, row)
+    def modulation(self, c: Tensor, rows: Rows) -> list[Tensor]:
+        """Per-group (G, 1, d) vectors (see `Rows.spread`): shift, scale + 1, gate for attention,
+        then for the MLP (shift and scale + 1 only when pre_only)."""
+        return adaln(self.ada, c, rows)
 
     def qkv_tokens(self, x: Tensor, mod: list[Tensor]) -> Tensor:
         """Fused q, k, v projections (n, 3 * dim) of the modulated, normalised stream; k, v
@@ -189,8 +213,8 @@ class FinalLayer(nn.Module):
         self.ada = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, out_dim)
 
-    def forward(self, x: Tensor, c: Tensor, row: Tensor) -> Tensor:
-        shift, scale_plus_one = adaln(self.ada, c, row)
+    def forward(self, x: Tensor, c: Tensor, rows: Rows) -> Tensor:
+        shift, scale_plus_one = adaln(self.ada, c, rows)
         return self.linear(modulate(self.norm(x), shift, scale_plus_one))
 
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from klear_lightning.models.attention import AttentionBackend, AttentionPlan, make_backend, plan_attention
 from klear_lightning.models.config import ModelConfig
 from klear_lightning.models.embed import STREAM_GROUP, OutputHeads, StreamEmbedder, StreamTokens
-from klear_lightning.models.layers import StreamLayer, init_weights, joint_qkv
+from klear_lightning.models.layers import Rows, StreamLayer, init_weights, joint_qkv
 from klear_lightning.streams import GENERATED_STREAMS, STREAMS, TEXT_STREAMS, ModelInputs, ModelOutputs
 
 
@@ -65,7 +65,7 @@ class JointBlock(nn.Module):
         self,
         x: dict[str, Tensor],
         c: dict[str, Tensor],
-        row: dict[str, Tensor],
+        row: dict[str, Rows],
         attention: JointAttention,
         backend: AttentionBackend,
     ) -> dict[str, Tensor]:
