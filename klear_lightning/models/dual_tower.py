@@ -11,15 +11,13 @@ give keys / values (`pre_only` layers). Tokens are flat as in the single tower (
 
 from __future__ import annotations
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from klear_lightning.models.attention import AttentionBackend, AttentionPlan, make_backend, plan_attention
+from klear_lightning.models.attention import AttentionBackend, AttentionPlan, plan_attention
 from klear_lightning.models.config import ModelConfig
-from klear_lightning.models.embed import OutputHeads, StreamEmbedder
-from klear_lightning.models.layers import QKNorm, Rows, StreamLayer, init_weights, joint_qkv
-from klear_lightning.models.mmdit import JointAttention, joint_attention, layer_key, query_streams, stream_layers
+from klear_lightning.models.layers import QKNorm, Rows, StreamLayer, joint_qkv
+from klear_lightning.models.mmdit import Denoiser, JointAttention, joint_attention, layer_key, query_streams, stream_layers
 from klear_lightning.models.rope import apply_rope
 from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
 
@@ -89,28 +87,18 @@ class DualBlock(nn.Module):
         return {s: self.layer(s).mlp_residual(h, mods[s]) for s, h in out.items()}
 
 
-class DualTower(nn.Module):
+class DualTower(Denoiser):
     """Two towers with bidirectional audio-video cross-attention; same interface as `MMDiT`."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.config = cfg
-        self.embed = StreamEmbedder(cfg)
-        self.blocks = nn.ModuleList(DualBlock(cfg, last=i == cfg.depth - 1) for i in range(cfg.depth))
-        self.heads = OutputHeads(cfg)
-        self.null_video_text = nn.Parameter(torch.empty(cfg.text_dim))
-        self.null_audio_text = nn.Parameter(torch.empty(cfg.text_dim))
-        self.backend = make_backend(cfg.attention_backend)
-        self.reset_parameters()
+        super().__init__(cfg, DualBlock)
 
     def reset_parameters(self) -> None:
-        init_weights(self)
+        super().reset_parameters()
         for block in self.blocks:
             for cross in block.cross.values():
                 nn.init.zeros_(cross.proj.weight)
                 nn.init.zeros_(cross.proj.bias)
-        nn.init.normal_(self.null_video_text, std=0.02)
-        nn.init.normal_(self.null_audio_text, std=0.02)
 
     def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
         tokens = self.embed(inputs, packed=not self.backend.dense)

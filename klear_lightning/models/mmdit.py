@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass
 
 import torch
@@ -80,19 +82,15 @@ class JointBlock(nn.Module):
         return {s: self.layer(s).residual(x[s], o, mods[s]) for s, o in zip(self.queries, parts, strict=True)}
 
 
-class MMDiT(nn.Module):
-    """KLEAR's single tower. `forward(inputs, isolate_modalities)` -> velocities in latent layout.
+class Denoiser(nn.Module):
+    """What every KLEAR denoiser shares: the stream embedder, `depth` blocks built by `block`,
+    the output heads, the learned null captions and the attention backend."""
 
-    isolate_modalities masks cross-modal attention: {video, video_text} and {audio_text, audio}
-    cannot see each other (the "isolated" prediction of modality guidance). With a packed
-    backend the blocks run on the valid tokens only (see `embed`).
-    """
-
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, block: Callable[..., nn.Module]):
         super().__init__()
         self.config = cfg
         self.embed = StreamEmbedder(cfg)
-        self.blocks = nn.ModuleList(JointBlock(cfg, last=i == cfg.depth - 1) for i in range(cfg.depth))
+        self.blocks = nn.ModuleList(block(cfg, last=i == cfg.depth - 1) for i in range(cfg.depth))
         self.heads = OutputHeads(cfg)
         self.null_video_text = nn.Parameter(torch.empty(cfg.text_dim))
         self.null_audio_text = nn.Parameter(torch.empty(cfg.text_dim))
@@ -103,6 +101,18 @@ class MMDiT(nn.Module):
         init_weights(self)
         nn.init.normal_(self.null_video_text, std=0.02)
         nn.init.normal_(self.null_audio_text, std=0.02)
+
+
+class MMDiT(Denoiser):
+    """KLEAR's single tower. `forward(inputs, isolate_modalities)` -> velocities in latent layout.
+
+    isolate_modalities masks cross-modal attention: {video, video_text} and {audio_text, audio}
+    cannot see each other (the "isolated" prediction of modality guidance). With a packed
+    backend the blocks run on the valid tokens only (see `embed`).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, JointBlock)
 
     def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
         tokens = self.embed(inputs, packed=not self.backend.dense)
