@@ -162,14 +162,22 @@ class FlowMatching:
     timesteps: TimestepSampler = TimestepSampler()
     independent: bool = False
 
-    def make_inputs(self, batch: AVBatch, tasks: TaskBatch, generator: torch.Generator | None = None) -> FlowSample:
+    def make_inputs(
+        self, batch: AVBatch, tasks: TaskBatch, generator: torch.Generator | None = None, t: Tensor | None = None
+    ) -> FlowSample:
         """Noise the generated streams of `batch` as `tasks` says. Random draws use `generator`
-        (its device; CPU without one) and are then moved to the batch's device."""
+        (its device; CPU without one) and are then moved to the batch's device. `t` (B,) fixes every
+        sample's time for both modalities instead of drawing it (evaluation probes)."""
         device = batch.video.device
         roles = FrameRoles.of(batch, tasks)
         b = batch.batch_size
-        t_video = self.timesteps.sample(b, generator).to(device)
-        t_audio = self.timesteps.sample(b, generator).to(device) if self.independent else t_video
+        if t is not None:
+            if t.shape != (b,):
+                raise ValueError(f"make_inputs: t must have shape ({b},), got {tuple(t.shape)}")
+            t_video = t_audio = t.to(device=device, dtype=torch.float32)
+        else:
+            t_video = self.timesteps.sample(b, generator).to(device)
+            t_audio = self.timesteps.sample(b, generator).to(device) if self.independent else t_video
         noise_v = _randn_like(batch.video, generator)
         noise_a = _randn_like(batch.audio, generator)
         x_v = (1 - t_video[:, None, None, None, None]) * noise_v + t_video[:, None, None, None, None] * batch.video

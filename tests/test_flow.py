@@ -123,6 +123,17 @@ def test_independent_times_differ_per_modality():
     assert torch.equal(fs.inputs.audio_t[:, 0], fs.t_audio)
 
 
+def test_fixed_times_replace_the_draw_for_both_modalities():
+    batch, tasks = make_batch(b=3), TaskBatch.from_names(["t2av"] * 3)
+    t = torch.tensor([0.2, 0.5, 0.9])
+    fs = FlowMatching(independent=True).make_inputs(batch, tasks, torch.Generator().manual_seed(0), t=t)
+    assert torch.equal(fs.t_video, t) and torch.equal(fs.t_audio, t)
+    expected = (1 - t[:, None, None]) * (batch.audio - fs.targets.audio) + t[:, None, None] * batch.audio
+    assert torch.allclose(fs.inputs.audio, expected, atol=1e-6)  # x_t = (1 - t) noise + t data
+    with pytest.raises(ValueError, match=r"t must have shape \(3,\)"):
+        FlowMatching().make_inputs(batch, tasks, t=torch.tensor([0.5]))
+
+
 def test_make_inputs_is_reproducible_under_a_generator():
     batch, tasks = make_batch(), TaskBatch.from_names(["t2av", "ti2v"])
     a = FlowMatching().make_inputs(batch, tasks, torch.Generator().manual_seed(3))
