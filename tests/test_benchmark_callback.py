@@ -36,6 +36,7 @@ class FakeModule(L.LightningModule):
         self.layer = torch.nn.Linear(1, 1)
         self.val_sampler = SamplerConfig(steps=50, audio_guidance=2.0)
         self.calls: list[tuple[str, int, int, float, list[str]]] = []
+        self.reference_calls = 0
 
     def training_step(self, batch, batch_idx):
         return self.layer(torch.ones(1, 1)).sum()
@@ -66,6 +67,7 @@ class FakeModule(L.LightningModule):
         return self._clips(batch, 0.5, task)
 
     def reference_media(self, batch):
+        self.reference_calls += 1
         return self._clips(batch, 1.0, None)
 
 
@@ -128,6 +130,27 @@ def test_validation_scores_a_fixed_subset_at_the_interval(tmp_path, test_metrics
     assert callback.suite.skipped == {"weights_test": "set metrics.checkpoints.fake_net to a fake checkpoint"}
 
 
+def test_ground_truth_is_scored_once_and_logged_at_every_validation(tmp_path, test_metrics):
+    cfg = MetricsConfig(metrics=["peak_test"], tasks=["t2a"], clips_per_task=4, sampling_steps=2)
+    module, logger = FakeModule(), RecordingLogger()
+    trainer(tmp_path, BenchmarkCallback(cfg), logger, epochs=3).fit(module, loader(5), loader(7))
+
+    logged = [m for _, m in logger.records if any(k.startswith("val/") for k in m)]
+    assert len(logged) == 3
+    peak, _ = expected_values(4)
+    for metrics in logged:  # the ground truth is the unscaled audio: twice the generated peak
+        assert metrics["val/ground_truth/peak_test"] == pytest.approx(2 * peak, rel=1e-5)
+        assert metrics["val/ground_truth/peak_test_n"] == 4
+        assert metrics["val/t2a/peak_test"] == pytest.approx(peak, rel=1e-5)
+    assert module.reference_calls == 2  # the two kept batches, decoded at the first validation only
+
+    module, logger = FakeModule(), RecordingLogger()
+    cfg_off = MetricsConfig(metrics=["peak_test"], tasks=["t2a"], clips_per_task=4, sampling_steps=2, ground_truth=False)
+    trainer(tmp_path, BenchmarkCallback(cfg_off), logger, epochs=1).fit(module, loader(5), loader(7))
+    assert not any(k.startswith("val/ground_truth/") for _, m in logger.records for k in m)
+    assert module.reference_calls == 0  # peak_test needs no reference: nothing decoded
+
+
 def test_test_run_writes_report_and_mlflow_artifacts(tmp_path, test_metrics):
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -144,9 +167,24 @@ def test_test_run_writes_report_and_mlflow_artifacts(tmp_path, test_metrics):
     report = json.loads((report_dir / "report.json").read_text())
     assert report["tasks"]["t2a"]["gap_test"]["n"] == 5
     assert report["tasks"]["t2a"]["weights_test"]["status"] == "not computed"
+    assert report["tasks"]["ground_truth"]["peak_test"]["value"] == pytest.approx(2 * peak, rel=1e-5)
+    assert "| ground_truth |" in (report_dir / "report.md").read_text()
     assert "not computed [1]" in (report_dir / "report.md").read_text()
     artifacts = {a.path for a in logger.experiment.list_artifacts(logger.run_id)}
     assert artifacts == {"report.json", "report.md"}
+
+
+def test_report_names_the_tested_checkpoints_step(tmp_path, test_metrics):
+    cfg = MetricsConfig(metrics=["peak_test"], tasks=["t2a"], sampling_steps=2)
+    t = trainer(tmp_path, BenchmarkCallback(cfg), False, epochs=3)
+    t.fit(FakeModule(), loader(3), loader(3))
+    t.save_checkpoint(tmp_path / "three.ckpt")
+
+    callback = BenchmarkCallback(cfg)
+    tester = trainer(tmp_path / "test", callback, False)
+    tester.test(FakeModule(), loader(3), ckpt_path=str(tmp_path / "three.ckpt"))
+    assert callback.last_report["context"]["global_step"] == 3
+    assert callback.last_report["context"]["checkpoint"].endswith("three.ckpt")
 
 
 def test_module_without_generate_is_rejected_before_work(tmp_path, test_metrics):

@@ -5,7 +5,9 @@ Validation: every `every_n_val_epochs` validation epochs (never in the sanity ch
 `metrics.clips_per_split` of each `meta["split"]` when set), then
 for each task in `metrics.tasks` the module generates them with `metrics.sampling_steps` steps and
 a fixed seed, the ground truth is decoded as reference, and the suite logs `val/<task>/<key>` and
-`val/<task>/<key>_n`. Test: the same over the test split (up to `metrics.test_clips_per_task`),
+`val/<task>/<key>_n`. With `metrics.ground_truth`, the decoded ground truth of the same clips is
+scored too, once (the subset is the same at every validation), and logged at every validation as
+`val/ground_truth/<key>`: the line the generated scores should climb towards. Test: the same over the test split (up to `metrics.test_clips_per_task`),
 logged as `test/...`, plus `report.json` and `report.md` in the trainer's log dir, also logged as
 MLflow artifacts when an MLFlowLogger is attached.
 
@@ -26,7 +28,8 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 
 from klear_lightning.metrics.report import build_report, write_report
-from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
+from klear_lightning.metrics.base import MetricResult
+from klear_lightning.metrics.suite import GROUND_TRUTH, MetricsConfig, MetricSuite
 from klear_lightning.sampling import SamplerConfig
 from klear_lightning.streams import AVBatch
 
@@ -85,6 +88,8 @@ class BenchmarkCallback(L.Callback):
         self._val_epochs = 0
         self._active = False
         self._kept: list[AVBatch] = []
+        self._ground_truth: dict[str, MetricResult] | None = None
+        self._checkpoint_step: int | None = None
         self.last_report: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -102,23 +107,33 @@ class BenchmarkCallback(L.Callback):
             raise TypeError(f"BenchmarkCallback expects AVBatch batches, got {type(batch).__name__}")
         keep_clips(self._kept, batch, limit, per_split)
 
-    def _evaluate(self, pl_module: L.LightningModule, prefix: str) -> MetricSuite:
+    def _evaluate(self, pl_module: L.LightningModule, prefix: str, score_ground_truth: bool) -> MetricSuite:
+        """Generate and score the kept clips for every task (and the ground truth when asked),
+        log `<prefix>/<row>/<key>` and `<prefix>/<row>/<key>_n`."""
         suite = self.suite
         assert suite is not None, "setup() builds the suite"
         suite.reset()
         base = getattr(pl_module, "val_sampler", None) or SamplerConfig()
         sampler = replace(base, steps=self.cfg.sampling_steps, seed=self.cfg.seed)
-        needs_reference = any(m.needs_reference for per_task in suite.metrics.values() for m in per_task.values())
+        needs_reference = score_ground_truth or any(
+            m.needs_reference for per_task in suite.metrics.values() for m in per_task.values()
+        )
         for batch in self._kept:
             reference = pl_module.reference_media(batch) if needs_reference else None
             for task in self.cfg.tasks:
                 suite.update(task, pl_module.generate(batch, task, sampler), reference)
+            if score_ground_truth:
+                suite.update(GROUND_TRUTH, reference, reference)
         self._kept = []
         results, _ = suite.compute()
-        for task, values in results.items():
+        if prefix == "val" and self.cfg.ground_truth:
+            if score_ground_truth:
+                self._ground_truth = results.get(GROUND_TRUTH, {})
+            results[GROUND_TRUTH] = self._ground_truth or {}
+        for row, values in results.items():
             for key, result in values.items():
-                pl_module.log(f"{prefix}/{task}/{key}", result.value, on_epoch=True, sync_dist=False)
-                pl_module.log(f"{prefix}/{task}/{key}_n", float(result.n), on_epoch=True, sync_dist=False)
+                pl_module.log(f"{prefix}/{row}/{key}", result.value, on_epoch=True, sync_dist=False)
+                pl_module.log(f"{prefix}/{row}/{key}_n", float(result.n), on_epoch=True, sync_dist=False)
         return suite
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -135,8 +150,12 @@ class BenchmarkCallback(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._active and self._kept:
-            self._evaluate(pl_module, "val")
+            self._evaluate(pl_module, "val", self.cfg.ground_truth and self._ground_truth is None)
         self._active = False
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Remember the checkpoint's step: `trainer.test(ckpt_path=...)` does not restore it."""
+        self._checkpoint_step = checkpoint.get("global_step")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._kept = []
@@ -147,10 +166,10 @@ class BenchmarkCallback(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._kept:
             raise RuntimeError("BenchmarkCallback: the test split yielded no batches to score")
-        suite = self._evaluate(pl_module, "test")
+        suite = self._evaluate(pl_module, "test", self.cfg.ground_truth)
         context = {
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else "(in-memory weights)",
-            "global_step": trainer.global_step,
+            "global_step": trainer.global_step if self._checkpoint_step is None else self._checkpoint_step,
             "sampling_steps": self.cfg.sampling_steps,
             "seed": self.cfg.seed,
             "clips_per_task": self.cfg.test_clips_per_task or "all",

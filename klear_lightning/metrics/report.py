@@ -1,6 +1,6 @@
 """`klear test` report: report.json and a markdown table laid out like the paper's Table 1.
 
-Rows are tasks; columns are grouped video / audio / TTS / AV-consistency. A cell is the value with
+Rows are tasks (and `ground_truth`, the decoded ground truth scored the same way); columns are grouped video / audio / TTS / AV-consistency. A cell is the value with
 its N, "n/a" where the metric does not apply to the task, or "not computed" (reasons listed under
 the table) where its extractor is not configured or its formula was undefined.
 """
@@ -47,7 +47,7 @@ def build_report(suite: MetricSuite, context: dict[str, Any] | None = None) -> d
     results, undefined = suite.compute()
     columns = report_columns(suite)
     tasks: dict[str, dict[str, Any]] = {}
-    for task in suite.cfg.tasks:
+    for task in suite.rows:
         row: dict[str, Any] = {}
         for col in columns:
             if col.not_computed is not None:

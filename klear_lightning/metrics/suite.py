@@ -1,7 +1,9 @@
 """The configured set of metrics, per task: `MetricsConfig` -> `MetricSuite`.
 
 `MetricSuite.update(task, generated, reference)` feeds every metric that applies to the task
-(the task's clips carry the modalities it reads and generate at least one). Metrics whose
+(the task's clips carry the modalities it reads and generate at least one). With
+`ground_truth`, the suite has one more row, `ground_truth`, fed with the decoded ground truth in
+place of generated clips and scored like T2AV: the ceiling a model can reach through the codecs. Metrics whose
 extractor is not configured are in `skipped` (name -> one line saying what to set); values whose
 formula is undefined for what was seen are in `undefined` ((task, key) -> reason). Nothing is
 ever reported as a silent zero.
@@ -26,7 +28,9 @@ from klear_lightning.metrics.base import (
     MetricUnavailable,
     MetricUndefined,
 )
-from klear_lightning.tasks import PAPER_TASKS, get_task
+from klear_lightning.tasks import PAPER_TASKS, TaskRecipe, get_task
+
+GROUND_TRUTH = "ground_truth"
 
 # Modules whose import registers metrics (`register_metric`); new metric modules go here.
 METRIC_MODULES: tuple[str, ...] = (
@@ -67,6 +71,8 @@ class MetricsConfig:
         sampling_steps: sampler steps for the benchmark generations.
         seed: sampler seed, so every evaluation sees the same noise.
         test_clips_per_task: clips per task in `klear test` (None: the whole test split).
+        ground_truth: also score the decoded ground truth of the same clips, as the row
+            `ground_truth` (validation: scored at the first evaluation, logged at every one).
     """
 
     metrics: list[str] = field(default_factory=lambda: list(load_registry()))
@@ -77,6 +83,7 @@ class MetricsConfig:
     sampling_steps: int = 25
     seed: int = 0
     test_clips_per_task: int | None = None
+    ground_truth: bool = True
 
     def __post_init__(self) -> None:
         known = load_registry()
@@ -103,7 +110,8 @@ class MetricsConfig:
 
 
 class MetricSuite:
-    """One metric instance per (task, metric name); extractors shared through one `BuildContext`."""
+    """One metric instance per (row, metric name), a row per task plus `ground_truth` when
+    configured; extractors shared through one `BuildContext`."""
 
     def __init__(self, cfg: MetricsConfig, device: torch.device | str = "cpu") -> None:
         self.cfg = cfg
@@ -114,8 +122,9 @@ class MetricSuite:
         self.metrics: dict[str, dict[str, ClipMetric]] = {}
         self.missing_reference: dict[tuple[str, str], str] = {}
         self.columns: dict[str, tuple[Column, ...]] = {}
-        for task in cfg.tasks:
-            self.metrics[task] = {}
+        self.rows: list[str] = list(cfg.tasks) + ([GROUND_TRUTH] if cfg.ground_truth else [])
+        for row in self.rows:
+            self.metrics[row] = {}
             for name, spec in self.specs.items():
                 if name in self.skipped:
                     continue
@@ -125,10 +134,11 @@ class MetricSuite:
                     self.skipped[name] = str(err)
                     continue
                 self.columns.setdefault(name, metric.columns)
-                if metric.applies_to(get_task(task)):
-                    self.metrics[task][name] = metric.to(self.device)
+                if metric.applies_to(row_recipe(row)):
+                    self.metrics[row][name] = metric.to(self.device)
 
     def update(self, task: str, generated: list[MediaClip], reference: list[MediaClip] | None = None) -> None:
+        """Feed one row (a task, or `ground_truth` with the ground truth as `generated`)."""
         if task not in self.metrics:
             raise ValueError(f"task {task!r} is not in metrics.tasks {self.cfg.tasks}")
         for name, metric in self.metrics[task].items():
@@ -138,7 +148,7 @@ class MetricSuite:
             metric.update(generated, reference if metric.needs_reference else None)
 
     def compute(self) -> tuple[dict[str, dict[str, MetricResult]], dict[tuple[str, str], str]]:
-        """(task -> result key -> result, (task, metric name) -> why not computed)."""
+        """(row -> result key -> result, (row, metric name) -> why not computed)."""
         results: dict[str, dict[str, MetricResult]] = {}
         undefined: dict[tuple[str, str], str] = dict(self.missing_reference)
         for task, metrics in self.metrics.items():
@@ -155,8 +165,15 @@ class MetricSuite:
                     undefined[(task, name)] = str(err)
         return results, undefined
 
-    def reset(self) -> None:
-        self.missing_reference.clear()
-        for metrics in self.metrics.values():
-            for metric in metrics.values():
+    def reset(self, rows: list[str] | None = None) -> None:
+        """Reset the metrics of `rows` (default: every row)."""
+        for row in rows if rows is not None else self.rows:
+            for key in [k for k in self.missing_reference if k[0] == row]:
+                del self.missing_reference[key]
+            for metric in self.metrics[row].values():
                 metric.reset()
+
+
+def row_recipe(row: str) -> TaskRecipe:
+    """The task a row is scored as: its own, T2AV for `ground_truth` (every modality present)."""
+    return get_task("t2av" if row == GROUND_TRUTH else row)
