@@ -24,6 +24,7 @@ system-deps:
 
 demo: setup system-deps
 	$(KLEAR) fit --config configs/demo.yaml
+	$(KLEAR) fit --config configs/demo.yaml --config configs/demo_specialize.yaml
 
 test: setup system-deps
 	WDS_SECURE=1 $(PY) -m pytest $(PYTEST_ARGS)

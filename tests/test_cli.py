@@ -48,6 +48,17 @@ def test_stage_configs_chain_checkpoints():
     assert qual.model.init_from == "runs/specialize/checkpoints/last.ckpt" and qual.model.optim.lr < pre.model.optim.lr
 
 
+def test_demo_stages_chain_into_one_mlflow_database():
+    one = _parse(CONFIGS / "demo.yaml")
+    two = _parse(CONFIGS / "demo.yaml", CONFIGS / "demo_specialize.yaml")
+    assert two.stage == "demo_specialize" and two.model.init_from == "runs/demo/checkpoints/last.ckpt"
+    assert any(c.init_args.dirpath == two.model.init_from.rsplit("/", 1)[0] for c in one.trainer.callbacks
+               if c.class_path.endswith("ModelCheckpoint") and c.init_args.save_last)
+    assert two.trainer.logger.init_args.tracking_uri == "sqlite:///" + one.trainer.logger.init_args.run_dir + "/mlflow.db"
+    assert set(two.model.task_weights) == {"ti2av", "a2v"} and two.model.model == one.model.model
+    assert "sound" not in two.data.init_args.train_splits
+
+
 def test_linked_fields_are_not_settable():
     with pytest.raises(SystemExit):
         _parse_args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--model.model.video_channels", "7", "--print_config"]
