@@ -7,9 +7,9 @@ for each task in `metrics.tasks` the module generates them with `metrics.samplin
 a fixed seed, the ground truth is decoded as reference, and the suite logs `val/<task>/<key>` and
 `val/<task>/<key>_n`. With `metrics.ground_truth`, the decoded ground truth of the same clips is
 scored too, once (the subset is the same at every validation), and logged at every validation as
-`val/ground_truth/<key>`: the line the generated scores should climb towards. Test: the same over the test split (up to `metrics.test_clips_per_task`),
-logged as `test/...`, plus `report.json` and `report.md` in the trainer's log dir, also logged as
-MLflow artifacts when an MLFlowLogger is attached.
+`val/ground_truth/<key>`: the line the generated scores should climb towards. Test: the same over
+the test split (up to `metrics.test_clips_per_task`), logged as `test/...`, plus `report.json` and
+`report.md` in the trainer's log dir, also logged as MLflow artifacts when an MLFlowLogger is attached.
 
 The LightningModule must provide `generate(batch, task, sampler) -> list[MediaClip]` and
 `reference_media(batch) -> list[MediaClip]` (KlearModule does).
@@ -154,7 +154,7 @@ class BenchmarkCallback(L.Callback):
         self._active = False
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Remember the checkpoint's step: `trainer.test(ckpt_path=...)` does not restore it."""
+        """Remember the checkpoint's step: `trainer.test(ckpt_path=...)` does not restore `global_step`."""
         self._checkpoint_step = checkpoint.get("global_step")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -169,7 +169,7 @@ class BenchmarkCallback(L.Callback):
         suite = self._evaluate(pl_module, "test", self.cfg.ground_truth)
         context = {
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else "(in-memory weights)",
-            "global_step": trainer.global_step if self._checkpoint_step is None else self._checkpoint_step,
+            "global_step": max(trainer.global_step, self._checkpoint_step or 0),
             "sampling_steps": self.cfg.sampling_steps,
             "seed": self.cfg.seed,
             "clips_per_task": self.cfg.test_clips_per_task or "all",
