@@ -1,8 +1,9 @@
 """`klear test` report: report.json and a markdown table laid out like the paper's Table 1.
 
-Rows are tasks (and `ground_truth`, the decoded ground truth scored the same way); columns are grouped video / audio / TTS / AV-consistency. A cell is the value with
-its N, "n/a" where the metric does not apply to the task, or "not computed" (reasons listed under
-the table) where its extractor is not configured or its formula was undefined.
+Rows are tasks (and `ground_truth`, the decoded ground truth scored the same way); columns are
+grouped video / audio / TTS / AV-consistency. A cell is the value with its N, "n/a" where the
+metric does not apply to the task, or "not computed" (reasons listed under the table) where its
+extractor is not configured or its formula was undefined.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 `MetricSuite.update(task, generated, reference)` feeds every metric that applies to the task
 (the task's clips carry the modalities it reads and generate at least one). With
 `ground_truth`, the suite has one more row, `ground_truth`, fed with the decoded ground truth in
-place of generated clips and scored like T2AV: the ceiling a model can reach through the codecs. Metrics whose
-extractor is not configured are in `skipped` (name -> one line saying what to set); values whose
-formula is undefined for what was seen are in `undefined` ((task, key) -> reason). Nothing is
-ever reported as a silent zero.
+place of generated clips and scored like T2AV: the ceiling a model can reach through the codecs.
+Metrics whose extractor is not configured are in `skipped` (name -> one line saying what to set);
+values whose formula is undefined for what was seen are in `undefined` ((task, key) -> reason).
+Nothing is ever reported as a silent zero.
 """
 
 from __future__ import annotations
@@ -165,12 +165,10 @@ class MetricSuite:
                     undefined[(task, name)] = str(err)
         return results, undefined
 
-    def reset(self, rows: list[str] | None = None) -> None:
-        """Reset the metrics of `rows` (default: every row)."""
-        for row in rows if rows is not None else self.rows:
-            for key in [k for k in self.missing_reference if k[0] == row]:
-                del self.missing_reference[key]
-            for metric in self.metrics[row].values():
+    def reset(self) -> None:
+        self.missing_reference.clear()
+        for metrics in self.metrics.values():
+            for metric in metrics.values():
                 metric.reset()
 
 
