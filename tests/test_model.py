@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from klear_lightning.models import ModelConfig, build_model
-from klear_lightning.models.attention import make_backend
 from klear_lightning.models.embed import patchify_audio, patchify_video, shared_rows, unpatchify_audio, unpatchify_video
 from klear_lightning.models.inputs import InputShape, random_inputs
 from klear_lightning.flow import null_captions
 from klear_lightning.models.layers import Rows, StreamLayer, _Rows, modulate
 from klear_lightning.streams import ModelInputs
 from klear_lightning.tasks import TaskBatch
+from model_checks import assert_packed_matches_reference
 
 SHAPE = InputShape(video_frames=3, video_hw=(4, 4), audio_frames=12, text_tokens=5)
 MIX = ["t2v", "t2a", "t2av", "ti2v", "ti2av", "v2a", "a2v"]
@@ -192,19 +192,7 @@ def test_model_packed_equals_reference_with_gradients(isolate: bool):
     cfg = tiny(text_rope=True, rope_mode="aligned")
     model = randomised(cfg, seed=1)
     x = inputs(cfg, MIX, seed=2)
-    results = []
-    for name in ("reference", "packed"):
-        model.backend = make_backend(name)
-        model.zero_grad()
-        out = model(x, isolate_modalities=isolate)
-        (out.video.square().mean() + out.audio.square().mean()).backward()
-        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (ref, ref_grads), (packed, packed_grads) = results
-    torch.testing.assert_close(packed.video, ref.video, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(packed.audio, ref.audio, atol=1e-5, rtol=1e-4)
-    assert ref_grads.keys() == packed_grads.keys()
-    for n, g in ref_grads.items():
-        torch.testing.assert_close(packed_grads[n], g, atol=1e-5, rtol=1e-4, msg=n)
+    assert_packed_matches_reference(model, x, isolate)
 
 
 def test_share_text_weights_shares_layers():
