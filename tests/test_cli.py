@@ -35,6 +35,9 @@ def test_demo_with_each_ablation_overlay_parses(overlay):
         assert cfg.model.model.architecture == "dual_tower"
     if overlay == "t2av_only.yaml":
         assert cfg.model.task_weights == {"t2av": 1.0}
+    # the demo's temporal RoPE scale (3) is what these two ablate
+    expected_time_scale = 1.0 if overlay in ("rope_offset.yaml", "rope_time_unscaled.yaml") else 3.0
+    assert cfg.model.model.rope_time_scale == expected_time_scale
 
 
 def test_stage_configs_chain_checkpoints():

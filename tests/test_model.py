@@ -49,6 +49,8 @@ def test_config_validation_names_the_field():
         ModelConfig(dim=64, heads=4, rope_sections=(8, 4, 2))
     with pytest.raises(ValueError, match="rope_mode"):
         ModelConfig(rope_mode="spiral")
+    with pytest.raises(ValueError, match="model.rope_time_scale must be > 0"):
+        ModelConfig(rope_time_scale=0.0)
     with pytest.raises(ValueError, match="architecture"):
         ModelConfig(architecture="triple_tower")
     with pytest.raises(ValueError, match="unknown override fields"):

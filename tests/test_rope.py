@@ -107,3 +107,34 @@ def test_apply_rope_matches_complex_rotation_and_is_relative():
         return (apply_rope(q, rq) * apply_rope(k, rk)).sum()
     torch.testing.assert_close(score([1, 2, 3], [0, 0, 1]), score([11, 7, 5], [10, 5, 3]))
     assert not math.isclose(score([1, 2, 3], [0, 0, 1]).item(), score([1, 2, 3], [0, 1, 1]).item())
+
+
+@pytest.mark.parametrize("mode", ["offset", "aligned"])
+def test_time_scale_multiplies_only_the_temporal_coordinate_of_video_and_audio(mode: str):
+    base = positions(mode, text_rope=True)
+    scaled = stream_positions(SHAPES, mode, video_latent_fps=4.0, audio_latent_fps=16.0, audio_patch=2,
+                              text_rope=True, time_scale=3.0)
+    for stream in ("video", "audio"):
+        torch.testing.assert_close(scaled[stream][:, 0], 3.0 * base[stream][:, 0])
+        torch.testing.assert_close(scaled[stream][:, 1:], base[stream][:, 1:])
+    for stream in ("video_text", "audio_text"):
+        torch.testing.assert_close(scaled[stream], base[stream])
+
+
+def test_time_scale_lets_one_frame_apart_score_below_the_same_instant():
+    """A query and key living on the fastest temporal pair: their rotated dot product one video
+    frame apart is cos(time_scale) of the same-instant one (0.54 at 1, -0.99 at 3)."""
+    sections = (4, 2, 2)
+    q = torch.tensor([[[[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]]])
+    shapes = StreamShapes(video_grid=(2, 1, 1), audio_tokens=8, video_text_tokens=0, audio_text_tokens=0)
+
+    def contrast(scale: float) -> float:
+        pos = stream_positions(shapes, "aligned", 4.0, 16.0, 1, False, time_scale=scale)
+        rot_v = rope_table(rope_angles(pos["video"], sections, 10000.0), torch.device("cpu"))
+        rot_a = rope_table(rope_angles(pos["audio"], sections, 10000.0), torch.device("cpu"))
+        query = apply_rope(q, rot_v[:1])  # video frame 0
+        same, next_frame = apply_rope(q, rot_a[:1]), apply_rope(q, rot_a[4:5])  # audio at 0 and at frame 1
+        return ((query * next_frame).sum() / (query * same).sum()).item()
+
+    assert contrast(1.0) == pytest.approx(math.cos(1.0), abs=1e-6)
+    assert contrast(3.0) == pytest.approx(math.cos(3.0), abs=1e-6)

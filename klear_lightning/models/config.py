@@ -34,6 +34,7 @@ class ModelConfig:
 
     video_channels / audio_channels / text_dim are decided by the codecs and text encoder and
     are overridden from them. rope_sections=None uses `default_rope_sections(dim // heads)`.
+    rope_time_scale multiplies the temporal rotary coordinate of video and audio (models/rope.py).
     """
 
     architecture: str = "single_tower"
@@ -50,6 +51,7 @@ class ModelConfig:
     rope_mode: str = "offset"
     text_rope: bool = False
     rope_theta: float = 10000.0
+    rope_time_scale: float = 1.0
     rope_sections: tuple[int, int, int] | None = None
     attention_backend: str = "packed"
     video_latent_fps: float = 4.0
@@ -77,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.rope_theta <= 0:
             raise ValueError(f"model.rope_theta must be > 0, got {self.rope_theta}")
+        if self.rope_time_scale <= 0:
+            raise ValueError(f"model.rope_time_scale must be > 0, got {self.rope_time_scale}")
         if not (self.video_latent_fps > 0 and self.audio_latent_fps > 0):
             raise ValueError(
                 f"model.video_latent_fps ({self.video_latent_fps}) and model.audio_latent_fps "

@@ -198,7 +198,7 @@ class StreamEmbedder(nn.Module):
         """Rotary angles (L_s, head_dim / 2) per stream."""
         cfg = self.cfg
         pos = stream_positions(shapes, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps,
-                               cfg.audio_patch, cfg.text_rope)
+                               cfg.audio_patch, cfg.text_rope, cfg.rope_time_scale)
         return {s: rope_angles(pos[s], cfg.sections, cfg.rope_theta) for s in STREAMS}
 
 

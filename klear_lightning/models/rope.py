@@ -7,6 +7,9 @@ Every token gets three coordinates, one per head-dim section (t, h, w):
   (i * audio_patch * video_latent_fps / audio_latent_fps, fractional), h = w = -1, a fixed
   spatial position outside every video grid;
 - text token j: 0 in every section (no rotation), or j in every section when ``text_rope``.
+``time_scale`` multiplies the t coordinate of video and audio tokens: the highest temporal rotary
+frequency is 1 rad per position, so at 1 a query tells frames 1 apart only by cos(1) = 0.54, while
+at 3 one frame turns the fastest pair by 3 rad (cos = -0.99), sharpening same-instant attention.
 Positions depend only on shapes, never on the batch.
 """
 
@@ -38,6 +41,7 @@ def stream_positions(
     audio_latent_fps: float,
     audio_patch: int,
     text_rope: bool,
+    time_scale: float = 1.0,
 ) -> dict[str, Tensor]:
     """Position ids (N_s, 3) float32 per stream, in (t, h, w) order; video flattened t-major."""
     t, h, w = shapes.video_grid
@@ -55,6 +59,9 @@ def stream_positions(
         audio = torch.stack([time, space, space], dim=-1)
     else:
         raise ValueError(f"rope_mode = {mode!r} is not one of ['offset', 'aligned']")
+
+    scale = torch.tensor([time_scale, 1.0, 1.0])
+    video, audio = video * scale, audio * scale.double()
 
     def text(n: int) -> Tensor:
         j = torch.arange(n, dtype=torch.float32) if text_rope else torch.zeros(n)
