@@ -25,7 +25,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from klear_lightning.config_checks import check_config
 from klear_lightning.logging import KlearMLFlowLogger, RunIdInCheckpoint, flatten_config, run_id_from_checkpoint
 from klear_lightning.models import ModelConfig
-from klear_lightning.module import KlearModule
+from klear_lightning.module import KlearModule, load_model_weights
 from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
 
 PROJECT_COMMANDS = ("summary", "syncworld", "prepare", "cache", "generate", "compare")
@@ -232,16 +232,18 @@ def _parse(config: Path) -> tuple[KlearModule, LightningDataModule]:
 
 def load_for_inference(config: Path, ckpt_path: Path, use_ema: bool = True) -> tuple[KlearModule, LightningDataModule]:
     """KlearModule with a checkpoint's weights (EMA weights when stored and `use_ema`) and its data
-    module set up for decoding, both on CPU."""
+    module set up for decoding, both on CPU. `ckpt_path`: a `.ckpt` file or the sharded folder an FSDP2
+    run writes (weights from its shards, the EMA weights from its `meta.pt`)."""
     module, data = _parse(config)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     module.configure_model()
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    ema = ckpt.get("callbacks", {})
-    shadow = next((v["shadow"] for k, v in ema.items() if k.startswith("EMA") and "shadow" in v), None)
+    ckpt_path = Path(ckpt_path)
+    load_model_weights(ckpt_path, module.model, what="checkpoint")
+    meta = ckpt_path / "meta.pt" if ckpt_path.is_dir() else ckpt_path
+    extra = torch.load(meta, map_location="cpu", weights_only=True, mmap=True) if meta.is_file() else {}
+    callbacks = extra.get("callbacks", {})
+    shadow = next((v["shadow"] for k, v in callbacks.items() if k.startswith("EMA") and "shadow" in v), None)
     if use_ema and shadow is not None:
-        state.update(shadow)
-    module.model.load_state_dict(state)
+        module.model.load_state_dict({**module.model.state_dict(), **shadow})
     module.eval()
     data.setup("predict")
     return module, data

@@ -408,25 +408,25 @@ def _denorm(x: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
     return x * std.to(x).reshape(shape) + mean.to(x).reshape(shape)
 
 
-def load_model_weights(path: str | Path, model: torch.nn.Module) -> None:
+def load_model_weights(path: str | Path, model: torch.nn.Module, what: str = "model.init_from") -> None:
     """Load the denoiser's weights (keys under `model.`) from a Lightning `.ckpt` file (read with
     weights_only) or from a sharded FSDP2 checkpoint folder (torch.distributed.checkpoint) into the
-    not yet parallelized `model`."""
+    not yet parallelized `model`. `what` names the setting in errors."""
     path = Path(path)
     if path.is_dir():
         import torch.distributed.checkpoint as dcp
 
         if not (path / ".metadata").is_file():
-            raise FileNotFoundError(f"model.init_from: {path} is not a sharded checkpoint (no .metadata)")
+            raise FileNotFoundError(f"{what}: {path} is not a sharded checkpoint (no .metadata)")
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         dcp.load({"state_dict": state}, checkpoint_id=path)
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
         return
     if not path.is_file():
-        raise FileNotFoundError(f"model.init_from: no checkpoint at {path}")
+        raise FileNotFoundError(f"{what}: no checkpoint at {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = ckpt.get("state_dict", ckpt)
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     if not weights:
-        raise ValueError(f"model.init_from: {path} holds no `model.*` weights")
+        raise ValueError(f"{what}: {path} holds no `model.*` weights")
     model.load_state_dict(weights)

@@ -100,3 +100,16 @@ def test_fsdp2_two_processes_sharded_checkpoint_and_resume(tmp_path):
     staged.configure_model()
     changed = [k for k, v in fresh.model.state_dict().items() if not torch.equal(v, staged.model.state_dict()[k])]
     assert len(changed) > 10
+
+    # `klear generate` / `klear test` read the sharded folder too: EMA weights from meta.pt, else the shards
+    from klear_lightning.cli import load_for_inference
+
+    folder = tmp_path / "ref" / "ckpt" / "step=4.ckpt"
+    shadow = torch.load(folder / "meta.pt", weights_only=True)["callbacks"]["EMA"]["shadow"]
+    ema, _ = load_for_inference(ref, folder)
+    raw, _ = load_for_inference(ref, folder, use_ema=False)
+    for name, value in shadow.items():
+        torch.testing.assert_close(ema.model.state_dict()[name], value, rtol=0, atol=0)
+    for name, value in staged.model.state_dict().items():
+        torch.testing.assert_close(raw.model.state_dict()[name], value, rtol=0, atol=0)
+    assert any(not torch.equal(ema.model.state_dict()[n], raw.model.state_dict()[n]) for n in shadow)
