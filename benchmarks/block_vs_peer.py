@@ -53,10 +53,10 @@ def main() -> dict:
     c = {s: torch.randn(BATCH, d) for s in STREAMS}
     row = {s: Rows(torch.arange(BATCH).repeat_interleave(n), run=n) for s, n in TOKENS.items()}
     shapes = StreamShapes((FRAMES, *GRID), TOKENS["audio"], TOKENS["video_text"], TOKENS["audio_text"])
-    pos = stream_positions(shapes, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps, cfg.audio_patch, False,
-                           cfg.rope_time_scale)
+    pos = stream_positions(shapes, torch.full((BATCH,), FRAMES), cfg.rope_mode, cfg.video_latent_fps,
+                           cfg.audio_latent_fps, cfg.audio_patch, False, cfg.rope_time_scale)
     rotation = torch.cat([
-        rope_table(rope_angles(pos[s], cfg.sections, cfg.rope_theta), torch.device("cpu")).repeat(BATCH, 1, 1)
+        rope_table(rope_angles(pos[s].reshape(-1, 3), cfg.sections, cfg.rope_theta), torch.device("cpu"))
         for s in STREAMS
     ])
     total = sum(TOKENS.values())

@@ -177,16 +177,97 @@ def test_padding_content_cannot_influence_outputs():
     assert (a.audio.permute(0, 2, 1)[~x.audio_mask] == 0).all()
 
 
-def test_samples_are_independent_of_their_batch():
-    cfg = tiny()
+def own_frames(mask: torch.Tensor, unit: int = 1) -> int:
+    """One past the last valid frame of a (T,) mask, rounded up to `unit` (at least `unit`)."""
+    valid = mask.nonzero()
+    n = int(valid.max()) + 1 if valid.numel() else 1
+    return -(-n // unit) * unit
+
+
+def sample(x: ModelInputs, i: int, video_frames: int | None = None, audio_frames: int | None = None) -> ModelInputs:
+    """Sample i of `x` alone, its video / audio cut to the given number of latent frames."""
+    cut = {"video": video_frames, "video_t": video_frames, "video_mask": video_frames,
+           "audio": audio_frames, "audio_t": audio_frames, "audio_mask": audio_frames}
+    out = {}
+    for f in x.__dataclass_fields__:
+        value = getattr(x, f)[i : i + 1]
+        n = cut.get(f)
+        out[f] = value if n is None else value[:, :, :n] if f in ("video", "audio") else value[:, :n]
+    return ModelInputs(**out)
+
+
+def padded(x: ModelInputs, video_frames: int, audio_frames: int, seed: int = 1) -> ModelInputs:
+    """`x` with random content appended up to the given latent frames, masked out (padding)."""
+    g = torch.Generator().manual_seed(seed)
+    b, c, t, h, w = x.video.shape
+    dv, da = video_frames - t, audio_frames - x.audio.shape[2]
+
+    def more(value: torch.Tensor, shape: tuple[int, ...], dim: int) -> torch.Tensor:
+        extra = torch.zeros(shape, dtype=torch.bool) if value.dtype == torch.bool else torch.randn(shape, generator=g)
+        return torch.cat([value, extra], dim)
+
+    return replace(
+        x,
+        video=more(x.video, (b, c, dv, h, w), 2), video_t=more(x.video_t, (b, dv), 1),
+        video_mask=more(x.video_mask, (b, dv), 1),
+        audio=more(x.audio, (b, x.audio.shape[1], da), 2), audio_t=more(x.audio_t, (b, da), 1),
+        audio_mask=more(x.audio_mask, (b, da), 1),
+    )
+
+
+def stacked(*xs: ModelInputs) -> ModelInputs:
+    return ModelInputs(**{f: torch.cat([getattr(x, f) for x in xs]) for f in xs[0].__dataclass_fields__})
+
+
+ROPE_MODES = ["offset", "aligned"]
+
+
+@pytest.mark.parametrize("mode", ROPE_MODES)
+@pytest.mark.parametrize("backend", ["packed", "reference"])
+def test_samples_are_independent_of_their_batch(mode: str, backend: str):
+    """Each sample of a padded mixed batch, run alone at its own length (its trailing padding
+    cut off), gives the same outputs as in the batch."""
+    cfg = tiny(rope_mode=mode, attention_backend=backend)
     model = randomised(cfg)
     x = inputs(cfg, MIX, seed=5)
+    assert (x.video_mask.sum(1) < x.video.shape[2]).any() and (x.audio_mask.sum(1) < x.audio.shape[2]).any()
     out = model(x)
-    for i in (0, 3, 6):
-        one = ModelInputs(**{f: getattr(x, f)[i : i + 1] for f in x.__dataclass_fields__})
-        alone = model(one)
-        torch.testing.assert_close(alone.video, out.video[i : i + 1], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(alone.audio, out.audio[i : i + 1], atol=1e-5, rtol=1e-5)
+    for i in range(len(MIX)):
+        tv, ta = own_frames(x.video_mask[i]), own_frames(x.audio_mask[i], cfg.audio_patch)
+        alone = model(sample(x, i, tv, ta))
+        torch.testing.assert_close(alone.video, out.video[i : i + 1, :, :tv], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(alone.audio, out.audio[i : i + 1, :, :ta], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ROPE_MODES)
+@pytest.mark.parametrize("backend", ["packed", "reference"])
+@pytest.mark.parametrize("architecture", ["single_tower", "dual_tower"])
+def test_masked_frames_padding_a_sample_do_not_change_it(mode: str, backend: str, architecture: str):
+    """One T2AV sample, its video padded by 2 masked latent frames (and its audio by 4): outputs
+    change by <= 1e-5."""
+    cfg = tiny(rope_mode=mode, attention_backend=backend, architecture=architecture)
+    model = randomised(cfg)
+    x = inputs(cfg, ["t2av"], pad=False)
+    out = model(x)
+    for video_pad, audio_pad in ((2, 0), (2, 4)):
+        more = model(padded(x, SHAPE.video_frames + video_pad, SHAPE.audio_frames + audio_pad))
+        torch.testing.assert_close(more.video[:, :, : SHAPE.video_frames], out.video, atol=1e-5, rtol=0)
+        torch.testing.assert_close(more.audio[:, :, : SHAPE.audio_frames], out.audio, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ROPE_MODES)
+@pytest.mark.parametrize("backend", ["packed", "reference"])
+@pytest.mark.parametrize("architecture", ["single_tower", "dual_tower"])
+def test_a_sample_batched_with_a_longer_clip_is_unchanged(mode: str, backend: str, architecture: str):
+    cfg = tiny(rope_mode=mode, attention_backend=backend, architecture=architecture)
+    model = randomised(cfg)
+    short = inputs(cfg, ["t2av"], pad=False)
+    shape = InputShape(video_frames=5, video_hw=SHAPE.video_hw, audio_frames=20, text_tokens=SHAPE.text_tokens)
+    long = random_inputs(cfg, TaskBatch.from_names(["ti2av"]), shape, torch.Generator().manual_seed(3), pad=False)
+    out = model(stacked(padded(short, 5, 20), long))
+    alone = model(short)
+    torch.testing.assert_close(out.video[:1, :, : SHAPE.video_frames], alone.video, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.audio[:1, :, : SHAPE.audio_frames], alone.audio, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("isolate", [False, True])

@@ -9,14 +9,21 @@ from klear_lightning.models.rope import (
     rope_angles,
     rope_table,
     stream_positions,
+    video_lengths,
 )
 
 SHAPES = StreamShapes(video_grid=(2, 2, 3), audio_tokens=4, video_text_tokens=3, audio_text_tokens=2)
 
 
-def positions(mode: str, text_rope: bool = False, audio_patch: int = 2) -> dict[str, torch.Tensor]:
-    return stream_positions(SHAPES, mode, video_latent_fps=4.0, audio_latent_fps=16.0,
-                            audio_patch=audio_patch, text_rope=text_rope)
+FULL = torch.tensor([2])  # one sample whose video fills the grid's 2 latent frames
+
+
+def positions(mode: str, text_rope: bool = False, audio_patch: int = 2, time_scale: float = 1.0,
+              video_frames: torch.Tensor = FULL) -> dict[str, torch.Tensor]:
+    """Positions of the first sample."""
+    pos = stream_positions(SHAPES, video_frames, mode, video_latent_fps=4.0, audio_latent_fps=16.0,
+                           audio_patch=audio_patch, text_rope=text_rope, time_scale=time_scale)
+    return {s: p[0] for s, p in pos.items()}
 
 
 def test_video_positions_are_the_grid_t_major():
@@ -29,6 +36,19 @@ def test_offset_audio_continues_after_the_last_video_frame():
     audio = positions("offset")["audio"]
     # max video t = 1, so audio token i sits at 2 + i in every section.
     assert audio.tolist() == [[2 + i] * 3 for i in range(4)]
+
+
+def test_offset_audio_starts_after_each_samples_own_video_not_the_padded_grid():
+    """Three samples in a batch padded to 5 latent frames: 2 valid frames, 5, and no video."""
+    shapes = StreamShapes(video_grid=(5, 1, 1), audio_tokens=3, video_text_tokens=0, audio_text_tokens=0)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert video_lengths(mask).tolist() == [2, 5, 0]
+    audio = stream_positions(shapes, video_lengths(mask), "offset", 4.0, 16.0, 1, False)["audio"]
+    assert audio[:, :, 0].tolist() == [[2, 3, 4], [5, 6, 7], [0, 1, 2]]
+    assert (audio == audio[..., :1]).all()
+    # the aligned positions never depend on the video's length
+    aligned = stream_positions(shapes, video_lengths(mask), "aligned", 4.0, 16.0, 1, False)["audio"]
+    assert (aligned == aligned[:1]).all()
 
 
 def test_aligned_audio_time_in_video_latent_frames_and_outside_grid():
@@ -60,8 +80,8 @@ def test_aligned_same_instant_has_equal_temporal_phase():
     # video frame 1 starts at 0.25 s; audio token 4 (16 Hz, patch 1) also starts at 0.25 s.
     frame1 = video[1 * 6, :t_pairs]
     shapes = StreamShapes(video_grid=(2, 2, 3), audio_tokens=8, video_text_tokens=0, audio_text_tokens=0)
-    pos8 = stream_positions(shapes, "aligned", 4.0, 16.0, 1, False)
-    audio8 = rope_angles(pos8["audio"], sections, 10000.0)
+    pos8 = stream_positions(shapes, FULL, "aligned", 4.0, 16.0, 1, False)
+    audio8 = rope_angles(pos8["audio"][0], sections, 10000.0)
     torch.testing.assert_close(audio8[4, :t_pairs], frame1, rtol=0, atol=0)
     # ...and a different instant a different phase; spatial phases never match a video patch.
     assert not torch.equal(audio8[5, :t_pairs], frame1)
@@ -110,13 +130,19 @@ def test_apply_rope_matches_complex_rotation_and_is_relative():
 
 
 @pytest.mark.parametrize("mode", ["offset", "aligned"])
-def test_time_scale_multiplies_only_the_temporal_coordinate_of_video_and_audio(mode: str):
+def test_time_scale_multiplies_every_temporal_coordinate(mode: str):
+    """Video t and aligned audio t are scaled, their spatial coordinates not; the offset audio id is
+    a time in all three sections, so all three are scaled and stay equal (the paper's 1D rule)."""
     base = positions(mode, text_rope=True)
-    scaled = stream_positions(SHAPES, mode, video_latent_fps=4.0, audio_latent_fps=16.0, audio_patch=2,
-                              text_rope=True, time_scale=3.0)
-    for stream in ("video", "audio"):
-        torch.testing.assert_close(scaled[stream][:, 0], 3.0 * base[stream][:, 0])
-        torch.testing.assert_close(scaled[stream][:, 1:], base[stream][:, 1:])
+    scaled = positions(mode, text_rope=True, time_scale=3.0)
+    torch.testing.assert_close(scaled["video"][:, 0], 3.0 * base["video"][:, 0])
+    torch.testing.assert_close(scaled["video"][:, 1:], base["video"][:, 1:])
+    if mode == "offset":
+        torch.testing.assert_close(scaled["audio"], 3.0 * base["audio"])
+        assert (scaled["audio"] == scaled["audio"][:, :1]).all()
+    else:
+        torch.testing.assert_close(scaled["audio"][:, 0], 3.0 * base["audio"][:, 0])
+        torch.testing.assert_close(scaled["audio"][:, 1:], base["audio"][:, 1:])
     for stream in ("video_text", "audio_text"):
         torch.testing.assert_close(scaled[stream], base[stream])
 
@@ -129,9 +155,9 @@ def test_time_scale_lets_one_frame_apart_score_below_the_same_instant():
     shapes = StreamShapes(video_grid=(2, 1, 1), audio_tokens=8, video_text_tokens=0, audio_text_tokens=0)
 
     def contrast(scale: float) -> float:
-        pos = stream_positions(shapes, "aligned", 4.0, 16.0, 1, False, time_scale=scale)
-        rot_v = rope_table(rope_angles(pos["video"], sections, 10000.0), torch.device("cpu"))
-        rot_a = rope_table(rope_angles(pos["audio"], sections, 10000.0), torch.device("cpu"))
+        pos = stream_positions(shapes, FULL, "aligned", 4.0, 16.0, 1, False, time_scale=scale)
+        rot_v = rope_table(rope_angles(pos["video"][0], sections, 10000.0), torch.device("cpu"))
+        rot_a = rope_table(rope_angles(pos["audio"][0], sections, 10000.0), torch.device("cpu"))
         query = apply_rope(q, rot_v[:1])  # video frame 0
         same, next_frame = apply_rope(q, rot_a[:1]), apply_rope(q, rot_a[4:5])  # audio at 0 and at frame 1
         return ((query * next_frame).sum() / (query * same).sum()).item()

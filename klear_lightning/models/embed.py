@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from klear_lightning.models.config import ModelConfig
 from klear_lightning.models.layers import FinalLayer, PooledText, Rows, TimestepEmbedding
-from klear_lightning.models.rope import StreamShapes, rope_angles, rope_table, stream_positions
+from klear_lightning.models.rope import StreamShapes, rope_angles, rope_table, stream_positions, video_lengths
 from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
 
 # Attention groups for isolate_modalities: video side 0, audio side 1 (streams are in this order).
@@ -168,18 +168,19 @@ class StreamEmbedder(nn.Module):
             video_text_tokens=valid["video_text"].shape[1],
             audio_text_tokens=valid["audio_text"].shape[1],
         )
-        angles = self.rope(shapes)
+        positions = self.positions(shapes, video_lengths(inputs.video_mask))
         row, rotation = {}, {}
         for s in STREAMS:
             length = valid[s].shape[1]
             rows = c[s].shape[1]
             index = _dense_index(valid[s], layout[s][1])
-            position = index % length
+            sample, position = torch.div(index, length, rounding_mode="floor"), index % length
             row[s] = Rows(
-                torch.div(index, length, rounding_mode="floor") * rows + position // max(length // rows, 1),
+                sample * rows + position // max(length // rows, 1),
                 run=length // rows if index.numel() == valid[s].numel() and length % rows == 0 and length else None,
             )
-            rotation[s] = rope_table(angles[s], x[s].device).index_select(0, position)
+            angles = rope_angles(positions[s][sample, position], cfg.sections, cfg.rope_theta)
+            rotation[s] = rope_table(angles, x[s].device)
         return StreamTokens(
             x=x,
             c={s: rearrange(c[s], "b r d -> (b r) d") for s in STREAMS},
@@ -194,12 +195,11 @@ class StreamEmbedder(nn.Module):
     def embedding(self, stream: str) -> nn.Linear:
         return self.text_layers(stream)[0] if stream in ("video_text", "audio_text") else getattr(self, stream)
 
-    def rope(self, shapes: StreamShapes) -> dict[str, Tensor]:
-        """Rotary angles (L_s, head_dim / 2) per stream."""
+    def positions(self, shapes: StreamShapes, video_frames: Tensor) -> dict[str, Tensor]:
+        """MixD-RoPE position ids (B, L_s, 3) per stream; `video_frames` (B,) each sample's own video length."""
         cfg = self.cfg
-        pos = stream_positions(shapes, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps,
-                               cfg.audio_patch, cfg.text_rope, cfg.rope_time_scale)
-        return {s: rope_angles(pos[s], cfg.sections, cfg.rope_theta) for s in STREAMS}
+        return stream_positions(shapes, video_frames, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps,
+                                cfg.audio_patch, cfg.text_rope, cfg.rope_time_scale)
 
 
 def shared_rows(t: Tensor, valid: Tensor) -> Tensor:

@@ -2,15 +2,18 @@
 
 Every token gets three coordinates, one per head-dim section (t, h, w):
 - video patch (t, h, w): its grid indices;
-- audio token i, mode ``offset`` (paper): p = max_video_t + 1 + i in all three sections;
+- audio token i, mode ``offset`` (paper): p = T_b + i in all three sections, where T_b is the
+  sample's OWN last valid video latent frame + 1 (0 when it has no video), never the batch's
+  padded length: a sample's positions do not depend on what it is batched with;
 - audio token i, mode ``aligned``: t = the token's start time in video-latent frames
   (i * audio_patch * video_latent_fps / audio_latent_fps, fractional), h = w = -1, a fixed
   spatial position outside every video grid;
 - text token j: 0 in every section (no rotation), or j in every section when ``text_rope``.
-``time_scale`` multiplies the t coordinate of video and audio tokens: the highest temporal rotary
-frequency is 1 rad per position, so at 1 a query tells frames 1 apart only by cos(1) = 0.54, while
-at 3 one frame turns the fastest pair by 3 rad (cos = -0.99), sharpening same-instant attention.
-Positions depend only on shapes, never on the batch.
+``time_scale`` multiplies every temporal coordinate: the t of video tokens and of aligned audio
+tokens, and the offset audio id p, which is a time in all three sections (so an offset audio token
+keeps one id in all sections). The highest temporal rotary frequency is 1 rad per position, so at 1
+a query tells frames 1 apart only by cos(1) = 0.54, while at 3 one frame turns the fastest pair by
+3 rad (cos = -0.99), sharpening same-instant attention.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor
 
 AUDIO_SPATIAL_POSITION = -1.0
@@ -26,7 +29,7 @@ AUDIO_SPATIAL_POSITION = -1.0
 
 @dataclass(frozen=True)
 class StreamShapes:
-    """Token-grid shapes of one batch: video grid (T, H, W) in patches, token counts of the rest."""
+    """Token-grid shapes of one batch: the padded video grid (T, H, W) in patches, token counts of the rest."""
 
     video_grid: tuple[int, int, int]
     audio_tokens: int
@@ -34,8 +37,15 @@ class StreamShapes:
     audio_text_tokens: int
 
 
+def video_lengths(video_mask: Tensor) -> Tensor:
+    """(B,) long: each sample's last valid video latent frame + 1 (0 without video) from its (B, T) mask."""
+    frame = torch.arange(1, video_mask.shape[1] + 1, device=video_mask.device)
+    return (video_mask.long() * frame).amax(1) if video_mask.shape[1] else video_mask.new_zeros(video_mask.shape[0], dtype=torch.long)
+
+
 def stream_positions(
     shapes: StreamShapes,
+    video_frames: Tensor,
     mode: str,
     video_latent_fps: float,
     audio_latent_fps: float,
@@ -43,34 +53,36 @@ def stream_positions(
     text_rope: bool,
     time_scale: float = 1.0,
 ) -> dict[str, Tensor]:
-    """Position ids (N_s, 3) float32 per stream, in (t, h, w) order; video flattened t-major."""
-    t, h, w = shapes.video_grid
-    grid = torch.stack(
-        torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1
-    )
-    video = rearrange(grid, "t h w c -> (t h w) c").float()
+    """Position ids (B, L_s, 3) float32 per stream, in (t, h, w) order; video flattened t-major.
 
-    i = torch.arange(shapes.audio_tokens, dtype=torch.float64)
+    `video_frames` (B,) is each sample's own video length (`video_lengths`); the offset audio ids
+    start there. Streams whose positions are the same for every sample are expanded views.
+    """
+    device = video_frames.device
+    b = video_frames.shape[0]
+    t, h, w = shapes.video_grid
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, device=device) for n in (t, h, w)), indexing="ij"), dim=-1)
+    video = rearrange(grid, "t h w c -> (t h w) c").float() * torch.tensor([time_scale, 1.0, 1.0], device=device)
+
+    i = torch.arange(shapes.audio_tokens, dtype=torch.float64, device=device)
     if mode == "offset":
-        audio = (t + i)[:, None].expand(-1, 3)
+        p = (video_frames.double()[:, None] + i) * time_scale
+        audio = repeat(p, "b n -> b n c", c=3)
     elif mode == "aligned":
-        time = i * audio_patch * video_latent_fps / audio_latent_fps
+        time = i * audio_patch * video_latent_fps / audio_latent_fps * time_scale
         space = torch.full_like(time, AUDIO_SPATIAL_POSITION)
-        audio = torch.stack([time, space, space], dim=-1)
+        audio = torch.stack([time, space, space], dim=-1)[None].expand(b, -1, -1)
     else:
         raise ValueError(f"rope_mode = {mode!r} is not one of ['offset', 'aligned']")
 
-    scale = torch.tensor([time_scale, 1.0, 1.0])
-    video, audio = video * scale, audio * scale.double()
-
     def text(n: int) -> Tensor:
-        j = torch.arange(n, dtype=torch.float32) if text_rope else torch.zeros(n)
-        return j[:, None].expand(-1, 3)
+        j = torch.arange(n, dtype=torch.float32, device=device) if text_rope else torch.zeros(n, device=device)
+        return j[None, :, None].expand(b, -1, 3)
 
     return {
-        "video": video,
-        "video_text": text(shapes.video_text_tokens).float(),
-        "audio_text": text(shapes.audio_text_tokens).float(),
+        "video": video[None].expand(b, -1, -1),
+        "video_text": text(shapes.video_text_tokens),
+        "audio_text": text(shapes.audio_text_tokens),
         "audio": audio.float(),
     }
 
@@ -81,7 +93,7 @@ def rope_angles(positions: Tensor, sections: tuple[int, int, int], theta: float)
     for k, size in enumerate(sections):
         if size == 0:
             continue
-        inv_freq = theta ** (-torch.arange(0, size, 2, dtype=torch.float64) / size)
+        inv_freq = theta ** (-torch.arange(0, size, 2, dtype=torch.float64, device=positions.device) / size)
         parts.append(positions[:, k, None].double() * inv_freq)
     return torch.cat(parts, dim=-1).float()
 
