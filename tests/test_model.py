@@ -141,13 +141,20 @@ def test_isolate_modalities_separates_video_and_audio_when_both_present():
     assert not torch.allclose(model(x).video, model(audio_side).video)
 
 
-def test_isolated_joint_prediction_equals_single_modality_task():
-    cfg = tiny()
+@pytest.mark.parametrize("mode", ["offset", "aligned"])
+def test_isolated_joint_prediction_equals_single_modality_task(mode: str):
+    """Isolated video = the T2V prediction, isolated audio = the T2A prediction (in offset mode the
+    audio ids then start at 0, as for a sample without video)."""
+    cfg = tiny(rope_mode=mode)
     model = randomised(cfg)
     joint = inputs(cfg, ["t2av"], pad=False)
     t2v = with_changes(joint, audio_mask=torch.zeros_like(joint.audio_mask),
                        audio_text_mask=torch.zeros_like(joint.audio_text_mask))
-    torch.testing.assert_close(model(joint, isolate_modalities=True).video, model(t2v).video)
+    t2a = with_changes(joint, video_mask=torch.zeros_like(joint.video_mask),
+                       video_text_mask=torch.zeros_like(joint.video_text_mask))
+    isolated = model(joint, isolate_modalities=True)
+    torch.testing.assert_close(isolated.video, model(t2v).video)
+    torch.testing.assert_close(isolated.audio, model(t2a).audio)
 
 
 def test_padding_content_cannot_influence_outputs():

@@ -101,7 +101,7 @@ class DualTower(Denoiser):
                 nn.init.zeros_(cross.proj.bias)
 
     def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
-        tokens = self.embed(inputs, packed=not self.backend.dense)
+        tokens = self.embed(inputs, packed=not self.backend.dense, isolate_modalities=isolate_modalities)
         dense = self.backend.dense
         ropes = {m: tokens.rotation[m] for m in TOWERS}
         plans = {}

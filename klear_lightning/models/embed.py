@@ -126,7 +126,9 @@ class StreamEmbedder(nn.Module):
             return self.video_text, self.video_text_pool
         return self.audio_text, self.audio_text_pool
 
-    def forward(self, inputs: ModelInputs, packed: bool) -> StreamTokens:
+    def forward(self, inputs: ModelInputs, packed: bool, isolate_modalities: bool = False) -> StreamTokens:
+        """`isolate_modalities`: the audio side cannot see the video, so (offset RoPE) its ids start
+        at 0, as for a sample without video: the isolated prediction is the single-modality one."""
         cfg = self.cfg
         _check_inputs(cfg, inputs)
         p, pa = cfg.video_patch, cfg.audio_patch
@@ -168,7 +170,8 @@ class StreamEmbedder(nn.Module):
             video_text_tokens=valid["video_text"].shape[1],
             audio_text_tokens=valid["audio_text"].shape[1],
         )
-        positions = self.positions(shapes, video_lengths(inputs.video_mask))
+        video_frames = video_lengths(inputs.video_mask)
+        positions = self.positions(shapes, torch.zeros_like(video_frames) if isolate_modalities else video_frames)
         row, rotation = {}, {}
         for s in STREAMS:
             length = valid[s].shape[1]

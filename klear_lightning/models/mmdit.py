@@ -115,7 +115,7 @@ class MMDiT(Denoiser):
         super().__init__(cfg, JointBlock)
 
     def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
-        tokens = self.embed(inputs, packed=not self.backend.dense)
+        tokens = self.embed(inputs, packed=not self.backend.dense, isolate_modalities=isolate_modalities)
         attention: dict[tuple[str, ...], JointAttention] = {}
         x = tokens.x
         for block in self.blocks:

@@ -3,8 +3,9 @@
 Every token gets three coordinates, one per head-dim section (t, h, w):
 - video patch (t, h, w): its grid indices;
 - audio token i, mode ``offset`` (paper): p = T_b + i in all three sections, where T_b is the
-  sample's OWN last valid video latent frame + 1 (0 when it has no video), never the batch's
-  padded length: a sample's positions do not depend on what it is batched with;
+  sample's OWN last valid video latent frame + 1, never the batch's padded length, so a sample's
+  positions do not depend on what it is batched with; 0 when the sample has no video or its
+  audio cannot see it (isolated modalities), so the isolated audio prediction is the T2A one;
 - audio token i, mode ``aligned``: t = the token's start time in video-latent frames
   (i * audio_patch * video_latent_fps / audio_latent_fps, fractional), h = w = -1, a fixed
   spatial position outside every video grid;
