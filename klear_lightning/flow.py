@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from klear_lightning.streams import AVBatch, ModelInputs, ModelOutputs
@@ -155,12 +155,27 @@ class FlowSample:
     t_audio: Tensor
 
 
+def whole_audio_tokens(batch: AVBatch, audio_patch: int) -> AVBatch:
+    """`batch` with the audio frames of a partial token (some of its `audio_patch` frames padding)
+    marked as padding too: the model sees an audio token only when all its frames are real, so such
+    frames are never predicted, supervised or sampled."""
+    n = batch.audio_mask.shape[1]
+    if audio_patch == 1:
+        return batch
+    if n % audio_patch:
+        raise ValueError(f"audio length {n} is not divisible by model.audio_patch = {audio_patch}")
+    tokens = rearrange(batch.audio_mask, "b (n p) -> b n p", p=audio_patch).all(-1)
+    return replace(batch, audio_mask=repeat(tokens, "b n -> b (n p)", p=audio_patch))
+
+
 @dataclass(frozen=True)
 class FlowMatching:
-    """Rectified-flow objective: one t per sample shared by video and audio unless `independent`."""
+    """Rectified-flow objective: one t per sample shared by video and audio unless `independent`.
+    `audio_patch` is the model's: frames of a partial audio token count as padding."""
 
     timesteps: TimestepSampler = TimestepSampler()
     independent: bool = False
+    audio_patch: int = 1
 
     def make_inputs(
         self, batch: AVBatch, tasks: TaskBatch, generator: torch.Generator | None = None, t: Tensor | None = None
@@ -169,6 +184,7 @@ class FlowMatching:
         (its device; CPU without one) and are then moved to the batch's device. `t` (B,) fixes every
         sample's time for both modalities instead of drawing it (evaluation probes)."""
         device = batch.video.device
+        batch = whole_audio_tokens(batch, self.audio_patch)
         roles = FrameRoles.of(batch, tasks)
         b = batch.batch_size
         if t is not None:

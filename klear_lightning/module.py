@@ -127,7 +127,8 @@ class KlearModule(L.LightningModule):
         super().__init__()
         self.model_config = model
         self.task_sampler = TaskSampler(task_weights or {t: 1.0 for t in PAPER_TASKS})
-        self.flow = FlowMatching(timesteps=timesteps or TimestepSampler(), independent=independent_t)
+        self.flow = FlowMatching(timesteps=timesteps or TimestepSampler(), independent=independent_t,
+                                 audio_patch=model.audio_patch)
         self.lambda_video = lambda_video
         self.lambda_audio = lambda_audio
         if not 0.0 <= caption_dropout <= 1.0:

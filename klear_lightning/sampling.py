@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from klear_lightning.flow import FrameRoles, compose_inputs, frame_broadcast, null_captions, shift_time
+from klear_lightning.flow import FrameRoles, compose_inputs, frame_broadcast, null_captions, shift_time, whole_audio_tokens
 from klear_lightning.streams import AVBatch, ModelInputs, ModelOutputs
 from klear_lightning.tasks import TaskBatch
 
@@ -79,6 +79,7 @@ def sample(model: nn.Module, batch: AVBatch, tasks: TaskBatch, cfg: SamplerConfi
 
     The model's train/eval mode is left as the caller set it.
     """
+    batch = whole_audio_tokens(batch, model.config.audio_patch)
     roles = FrameRoles.of(batch, tasks)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     x_v = torch.randn(batch.video.shape, generator=generator, dtype=torch.float32).to(batch.video.device)

@@ -166,6 +166,24 @@ def test_breakdown_matches_per_sample_losses():
     assert sum(k.startswith("loss_t/") for k in got) >= 1
 
 
+def test_audio_frames_of_a_partial_token_are_never_supervised():
+    """audio_patch 2 and a clip with 7 of 8 audio latent frames: its last token is partial, so the
+    model treats it as padding (output 0); none of its frames may be in the loss, and every
+    supervised frame is one the model predicts."""
+    module = tiny_module(model=tiny_config(audio_patch=2), task_weights={"t2a": 1.0, "t2av": 1.0})
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    batch = random_batch(torch.Generator().manual_seed(1), batch_size=2)
+    batch.audio_mask[0, 7:] = False
+    terms, fs, _ = module._loss(batch, (torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)), 0.0)
+    assert fs.audio_loss_mask[0].tolist() == [True] * 6 + [False] * 2
+    assert fs.audio_loss_mask[1].all()
+    predicted = module.model(fs.inputs).audio.abs().sum(1) > 0
+    assert predicted[fs.audio_loss_mask].all()
+    assert terms.audio_count[0] == 6 * GEOMETRY.audio_channels
+
+
 class _NanAfter(KlearModule):
     """Produces a NaN loss on chosen global steps (by poisoning the batch)."""
 

@@ -95,8 +95,26 @@ def test_same_seed_same_bytes_other_seed_differs(model):
     assert not torch.allclose(a.audio, c.audio)
 
 
+def test_generated_audio_frames_of_a_partial_token_come_back_zero_like_padding():
+    """audio_patch 2, the last sample has 5 of 8 audio latent frames: frame 4 is half a token the
+    model never predicts, so it must not keep its initial noise."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", text_dim=16, video_channels=4, audio_channels=6, audio_patch=2)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    batch = make_batch()
+    assert batch.audio_mask[-1].tolist() == [True] * 5 + [False] * 3
+    out = sample(model, batch, TaskBatch.from_names(["t2av", "t2a"]), SamplerConfig(steps=2))
+    assert (out.audio[-1, :, 4:] == 0).all()
+    assert (out.audio[-1, :, :4].abs().sum(0) > 0).all() and (out.audio[0].abs().sum(0) > 0).all()
+
+
 class LinearField(nn.Module):
     """Stand-in velocity field v(x, t) = t * x: dx/dt = t x has the solution x(1) = x(0) * e^(1/2)."""
+
+    config = ModelConfig()
 
     def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
         return ModelOutputs(
