@@ -21,7 +21,8 @@ from klear_lightning.tasks import get_task
 
 
 class MediaLogger(L.Callback):
-    """Generate and log a few clips at the end of every validation (never in the sanity check).
+    """Generate and log a few clips at the end of every validation (never in the sanity check),
+    with the weights validation runs with (the EMA weights when the EMA callback validates with them).
 
     Args:
         tasks: tasks to generate (each is sampled for the same clips).
@@ -61,7 +62,9 @@ class MediaLogger(L.Callback):
             self._kept = []
         keep_clips(self._kept, batch, self.clips, self.clips_per_split)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Epoch end, not `on_validation_end`: the EMA callback swaps its weights in at validation
+        # start and out at validation end, so here they are in the model whatever the callback order.
         if trainer.sanity_checking or not self._kept:
             return
         self._runs += 1
