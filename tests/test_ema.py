@@ -16,17 +16,25 @@ class _Holder(L.LightningModule):
         self.model = nn.Linear(3, 2)
 
 
+class _Steps:
+    """The trainer as the EMA sees it: its optimizer-step count."""
+
+    def __init__(self) -> None:
+        self.global_step = 0
+
+
 def test_ema_follows_formula_and_swaps():
-    module = _Holder()
+    module, trainer = _Holder(), _Steps()
     ema = EMA(decay=0.9)
-    ema.on_fit_start(None, module)
+    ema.on_fit_start(trainer, module)
     start = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     expected = {n: v.clone() for n, v in start.items()}
     for step in range(3):
         with torch.no_grad():
             for p in module.model.parameters():
                 p.add_(1.0 + step)
-        ema.on_train_batch_end(None, module, torch.tensor(1.0), None, step)
+        trainer.global_step += 1
+        ema.on_train_batch_end(trainer, module, torch.tensor(1.0), None, step)
         for n, p in module.model.named_parameters():
             expected[n] = 0.9 * expected[n] + 0.1 * p.detach()
     for n in expected:
@@ -41,19 +49,22 @@ def test_ema_follows_formula_and_swaps():
 
 
 def test_skipped_step_does_not_update_and_state_round_trips():
-    module = _Holder()
+    module, trainer = _Holder(), _Steps()
     ema = EMA(decay=0.5, warmup_steps=0)
-    ema.on_fit_start(None, module)
+    ema.on_fit_start(trainer, module)
     before = {n: t.clone() for n, t in ema.shadow.items()}
     with torch.no_grad():
         module.model.weight.add_(10.0)
-    ema.on_train_batch_end(None, module, None, None, 0)
+    ema.on_train_batch_end(trainer, module, torch.tensor(0.0), None, 0)  # no optimizer step yet: no update
+    trainer.global_step += 1
+    ema.on_train_batch_end(trainer, module, None, None, 1)  # a skipped (non-finite) step: no update
     assert all(torch.equal(before[n], ema.shadow[n]) for n in before) and ema.updates == 0
-    ema.on_train_batch_end(None, module, torch.tensor(0.0), None, 1)
+    trainer.global_step += 1
+    ema.on_train_batch_end(trainer, module, torch.tensor(0.0), None, 2)
     state = ema.state_dict()
     restored = EMA(decay=0.5)
     restored.load_state_dict(state)
-    restored.on_fit_start(None, module)
+    restored.on_fit_start(trainer, module)
     assert restored.updates == 1
     assert all(torch.equal(restored.shadow[n], ema.shadow[n]) for n in ema.shadow)
 
@@ -104,3 +115,31 @@ def test_validation_media_are_generated_with_the_ema_weights(tmp_path, ema_first
     ema.swap_out(module)
     assert (with_ema - training).abs().max() > 100  # the weights differ enough to tell apart
     assert (torch.from_numpy(logged) - with_ema).abs().max() <= 1
+
+
+def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(tmp_path):
+    """accumulate_grad_batches 4, 3 optimizer steps (12 micro-batches): 3 EMA updates, and the
+    average is the formula over the weights after each optimizer step."""
+    from test_module import RandomAVData, tiny_module
+
+    seen: dict[int, dict[str, torch.Tensor]] = {}  # weights after each optimizer step, by step
+
+    class AfterStep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen[trainer.global_step] = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()
+                                         if p.requires_grad}
+
+    ema = EMA(decay=0.5)
+    module = tiny_module()
+    start = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=3, accumulate_grad_batches=4, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[AfterStep(), ema])
+    trainer.fit(module, datamodule=RandomAVData())
+    assert trainer.global_step == 3 and ema.updates == 3
+    assert sorted(seen) == [0, 1, 2, 3]
+    expected = start
+    for step in (1, 2, 3):
+        expected = {n: 0.5 * expected[n] + 0.5 * seen[step][n] for n in expected}
+    for n, value in expected.items():
+        torch.testing.assert_close(ema.shadow[n], value)

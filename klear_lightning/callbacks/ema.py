@@ -1,7 +1,7 @@
 """Exponential moving average of the denoiser's weights, as a callback.
 
-After every optimizer step: ema <- decay * ema + (1 - decay) * param (fp32 copies, on the
-parameters' device and sharding). With `validate_with_ema`, validation / test / predict run with
+After every optimizer step (once per step under gradient accumulation; never for a skipped
+step): ema <- decay * ema + (1 - decay) * param (fp32 copies, on the parameters' device and sharding). With `validate_with_ema`, validation / test / predict run with
 the EMA weights swapped in and the training weights restored afterwards. The EMA is saved in
 the checkpoint (callback state) so a resumed run continues the same average.
 """
@@ -34,6 +34,7 @@ class EMA(L.Callback):
         self.updates = 0
         self._pending: dict[str, Tensor] | None = None
         self._backup: dict[str, Tensor] | None = None
+        self._last_step: int | None = None  # trainer.global_step at the last update (or fit start)
 
     def _params(self, pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
         return {_clean(n): p for n, p in pl_module.model.named_parameters() if p.requires_grad}
@@ -58,12 +59,17 @@ class EMA(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._ensure(pl_module)
+        self._last_step = trainer.global_step
 
     @torch.no_grad()
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if outputs is None:
+        # global_step counts optimizer steps: unchanged after an accumulating micro-batch or a skipped step.
+        if trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        if outputs is None:  # the module skipped the step (non-finite loss): no weight changed
             return
         self._ensure(pl_module)
         params = self._params(pl_module)
