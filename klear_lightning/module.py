@@ -230,10 +230,13 @@ class KlearModule(L.LightningModule):
 
     # --------------------------------------------------------------- training
     def _loss(
-        self, batch: AVBatch, generators: tuple[torch.Generator, torch.Generator], drop: float
+        self, batch: AVBatch, generators: tuple[torch.Generator, torch.Generator], drop: float,
+        names: list[str] | None = None,
     ) -> tuple[LossTerms, FlowSample, TaskBatch]:
+        """Flow loss of `batch` with one task per sample: `names`, or drawn from the task sampler."""
         task_gen, generator = generators
-        names = self.task_sampler.sample(batch.batch_size, generator=task_gen)
+        if names is None:
+            names = self.task_sampler.sample(batch.batch_size, generator=task_gen)
         tasks = TaskBatch.from_names(names, device=self.device)
         fs = self.flow.make_inputs(batch, tasks, generator)
         self._unshard_root()
@@ -294,29 +297,47 @@ class KlearModule(L.LightningModule):
         """`predict_task` sampled with `val_sampler` and decoded (write them with a prediction writer)."""
         return self.generate(batch, self.predict_task)
 
+    def _eval_generators(self, batch_idx: int) -> tuple[torch.Generator, torch.Generator]:
+        """Generators of validation / test draws, fixed by (seed, global rank, batch index): the same
+        at every validation, different on every rank (each rank sees its own clips)."""
+        seed = (self.seed * 1_000_003 + batch_idx) * 65_537 + self.global_rank
+        return torch.Generator().manual_seed(seed), torch.Generator(device=self.device).manual_seed(seed)
+
     def _eval_step(self, batch: AVBatch, batch_idx: int, prefix: str) -> Tensor:
-        """Flow loss with tasks, t and noise fixed by (seed, batch index), so runs are comparable."""
-        seed = self.seed * 1_000_003 + batch_idx
-        gens = (torch.Generator().manual_seed(seed), torch.Generator(device=self.device).manual_seed(seed))
-        terms, _, tasks = self._loss(batch, gens, drop=0.0)
+        """Flow loss of EVERY task of the stage (`task_weights`' names, whatever their weights) on
+        every clip of the batch, with the same t and noise for each task: a fixed assignment, so the
+        per-task and per-split losses the curriculum reads compare across validations."""
         bs = batch.batch_size
-        self.log(f"{prefix}/loss", terms.total, prog_bar=True, sync_dist=True, batch_size=bs)
-        self.log(f"{prefix}/loss_video", terms.video, sync_dist=True, batch_size=bs)
-        self.log(f"{prefix}/loss_audio", terms.audio, sync_dist=True, batch_size=bs)
-        if prefix != "val":
-            return terms.total
+        video = torch.zeros(2, dtype=torch.float64, device=self.device)  # squared-error sum, count
+        audio = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for name in self.task_sampler.names:
+            terms, _, _ = self._loss(batch, self._eval_generators(batch_idx), drop=0.0, names=[name] * bs)
+            video += torch.stack([(terms.video_per_sample * terms.video_count).sum(), terms.video_count.sum()])
+            audio += torch.stack([(terms.audio_per_sample * terms.audio_count).sum(), terms.audio_count.sum()])
+            if prefix == "val":
+                self._accumulate(terms, name, batch)
+        loss_video = (video[0] / video[1].clamp(min=1)).float()
+        loss_audio = (audio[0] / audio[1].clamp(min=1)).float()
+        total = self.lambda_video * loss_video + self.lambda_audio * loss_audio
+        self.log(f"{prefix}/loss", total, prog_bar=True, sync_dist=True, batch_size=bs)
+        self.log(f"{prefix}/loss_video", loss_video, sync_dist=True, batch_size=bs)
+        self.log(f"{prefix}/loss_audio", loss_audio, sync_dist=True, batch_size=bs)
+        return total
+
+    def _accumulate(self, terms: LossTerms, task: str, batch: AVBatch) -> None:
+        """Add each sample's loss under `task` to its task's and its split's validation sums."""
         per_sample = self.lambda_video * terms.video_per_sample + self.lambda_audio * terms.audio_per_sample
         for i, value in enumerate(per_sample.tolist()):
             split = batch.meta[i].get("split") if i < len(batch.meta) else None
-            for key in (f"loss_task/{tasks.names[i]}", f"loss_split/{split}" if split else None):
+            for key in (f"loss_task/{task}", f"loss_split/{split}" if split else None):
                 if key is not None:
                     acc = self._val_groups.setdefault(key, [0.0, 0.0])
                     acc[0] += value
                     acc[1] += 1
-        return terms.total
 
     def on_validation_epoch_end(self) -> None:
-        """Per-task and per-split validation loss (the curriculum rebalancer reads these)."""
+        """Per-task and per-split validation loss (the curriculum rebalancer reads these): a split's is
+        the mean over its clips and every task."""
         dm = getattr(self.trainer, "datamodule", None)
         splits = sorted(set(getattr(dm, "val_splits", None) or []))
         keys = [f"loss_task/{t}" for t in self.task_sampler.names] + [f"loss_split/{sp}" for sp in splits]

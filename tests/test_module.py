@@ -184,6 +184,41 @@ def test_audio_frames_of_a_partial_token_are_never_supervised():
     assert terms.audio_count[0] == 6 * GEOMETRY.audio_channels
 
 
+def _validate(module: KlearModule, data: L.LightningDataModule, tmp_path) -> dict[str, float]:
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, datamodule=data, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_validation_scores_every_task_on_every_clip_whatever_the_task_weights(tmp_path):
+    """The per-task validation losses the rebalancer reads are measured on the same clips, t and
+    noise at every validation: changing the training task weights leaves them unchanged."""
+    module = tiny_module(task_weights={"t2v": 1.0, "t2a": 1.0, "t2av": 1.0, "a2v": 1.0})
+    data = RandomAVData(val_batches=2)
+    before = _validate(module, data, tmp_path)
+    assert {k for k in before if k.startswith("val/loss_task/")} == {f"val/loss_task/{t}" for t in ("t2v", "t2a", "t2av", "a2v")}
+    module.task_sampler.set_weights({"t2v": 0.97, "t2a": 0.01, "t2av": 0.01, "a2v": 0.01})
+    after = _validate(module, data, tmp_path)
+    assert after == before
+
+
+def test_validation_noise_and_times_differ_between_ranks():
+    """Each rank validates its own clips with its own t and noise (not rank 0's draws again)."""
+    from types import SimpleNamespace
+
+    module = tiny_module(task_weights={"t2av": 1.0})
+    module.log = lambda *args, **kwargs: None
+    module.on_validation_epoch_start()
+    batch = random_batch(torch.Generator().manual_seed(3))
+
+    def loss(rank: int) -> float:
+        module._trainer = SimpleNamespace(global_rank=rank)
+        return module.validation_step(batch, 0).item()
+
+    assert loss(0) == loss(0)
+    assert loss(1) != loss(0)
+
+
 class _NanAfter(KlearModule):
     """Produces a NaN loss on chosen global steps (by poisoning the batch)."""
 
