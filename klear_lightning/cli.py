@@ -24,9 +24,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from klear_lightning.config_checks import check_config
 from klear_lightning.logging import KlearMLFlowLogger, RunIdInCheckpoint, flatten_config, run_id_from_checkpoint
-from klear_lightning.models import ModelConfig
 from klear_lightning.module import KlearModule, load_model_weights
-from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
+from klear_lightning.sequence import ClipSpec, SequenceSpec
 
 PROJECT_COMMANDS = ("summary", "syncworld", "prepare", "cache", "generate", "compare")
 
@@ -249,35 +248,22 @@ def load_for_inference(config: Path, ckpt_path: Path, use_ema: bool = True) -> t
     return module, data
 
 
-def summary(config: Path, geometry: LatentGeometry | None = None, text_dim: int | None = None) -> None:
+def summary(config: Path) -> None:
     """Print parameters per component, tokens per stream and training FLOPs of a training config.
 
-    The model is built on the meta device. Codec widths come from the data module, or, for codecs
-    whose weights are not on this machine (the paper configs), from `geometry` and `text_dim`.
+    The model is built on the meta device. Stream shapes come from the data module: the codecs'
+    geometry and the caption encoder's width it declares (`data.init_args.geometry`, `text_dim`; the
+    paper config does, so no weights need to be on this machine), else from its codecs.
 
     Args:
         config: a training config (e.g. configs/pretrain.yaml).
-        geometry: the codecs' latent geometry (e.g. configs/paper_geometry.yaml) instead of loading them.
-        text_dim: the caption encoder's width (with `geometry`).
     """
     from klear_lightning.summary import summarize
 
-    if geometry is None:
-        module, data = _parse(config)
-        model_cfg, seq = module.model_config, data.sequence
-    else:
-        cli = _ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=["--config", str(config)],
-                            run=False, save_config_callback=None, auto_configure_optimizers=False,
-                            seed_everything_default=False)
-        clip = ClipSpec(**cli.config.data.init_args.clip.as_dict())
-        seq = SequenceSpec(clip, geometry)
-        model_cfg = ModelConfig(**cli.config.model.model.as_dict())
-        model_cfg = replace(
-            model_cfg, video_channels=geometry.video_channels, audio_channels=geometry.audio_channels,
-            text_dim=text_dim or model_cfg.text_dim, video_latent_fps=seq.video_latent_fps, audio_latent_fps=seq.audio_latent_fps,
-        )
+    module, data = _parse(config)
     # Counting on the meta device runs no attention: a CUDA-only backend must not stop it on a CPU machine.
-    model_cfg = replace(model_cfg, attention_backend="reference")
+    model_cfg = replace(module.model_config, attention_backend="reference")
+    seq = data.sequence
     print(summarize(model_cfg, SequenceSpec(seq.clip, seq.geometry, model_cfg.video_patch, model_cfg.audio_patch)))
 
 

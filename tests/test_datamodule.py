@@ -1,6 +1,7 @@
 import io
 import json
 import tarfile
+from dataclasses import replace
 
 import av
 import numpy as np
@@ -257,6 +258,25 @@ def test_training_on_unusable_data_fails_loudly(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="in a row were skipped"):
         next(iter(dm.train_dataloader()))
     assert dm.skipped_counts()["wrong_sample_rate"] >= 5
+
+
+def test_declared_geometry_gives_shapes_without_codecs_and_is_checked_against_them(tmp_path):
+    """Declared geometry and text width are what the model is built from when nothing is loaded; a
+    codec or encoder that disagrees names the declared field once it is loaded."""
+    from klear_lightning.sequence import LatentGeometry
+
+    pixel = LatentGeometry(video_channels=48, video_temporal_factor=1, video_spatial_factor=4, video_causal=False,
+                           audio_channels=64, audio_hop=320)
+    dm = AVDataModule(tmp_path, {"s": 1.0}, geometry=pixel, text_dim=384)
+    assert dm.sequence.geometry == pixel and dm.text_dim == 384
+    assert "video_codec" not in vars(dm) and "text_encoder" not in vars(dm)  # nothing was loaded
+    assert dm.video_codec.channels == 48 and dm.audio_codec.hop == 320 and dm.text_encoder.dim == 384
+    with pytest.raises(ValueError, match="data.geometry.video_channels = 12 but the video_codec gives 48"):
+        _ = AVDataModule(tmp_path, {"s": 1.0}, geometry=replace(pixel, video_channels=12)).video_codec
+    with pytest.raises(ValueError, match="data.geometry.audio_hop = 512 but the audio_codec gives 320"):
+        _ = AVDataModule(tmp_path, {"s": 1.0}, geometry=replace(pixel, audio_hop=512)).audio_codec
+    with pytest.raises(ValueError, match="data.text_dim = 3584 but the text encoder gives 384"):
+        _ = AVDataModule(tmp_path, {"s": 1.0}, text_dim=3584).text_encoder
 
 
 def test_clip_that_does_not_tile_fails_at_setup(tmp_path):

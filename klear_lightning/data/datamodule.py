@@ -32,7 +32,7 @@ from klear_lightning.data.mixture import (
 )
 from klear_lightning.data.pipeline import LoaderLimits, SampleLoader, SkipCounter, bucketed_batches, load_or_skip, records
 from klear_lightning.data.shards import ShardInfo, read_index
-from klear_lightning.sequence import ClipSpec, SequenceSpec
+from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
 from klear_lightning.streams import AVBatch
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ class AVDataModule(L.LightningDataModule):
         epoch_samples: training samples per epoch over all ranks and workers.
         duration_bucket: latent video frames per duration bucket (same bucket -> same batch).
         stats_samples: train samples used to compute latent statistics when `root/stats/` lacks them.
+        geometry / text_dim: the codecs' latent geometry and the caption encoder's width, declared so
+            that the model's shape is known without loading them (`klear summary` of a config whose
+            weights are not on this machine); each is checked against the codec or encoder when it is
+            loaded, and a mismatch names the field.
     """
 
     def __init__(
@@ -97,9 +101,12 @@ class AVDataModule(L.LightningDataModule):
         stats_samples: int = 64,
         limits: LoaderLimits = LoaderLimits(),
         seed: int = 0,
+        geometry: LatentGeometry | None = None,
+        text_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
+        self.declared_geometry, self.declared_text_dim = geometry, text_dim
         self.clip, self.limits, self.seed = clip, limits, seed
         self.video_codec_cfg, self.audio_codec_cfg, self.text_encoder_cfg = video_codec, audio_codec, text_encoder
         self.train_partition, self.val_partition, self.test_partition = train_partition, val_partition, test_partition
@@ -138,30 +145,47 @@ class AVDataModule(L.LightningDataModule):
     # ------------------------------------------------------------- codecs and geometry
     @cached_property
     def video_codec(self) -> VideoCodec:
-        return build_video_codec(self.video_codec_cfg)
+        codec = build_video_codec(self.video_codec_cfg)
+        self._check_declared("video_codec", {"video_channels": codec.channels, "video_temporal_factor": codec.temporal_factor,
+                                             "video_spatial_factor": codec.spatial_factor, "video_causal": codec.causal})
+        return codec
 
     @cached_property
     def audio_codec(self) -> AudioCodec:
         codec = build_audio_codec(self.audio_codec_cfg)
         if codec.sample_rate != self.clip.sample_rate:
             raise ValueError(f"data.clip.sample_rate = {self.clip.sample_rate} differs from the audio codec's {codec.sample_rate} Hz")
+        self._check_declared("audio_codec", {"audio_channels": codec.channels, "audio_hop": codec.hop})
         return codec
 
     @cached_property
     def text_encoder(self) -> HFTextEncoder:
-        return build_text_encoder(self.text_encoder_cfg)
+        encoder = build_text_encoder(self.text_encoder_cfg)
+        if self.declared_text_dim is not None and self.declared_text_dim != encoder.dim:
+            raise ValueError(f"data.text_dim = {self.declared_text_dim} but the text encoder gives {encoder.dim}")
+        return encoder
+
+    def _check_declared(self, what: str, actual: dict[str, Any]) -> None:
+        if self.declared_geometry is None:
+            return
+        for name, value in actual.items():
+            declared = getattr(self.declared_geometry, name)
+            if declared != value:
+                raise ValueError(f"data.geometry.{name} = {declared} but the {what} gives {value}")
 
     @property
     def sequence(self) -> SequenceSpec:
-        """Stream lengths of the longest clip (checks that every resolution bucket tiles)."""
-        geometry = latent_geometry(self.video_codec, self.audio_codec)
+        """Stream lengths of the longest clip (checks that every resolution bucket tiles), from the
+        declared `geometry` when there is one (no codec loaded), else from the codecs."""
+        geometry = self.declared_geometry or latent_geometry(self.video_codec, self.audio_codec)
         for h, w in self.resolutions:
             SequenceSpec(ClipSpec(self.clip.duration, self.clip.fps, h, w, self.clip.sample_rate), geometry)
         return SequenceSpec(self.clip, geometry)
 
     @property
     def text_dim(self) -> int:
-        return self.text_encoder.dim
+        """The caption encoder's width: declared (`text_dim`), else the loaded encoder's."""
+        return self.declared_text_dim if self.declared_text_dim is not None else self.text_encoder.dim
 
     def decoders(self) -> Any:
         """What KlearModule.generate needs to turn normalised latents into media."""
