@@ -230,9 +230,10 @@ def _parse(config: Path) -> tuple[KlearModule, LightningDataModule]:
 
 
 def load_for_inference(config: Path, ckpt_path: Path, use_ema: bool = True) -> tuple[KlearModule, LightningDataModule]:
-    """KlearModule with a checkpoint's weights (EMA weights when stored and `use_ema`) and its data
-    module set up for decoding, both on CPU. `ckpt_path`: a `.ckpt` file or the sharded folder an FSDP2
-    run writes (weights from its shards, the EMA weights from its `meta.pt`)."""
+    """KlearModule with a checkpoint's weights (EMA weights when stored and `use_ema`; without them it
+    says so on stderr and uses the training weights) and its data module set up for decoding, both on
+    CPU. `ckpt_path`: a `.ckpt` file or the sharded folder an FSDP2 run writes (weights from its
+    shards, the EMA weights from its `meta.pt`)."""
     module, data = _parse(config)
     module.configure_model()
     ckpt_path = Path(ckpt_path)
@@ -243,6 +244,8 @@ def load_for_inference(config: Path, ckpt_path: Path, use_ema: bool = True) -> t
     shadow = next((v["shadow"] for k, v in callbacks.items() if k.startswith("EMA") and "shadow" in v), None)
     if use_ema and shadow is not None:
         module.model.load_state_dict({**module.model.state_dict(), **shadow})
+    elif use_ema:
+        print(f"{ckpt_path} holds no EMA weights; using its training weights", file=sys.stderr)
     module.eval()
     data.setup("predict")
     return module, data

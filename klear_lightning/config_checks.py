@@ -70,8 +70,11 @@ def check_config(cfg: Any) -> None:
     check_data_paths(data.get("init_args", data))
 
 
-def check_model_matches_data(model_cfg: Any, geometry: Any, text_dim: int) -> None:
-    """The denoiser's input widths equal what the codecs and the text encoder produce."""
+def check_model_matches_data(model_cfg: Any, sequence: Any, text_dim: int) -> None:
+    """The denoiser's input widths and latent rates equal what the codecs, the clip and the text
+    encoder produce (the CLI links them; a module built in Python must set them itself, or aligned
+    MixD-RoPE would place audio at the wrong times)."""
+    geometry = sequence.geometry
     pairs = (
         ("model.model.video_channels", model_cfg.video_channels, "video codec channels", geometry.video_channels),
         ("model.model.audio_channels", model_cfg.audio_channels, "audio codec channels", geometry.audio_channels),
@@ -80,3 +83,7 @@ def check_model_matches_data(model_cfg: Any, geometry: Any, text_dim: int) -> No
     for field, ours, what, theirs in pairs:
         if ours != theirs:
             raise ConfigError(f"{field} = {ours} does not match the {what} = {theirs}; set it to {theirs}")
+    for name in ("video_latent_fps", "audio_latent_fps"):
+        ours, theirs = getattr(model_cfg, name), getattr(sequence, name)
+        if abs(ours - theirs) > 1e-6 * max(abs(theirs), 1.0):
+            raise ConfigError(f"model.model.{name} = {ours} does not match the data's {name} = {theirs}; set it to {theirs}")

@@ -178,7 +178,7 @@ class KlearModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "sequence") and hasattr(dm, "text_dim"):
-            check_model_matches_data(self.model_config, dm.sequence.geometry, dm.text_dim)
+            check_model_matches_data(self.model_config, dm.sequence, dm.text_dim)
 
     # -------------------------------------------------------------- randomness
     def generators(self) -> tuple[torch.Generator, torch.Generator]:

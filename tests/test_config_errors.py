@@ -48,3 +48,17 @@ def test_codec_model_width_mismatch(tmp_path):
         "tiny", dim=32, depth=1, heads=2, text_dim=16, video_channels=8, audio_channels=4))
     with pytest.raises(ConfigError, match=r"^model\.model\.video_channels = 8 does not match the video codec channels = 4"):
         _trainer(tmp_path, steps=1).fit(module, datamodule=RandomAVData())
+
+
+@pytest.mark.parametrize("field, value", [("video_latent_fps", 5.0), ("audio_latent_fps", 43.0)])
+def test_latent_fps_mismatch_outside_the_cli(tmp_path, field, value):
+    """A module built in Python (no CLI links) whose latent rates differ from the data's would give
+    aligned MixD-RoPE wrong audio times: it fails before training, naming the field."""
+    base = tiny_module().model_config
+    module = tiny_module(model=base.__class__.preset(
+        "tiny", **{**{k: getattr(base, k) for k in ("dim", "depth", "heads", "text_dim", "video_channels",
+                                                     "audio_channels", "video_latent_fps", "audio_latent_fps")},
+                   "rope_mode": "aligned", field: value}))
+    expected = getattr(RandomAVData().sequence, field)
+    with pytest.raises(ConfigError, match=rf"^model\.model\.{field} = {value} does not match the data's {field} = {expected}"):
+        _trainer(tmp_path, steps=1).fit(module, datamodule=RandomAVData())

@@ -76,3 +76,23 @@ def test_write_clip_video_only_and_audio_only(tmp_path):
     assert [p.name for p in write_clip(video, tmp_path, "v")] == ["v.mp4"]
     audio = MediaClip(video=None, fps=4.0, audio=torch.zeros(1600), sample_rate=16000)
     assert [p.name for p in write_clip(audio, tmp_path, "a")] == ["a.wav", "a_spectrogram.png"]
+
+
+def test_inference_says_when_a_checkpoint_has_no_ema_weights(trained, tmp_path, capsys):
+    from klear_lightning.cli import load_for_inference
+
+    _, config, ckpt, _ = trained
+    module, _ = load_for_inference(config, ckpt)
+    err = capsys.readouterr().err
+    assert f"{ckpt} holds no EMA weights; using its training weights" in err
+    weights = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(p, weights[f"model.{n}"]) for n, p in module.model.state_dict().items())
+
+    shadow = {k.removeprefix("model."): v + 1.0 for k, v in weights.items()}
+    with_ema = tmp_path / "ema.ckpt"
+    torch.save({"state_dict": weights, "callbacks": {"EMA": {"shadow": shadow, "updates": 3}}}, with_ema)
+    module, _ = load_for_inference(config, with_ema)
+    assert "EMA" not in capsys.readouterr().err
+    assert all(torch.equal(p, shadow[n]) for n, p in module.model.state_dict().items())
+    load_for_inference(config, ckpt, use_ema=False)
+    assert "EMA" not in capsys.readouterr().err
