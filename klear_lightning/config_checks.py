@@ -86,4 +86,6 @@ def check_model_matches_data(model_cfg: Any, sequence: Any, text_dim: int) -> No
     for name in ("video_latent_fps", "audio_latent_fps"):
         ours, theirs = getattr(model_cfg, name), getattr(sequence, name)
         if abs(ours - theirs) > 1e-6 * max(abs(theirs), 1.0):
-            raise ConfigError(f"model.model.{name} = {ours} does not match the data's {name} = {theirs}; set it to {theirs}")
+            raise ConfigError(
+                f"model.model.{name} = {ours} does not match the data's {name} = {theirs}; set it to {theirs}"
+            )

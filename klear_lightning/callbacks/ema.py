@@ -1,9 +1,10 @@
 """Exponential moving average of the denoiser's weights, as a callback.
 
 After every optimizer step (once per step under gradient accumulation; never for a skipped
-step): ema <- decay * ema + (1 - decay) * param (fp32 copies, on the parameters' device and sharding). With `validate_with_ema`, validation / test / predict run with
-the EMA weights swapped in and the training weights restored afterwards. The EMA is saved in
-the checkpoint (callback state) so a resumed run continues the same average.
+step): ema <- decay * ema + (1 - decay) * param (fp32 copies, on the parameters' device and
+sharding). With `validate_with_ema`, validation / test / predict run with the EMA weights swapped
+in and the training weights restored afterwards. The EMA is saved in the checkpoint (callback
+state) so a resumed run continues the same average.
 """
 
 from __future__ import annotations

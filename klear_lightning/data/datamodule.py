@@ -146,8 +146,10 @@ class AVDataModule(L.LightningDataModule):
     @cached_property
     def video_codec(self) -> VideoCodec:
         codec = build_video_codec(self.video_codec_cfg)
-        self._check_declared("video_codec", {"video_channels": codec.channels, "video_temporal_factor": codec.temporal_factor,
-                                             "video_spatial_factor": codec.spatial_factor, "video_causal": codec.causal})
+        self._check_declared("video_codec", {
+            "video_channels": codec.channels, "video_temporal_factor": codec.temporal_factor,
+            "video_spatial_factor": codec.spatial_factor, "video_causal": codec.causal,
+        })
         return codec
 
     @cached_property

@@ -40,8 +40,10 @@ class StreamShapes:
 
 def video_lengths(video_mask: Tensor) -> Tensor:
     """(B,) long: each sample's last valid video latent frame + 1 (0 without video) from its (B, T) mask."""
+    if video_mask.shape[1] == 0:
+        return torch.zeros(video_mask.shape[0], dtype=torch.long, device=video_mask.device)
     frame = torch.arange(1, video_mask.shape[1] + 1, device=video_mask.device)
-    return (video_mask.long() * frame).amax(1) if video_mask.shape[1] else video_mask.new_zeros(video_mask.shape[0], dtype=torch.long)
+    return (video_mask.long() * frame).amax(1)
 
 
 def stream_positions(
