@@ -1,11 +1,16 @@
 import math
+import os
+import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable, MetricUndefined
 from klear_lightning.metrics import synchformer as sf
+from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
+from klear_lightning.safe_pickle import UnsafeFileError
 
 TINY = sf.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1, image_size=32)
 
@@ -130,11 +135,92 @@ def test_desync_versebench_signed_one_window(tmp_path):
     path = tmp_path / "sync.pth"
     _save(_fixed_offset_model(3), path)  # -1.4 s
     metric = REGISTRY["desync_versebench"].build(BuildContext.create({"synchformer": str(path)}))
-    metric.update([_clip(4.0)])  # 3.84 s window fits in 4 s; 4.8 s would not
+    assert "198 -> 156 rows" in metric.protocol  # the trim Verse-Bench's loader does, named
+    metric.update([_clip(4.0), _clip(3.9)])  # Verse-Bench crops the first 4 s: 3.9 s is too short
     out = metric.compute()
-    assert float(out["desync_versebench_signed"]) == pytest.approx(-1.4)
-    assert float(out["desync_versebench"]) == pytest.approx(1.4)
+    assert float(out["desync_versebench"]) == pytest.approx(-1.4)  # AV-A: signed
+    assert float(out["desync_versebench_abs"]) == pytest.approx(1.4)
+    assert float(out["desync_versebench_too_short"]) == 1.0
     assert int(metric.n_windows) == 1
+
+
+def test_versebench_window_geometry():
+    # frame k is filled with k, audio sample i with i: the window must start at frame 2 / sample 1280
+    frames = torch.arange(110, dtype=torch.uint8)[:, None, None, None].expand(110, 256, 300, 3)
+    wave = torch.arange(110 * 640, dtype=torch.float32)
+    window = sf.versebench_window(frames, 25.0, wave, 16000, image_size=224)
+    assert window is not None and window.video.shape == (11, 3, 16, 224, 224)
+    firsts = ((window.video[:, 0, :, 0, 0] + 1) / 2 * 255).round()  # undo [-1, 1]
+    assert firsts[:, 0].tolist() == [2 + 8 * s for s in range(11)]
+    assert firsts[0].tolist() == list(range(2, 18))
+    assert sf.versebench_window(frames[:99], 25.0, wave, 16000) is None  # under 4 s
+    assert sf.versebench_window(frames, 25.0, wave[: 99 * 640], 16000) is None  # audio under 4 s
+    # a 640 x 360 frame: short side to 256 (455 x 256, cropped to 454), centre crop 224
+    x = torch.zeros(1, 360, 640, 3, dtype=torch.uint8)
+    x[:, :, 320:] = 255
+    px = sf.versebench_pixels(x)
+    assert px.shape == (1, 3, 224, 224)
+    assert px[0, 0, 0, 111] == -1 and px[0, 0, 0, 113] == 1  # the edge stays centred
+
+
+def test_window_must_match_positional_table():
+    model = sf.Synchformer(TINY).eval()  # 198 rows: 14 segments
+    v, a = torch.randn(1, 11, 3, 16, 32, 32), torch.randn(1, 11, 128, 66)
+    with pytest.raises(ValueError, match="156 tokens.*198 rows"):
+        model(v, a)
+    assert model(v, a, trim_table=True).shape == (1, 21)  # explicit, as Verse-Bench's loader
+    with pytest.raises(ValueError, match="226 tokens.*198 rows"):
+        model(torch.randn(1, 16, 3, 16, 32, 32), torch.randn(1, 16, 128, 66), trim_table=True)
+
+
+def test_versebench_refuses_a_table_shorter_than_its_window(tmp_path):
+    path = tmp_path / "sync.pth"
+    _save(sf.Synchformer(sf.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1,
+                                              image_size=32, segments=8)), path)
+    with pytest.raises(MetricUnavailable, match="114 rows, the 11-segment window needs 156"):
+        REGISTRY["desync_versebench"].build(BuildContext.create({"synchformer": str(path)}))
+
+
+def test_parity_with_official_synchformer():
+    from benchmarks.parity import synchformer as parity
+
+    reference, diff, formats = parity.check()
+    assert diff <= 1e-4, f"{reference}: max relative difference {diff}"
+    assert "training checkpoint" in formats
+
+
+def test_training_checkpoint_with_omegaconf_args_loads(tmp_path):
+    from omegaconf import OmegaConf
+
+    model = sf.Synchformer(TINY).eval()
+    path = tmp_path / "24-01-04T16-39-21.pt"
+    torch.save({"args": OmegaConf.create({"model": {"params": {"block_shape": [198]}}}),
+                "model": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "metrics": {"accuracy_1": np.float64(0.5)}, "epoch": 3}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # what the plain weights-only reader does
+    assert sf.load_synchformer(path).config == TINY
+
+
+def test_malicious_checkpoint_is_refused_and_reported_not_computed(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "24-01-04T16-39-21.pt"
+    torch.save({"args": _Payload(str(marker)), "model": sf.Synchformer(TINY).state_dict()}, path)
+    with pytest.raises(UnsafeFileError, match=str(path)):
+        sf.load_synchformer(path)
+    suite = MetricSuite(MetricsConfig(metrics=["desync_versebench", "desync_avbench"],
+                                      checkpoints={"synchformer": str(path)}, tasks=["t2av"]))
+    assert set(suite.skipped) == {"desync_versebench", "desync_avbench"}
+    assert str(path) in suite.skipped["desync_avbench"] and "refused" in suite.skipped["desync_avbench"]
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_desync_refuses_without_clips_and_skips_without_checkpoint(tmp_path):

@@ -146,6 +146,22 @@ class BuildContext:
             self._cache[key] = factory()
         return self._cache[key]
 
+    def load(self, key: str, what: str, loader: Callable[[Path], T]) -> T:
+        """`loader(path)` for the configured `key`, once (shared). A file that fails to load (refused
+        by the allow-list reader, another layout, missing or mis-shaped tensors) raises
+        `MetricUnavailable` naming the field, the file and the reason, so the metric is reported as
+        not computed instead of crashing the run; the failure is remembered too."""
+        path = self.checkpoint(key, what)
+        failed = f"{key}: failed"
+        if failed in self._cache:
+            raise self._cache[failed]
+        try:
+            return self.shared(key, lambda: loader(path))
+        except (ValueError, RuntimeError, OSError, KeyError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            self._cache[failed] = MetricUnavailable(f"metrics.checkpoints.{key}: could not load {path}: {reason}")
+            raise self._cache[failed] from err
+
 
 @dataclass(frozen=True)
 class MetricSpec:

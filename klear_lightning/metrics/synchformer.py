@@ -1,17 +1,31 @@
-"""DeSync: audio-visual offset predicted by Synchformer (Iashin et al. 2024), as av-benchmark runs it.
+"""DeSync / AV-A: audio-visual offset predicted by Synchformer (Iashin et al. 2024).
 
 The network is implemented in the key layout of the released `synchformer_state_dict.pth` (read
-by av-benchmark and MMAudio): `vfeat_extractor` (MotionFormer), `afeat_extractor` (AST on log-mel),
-`vproj` / `aproj`, `transformer` (offset classifier, 21 classes from -2 s to +2 s).
+by av-benchmark and MMAudio) and of Synchformer's training checkpoints (the same weights under
+`model`, beside an OmegaConf `args` entry that is read as an inert record, never run):
+`vfeat_extractor` (MotionFormer), `afeat_extractor` (AST on log-mel), `vproj` / `aproj`,
+`transformer` (offset classifier, 21 classes from -2 s to +2 s). The official code, run on the same
+seeded weights, gives the same logits (`benchmarks/parity/synchformer.py`).
 
-Preprocessing (av-benchmark): 25 fps video, short side resized to 224 (bicubic) and centre-cropped,
-scaled to [-1, 1]; 16 kHz mono audio. Both are cut into 0.64 s segments with a 0.32 s hop
-(16 frames / hop 8; 10240 samples / hop 5120). One prediction uses 14 segments (4.8 s).
+Both protocols cut 25 fps video and 16 kHz mono audio into 0.64 s segments with a 0.32 s hop
+(16 frames / hop 8; 10240 samples / hop 5120), scale pixels to [-1, 1] and take log-mel as AST does.
+- `desync_avbench` (av-benchmark): short side resized to 224 (bicubic) and centre-cropped; windows
+  of 14 segments (4.8 s) at the start and the end of the clip; mean |offset|.
+- `desync_versebench` (Verse-Bench AV-A, `syncformer_inferencer.py` + its `cfg.yaml`): short side
+  resized to 256 (cropped to even sizes, as its ffmpeg re-encode), centre crop 224; the first 4 s
+  of the clip (shorter clips are counted apart: Verse-Bench's code fails on them); 11 segments
+  starting at frame 2 (audio sample 1280), pixels divided by 255 in float16 as its transforms do;
+  the top-1 offset of that one window, signed, averaged over clips. The released checkpoint's
+  positional table has 198 rows (14 segments); Verse-Bench's loader trims it to the 156 rows its
+  11-segment window needs, and this protocol does the same, explicitly. Anywhere else a window
+  whose token count differs from the table is refused.
 """
 
 from __future__ import annotations
 
+import collections
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +36,9 @@ from torch import Tensor, nn
 
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import clip_audio, resample
-from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
+from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, MetricUnavailable, register_metric
 from klear_lightning.metrics.video_prep import normalized, resample_video
+from klear_lightning.safe_pickle import load_torch_file
 
 VIDEO_FPS = 25.0
 AUDIO_SR = 16000
@@ -72,9 +87,13 @@ class SynchformerConfig:
                       global_depth=depth("transformer.blocks."),
                       mlp_ratio=state["transformer.blocks.0.mlp.0.weight"].shape[0] // dim,
                       num_classes=state["transformer.off_head.weight"].shape[0])
+            rows = state["transformer.pos_emb_cfg.pos_emb"].shape[1]
         except KeyError as err:
             raise ValueError(f"not a Synchformer state dict: missing {err}") from err
-        cfg.segments = (state["transformer.pos_emb_cfg.pos_emb"].shape[1] - 2) // (VIDEO_TOKENS + AUDIO_TOKENS)
+        cfg.segments, extra = divmod(rows - 2, VIDEO_TOKENS + AUDIO_TOKENS)
+        if extra or cfg.segments < 1:
+            raise ValueError(f"positional table of {rows} rows is not 2 + {VIDEO_TOKENS + AUDIO_TOKENS} "
+                             f"tokens per segment")
         return cfg
 
     @property
@@ -297,15 +316,19 @@ class OffsetClassifier(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.off_head = nn.Linear(d, cfg.num_classes)
 
-    def forward(self, v: Tensor, a: Tensor) -> Tensor:
+    def forward(self, v: Tensor, a: Tensor, trim_table: bool = False) -> Tensor:
+        """Offset logits; the positional table must match the window's token count, or be longer
+        with `trim_table` (its first rows are used, as Verse-Bench's loader trims)."""
         b = v.shape[0]
         x = torch.cat([self.OFF_tok.expand(b, -1, -1), self.vis_in_lnorm(v),
                        self.MOD_tok.expand(b, -1, -1), self.aud_in_lnorm(a)], dim=1)
         pos = self.pos_emb_cfg.pos_emb
-        if x.shape[1] > pos.shape[1]:
-            raise ValueError(f"Synchformer window has {x.shape[1]} tokens; the checkpoint's "
-                             f"positional table holds {pos.shape[1]}")
-        x = self.ln_f(self.blocks(x + pos[:, : x.shape[1]]))
+        tokens, rows = x.shape[1], pos.shape[1]
+        if rows < tokens or (rows > tokens and not trim_table):
+            raise ValueError(f"Synchformer window has {tokens} tokens but the checkpoint's positional "
+                             f"table has {rows} rows ({(rows - 2) // (VIDEO_TOKENS + AUDIO_TOKENS)} "
+                             f"segments); refusing to run a window the table was not made for")
+        x = self.ln_f(self.blocks(x + pos[:, :tokens]))
         return self.off_head(x[:, 0])
 
 
@@ -332,26 +355,47 @@ class Synchformer(nn.Module):
         return rearrange(self.afeat_extractor(rearrange(mel, "b s f t -> (b s) f t")),
                          "(b s) t d -> b s t d", b=b)
 
-    def compare(self, vfeat: Tensor, afeat: Tensor) -> Tensor:
+    def compare(self, vfeat: Tensor, afeat: Tensor, trim_table: bool = False) -> Tensor:
         """Offset logits (B, 21) for per-segment features (B, S, tv, D) and (B, S, ta, D)."""
         v = rearrange(self.vproj(vfeat), "b s t d -> b (s t) d")
         a = rearrange(self.aproj(afeat), "b s t d -> b (s t) d")
-        return self.transformer(v, a)
+        return self.transformer(v, a, trim_table)
 
-    def forward(self, video: Tensor, mel: Tensor) -> Tensor:
-        return self.compare(self.video_features(video), self.audio_features(mel))
+    def forward(self, video: Tensor, mel: Tensor, trim_table: bool = False) -> Tensor:
+        return self.compare(self.video_features(video), self.audio_features(mel), trim_table)
+
+
+# What a Synchformer training checkpoint (`{'args': cfg, 'model': ..., 'optimizer': ..., 'metrics':
+# ..., 'scaler': ..., 'lr_scheduler': ...}`) pickles besides tensors: plain builtins referenced by
+# OmegaConf's metadata, and foreign classes kept as inert records (never constructed).
+CHECKPOINT_ALLOWED = (dict, list, int, float, str, bool, tuple, collections.defaultdict, typing.Any)
+CHECKPOINT_OPAQUE = (
+    "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
+    *(f"omegaconf.nodes.{n}" for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode",
+                                       "BooleanNode", "BytesNode", "PathNode", "EnumNode")),
+    "numpy.dtype", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+)
 
 
 def load_synchformer(path: str | Path) -> Synchformer:
-    """Load the released `synchformer_state_dict.pth` (or a Synchformer training checkpoint whose
-    weights sit under `model`) strictly into the project's network; sizes are read off the file."""
+    """Load the released `synchformer_state_dict.pth` or a Synchformer training checkpoint (weights
+    under `model`, `module.` prefixes stripped) strictly into the project's network; sizes are read
+    off the file. Read with the allow-list reader: anything else in the file is refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"synchformer checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "model" in state and isinstance(state["model"], dict):
+    state = load_torch_file(path, allowed=CHECKPOINT_ALLOWED, opaque=CHECKPOINT_OPAQUE)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    model = Synchformer(SynchformerConfig.from_state_dict(state))
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a Synchformer state dict (found {type(state).__name__})")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model = Synchformer(SynchformerConfig.from_state_dict(state))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -421,41 +465,99 @@ def prepare_clip(video: Tensor, fps: float, audio: Tensor, sample_rate: int,
                       mel=log_mel(wave[a_idx], mel_bins))
 
 
+VERSEBENCH_SHORT_SIDE = 256
+VERSEBENCH_CROP_FRAMES = 100  # its TemporalCropAndOffset: the first 4 s
+VERSEBENCH_START_FRAME = 2  # its GenerateMultipleSegments centres 96 frames in those 100
+VERSEBENCH_SEGMENTS = 11
+
+
+def versebench_pixels(frames: Tensor, image_size: int = 224) -> Tensor:
+    """Verse-Bench's frames: uint8 (T, H, W, 3) -> (T, 3, size, size) in [-1, 1]. Short side to 256
+    (bicubic; sizes truncated, then cropped to even, as its ffmpeg re-encode), centre crop
+    `round((side - size) / 2)`, divided by 255 and normalised in float16 as its transforms do."""
+    x = rearrange(frames, "t h w c -> t c h w").float()
+    h, w = x.shape[-2:]
+    nh, nw = int(h * VERSEBENCH_SHORT_SIDE / min(h, w)), int(w * VERSEBENCH_SHORT_SIDE / min(h, w))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255)
+    eh, ew = nh // 2 * 2, nw // 2 * 2
+    top, left = (nh - eh) // 2 + int(round((eh - image_size) / 2.0)), (nw - ew) // 2 + int(round((ew - image_size) / 2.0))
+    x = x[..., top: top + image_size, left: left + image_size]
+    return ((x.half() / 255.0 - 0.5) / 0.5).float()
+
+
+def versebench_window(video: Tensor, fps: float, audio: Tensor, sample_rate: int,
+                      image_size: int = 224, mel_bins: int = 128) -> SyncInputs | None:
+    """Verse-Bench's one window of 11 segments from frame 2 (audio sample 1280) of the first 4 s;
+    None when the clip (video and audio cut to the shorter, at most 10 s) is under 4 s."""
+    frames = resample_video(video, fps, VIDEO_FPS)
+    wave = resample(audio, sample_rate, AUDIO_SR)
+    seconds = min(10.0, wave.shape[0] / AUDIO_SR, frames.shape[0] / VIDEO_FPS)
+    if int(VIDEO_FPS * seconds) < VERSEBENCH_CROP_FRAMES:
+        return None
+    span = (VERSEBENCH_SEGMENTS - 1) * SEGMENT_HOP_FRAMES + SEGMENT_FRAMES
+    first = VERSEBENCH_START_FRAME
+    pixels = versebench_pixels(frames[first: first + span], image_size)
+    a0 = int(first / VIDEO_FPS * AUDIO_SR)
+    v_idx = torch.arange(VERSEBENCH_SEGMENTS)[:, None] * SEGMENT_HOP_FRAMES + torch.arange(SEGMENT_FRAMES)
+    a_idx = a0 + torch.arange(VERSEBENCH_SEGMENTS)[:, None] * SEGMENT_HOP_SAMPLES + torch.arange(SEGMENT_SAMPLES)
+    return SyncInputs(video=rearrange(pixels[v_idx], "s t c h w -> s c t h w"),
+                      mel=log_mel(wave[a_idx], mel_bins))
+
+
 class DeSync(ClipMetric):
-    """Offset (s) per window: mean |offset| and mean signed over the first and last window of each
-    clip (`windows="first_last"`, av-benchmark) or the first only; too-short clips counted apart."""
+    """Offset (s) per window, too-short clips counted apart. `protocol_kind`:
+    - "avbench": the first and the last 14-segment window of each clip; primary column mean |offset|,
+      `_signed` the signed mean;
+    - "versebench": Verse-Bench's one 11-segment window (table trimmed to it); primary column the
+      signed mean (AV-A), `_abs` the mean |offset|."""
 
     modalities = ("video", "audio")
 
-    def __init__(self, model: Synchformer, key: str, label: str, protocol: str,
-                 window_seconds: float, windows: str) -> None:
+    def __init__(self, model: Synchformer, key: str, label: str, protocol: str, protocol_kind: str) -> None:
+        if protocol_kind not in ("avbench", "versebench"):
+            raise ValueError(f"protocol_kind must be avbench or versebench, got {protocol_kind!r}")
+        other = "_signed" if protocol_kind == "avbench" else "_abs"
         self.columns = (Column(key, label, higher_is_better=False),
-                        Column(f"{key}_signed", f"{label} (signed)", higher_is_better=False),
+                        Column(f"{key}{other}", f"{label} ({other[1:]})", higher_is_better=False),
                         Column(f"{key}_too_short", f"{label}: clips too short", False))
         self.protocol = protocol
         super().__init__()
         self.model = model
-        self.segments = window_segments(window_seconds)
-        self.windows = windows
+        self.kind = protocol_kind
+        self.segments = window_segments(4.8) if protocol_kind == "avbench" else VERSEBENCH_SEGMENTS
         for name in ("abs_sum", "signed_sum"):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         for name in ("n_windows", "too_short"):
             self.add_state(name, torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    @torch.no_grad()
-    def offsets(self, clip: MediaClip) -> Tensor | None:
-        """Predicted offsets (seconds) of the clip's scored windows; None when too short."""
+    def windows(self, clip: MediaClip) -> tuple[Tensor, Tensor] | None:
+        """The clip's scored windows, video (W, S, 3, 16, H, W) and mel (W, S, 128, 66); None when
+        too short."""
         assert clip.video is not None
         cfg = self.model.config
-        inputs = prepare_clip(clip.video, clip.fps, clip_audio(clip, AUDIO_SR, self.name),
-                              AUDIO_SR, cfg.image_size, cfg.mel_bins)
+        audio = clip_audio(clip, AUDIO_SR, self.name)
+        if self.kind == "versebench":
+            one = versebench_window(clip.video, clip.fps, audio, AUDIO_SR, cfg.image_size, cfg.mel_bins)
+            return None if one is None else (one.video[None], one.mel[None])
+        inputs = prepare_clip(clip.video, clip.fps, audio, AUDIO_SR, cfg.image_size, cfg.mel_bins)
         if inputs.segments < self.segments:
             return None
-        starts = [0, inputs.segments - self.segments] if self.windows == "first_last" else [0]
+        starts = [0, inputs.segments - self.segments]
+        return (torch.stack([inputs.video[s: s + self.segments] for s in starts]),
+                torch.stack([inputs.mel[s: s + self.segments] for s in starts]))
+
+    @torch.no_grad()
+    def offsets(self, clip: MediaClip) -> Tensor | None:
+        """Predicted top-1 offsets (seconds) of the clip's scored windows; None when too short."""
+        found = self.windows(clip)
+        if found is None:
+            return None
         device = next(self.model.parameters()).device
-        video = torch.stack([inputs.video[s: s + self.segments] for s in starts]).to(device)
-        mel = torch.stack([inputs.mel[s: s + self.segments] for s in starts]).to(device)
-        return OFFSET_GRID[self.model(video, mel).argmax(-1).cpu()]
+        video, mel = (t.to(device) for t in found)
+        logits = self.model(video, mel, trim_table=self.kind == "versebench")
+        return OFFSET_GRID[logits.argmax(-1).cpu()]
 
     def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
         for clip in generated:
@@ -472,13 +574,15 @@ class DeSync(ClipMetric):
         self.require(self.n >= 1, f"no clip long enough for a {self.segments}-segment window "
                      f"({int(self.too_short)} too short)")
         key = self.columns[0].key
-        return {key: self.abs_sum / self.n_windows, f"{key}_signed": self.signed_sum / self.n_windows,
-                f"{key}_too_short": self.too_short.double()}
+        mean_abs, mean_signed = self.abs_sum / self.n_windows, self.signed_sum / self.n_windows
+        main, other = (mean_abs, mean_signed) if self.kind == "avbench" else (mean_signed, mean_abs)
+        return {key: main, self.columns[1].key: other, f"{key}_too_short": self.too_short.double()}
 
 
 def _shared_synchformer(ctx: BuildContext) -> Synchformer:
-    path = ctx.checkpoint("synchformer", "the Synchformer weights (synchformer_state_dict.pth)")
-    return ctx.shared("synchformer", lambda: load_synchformer(path).to(ctx.device))
+    return ctx.load("synchformer", "the Synchformer weights (synchformer_state_dict.pth or a Synchformer "
+                    "training checkpoint such as 24-01-04T16-39-21.pt)",
+                    lambda path: load_synchformer(path).to(ctx.device))
 
 
 @register_metric("desync_avbench", group="av",
@@ -487,13 +591,22 @@ def build_desync_avbench(ctx: BuildContext) -> ClipMetric:
     return DeSync(_shared_synchformer(ctx), "desync_avbench", "DeSync",
                   protocol="av-benchmark: Synchformer, 25 fps 224 px, 16 kHz, 14 segments of 0.64 s "
                            "(hop 0.32 s), first and last 4.8 s windows, mean |offset| in s",
-                  window_seconds=4.8, windows="first_last")
+                  protocol_kind="avbench")
 
 
 @register_metric("desync_versebench", group="av",
-                 description="Verse-Bench AV-A: Synchformer offset over the first 3.84 s window")
+                 description="Verse-Bench AV-A: signed Synchformer offset of one 11-segment window")
 def build_desync_versebench(ctx: BuildContext) -> ClipMetric:
-    return DeSync(_shared_synchformer(ctx), "desync_versebench", "AV-A",
-                  protocol="Verse-Bench AV-A: Synchformer, one 3.84 s window (11 segments) from the "
-                           "start, positional table truncated to the window, offset in s",
-                  window_seconds=3.84, windows="first")
+    model = _shared_synchformer(ctx)
+    rows = model.transformer.pos_emb_cfg.pos_emb.shape[1]
+    need = 2 + VERSEBENCH_SEGMENTS * (VIDEO_TOKENS + AUDIO_TOKENS)
+    if rows < need:
+        raise MetricUnavailable(f"desync_versebench: the Synchformer checkpoint's positional table has "
+                                f"{rows} rows, the 11-segment window needs {need}")
+    trim = f"positional table {rows} -> {need} rows as Verse-Bench's loader trims" if rows > need else \
+        f"positional table {rows} rows"
+    return DeSync(model, "desync_versebench", "AV-A",
+                  protocol="Verse-Bench AV-A: Synchformer, 25 fps, short side 256, centre crop 224, "
+                           "16 kHz; the first 4 s, 11 segments of 0.64 s (hop 0.32 s) from frame 2; "
+                           f"{trim}; top-1 offset in s, signed mean over clips",
+                  protocol_kind="versebench")
