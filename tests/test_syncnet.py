@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -6,6 +7,9 @@ import torch
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable, MetricUndefined
 from klear_lightning.metrics import face, syncnet
+from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
+from klear_lightning.safe_pickle import UnsafeFileError
+from benchmarks.parity.seeded import seeded_state_dict
 
 
 def test_lse_formula_on_hand_made_distances():
@@ -87,7 +91,7 @@ def test_lse_metric_loads_saved_weights_and_counts_faceless_clips(tmp_path):
     box = torch.tensor([12.0, 10.0, 52.0, 50.0]).expand(12, 4)
     conf, dist, _ = syncnet.score_track(
         syncnet.load_syncnet(tmp_path / "syncnet_v2.model"), syncnet.crop_faces(clip.video, box),
-        syncnet.mfcc(clip.audio * 32768.0))
+        clip.audio * 32768.0)
     assert float(out["lse_c_syncnet"]) == pytest.approx(conf, rel=1e-4)
     assert float(out["lse_d_syncnet"]) == pytest.approx(dist, rel=1e-4)
     faceless = REGISTRY["lse_syncnet"].build(BuildContext.create({"syncnet": str(tmp_path / "syncnet_v2.model")}))
@@ -174,3 +178,98 @@ def test_annotation_boxes_follow_a_resized_clip():
     x0, y0, x1, y1 = (int(v) for v in track[0])
     assert (frames[:, y0:y1, x0:x1, 0] == 255).all()  # every pixel inside the box is the face
     assert frames[..., 0].sum() == frames[:, y0:y1, x0:x1, 0].sum()  # and the face is all inside
+
+
+def test_parity_with_official_syncnet_and_s3fd():
+    from benchmarks.parity import s3fd as s3fd_parity
+    from benchmarks.parity import syncnet as syncnet_parity
+
+    for check in (syncnet_parity.check, s3fd_parity.check):
+        reference, diff, _ = check()
+        assert diff <= 1e-4, f"{reference}: max relative difference {diff}"
+
+
+def test_mfcc_matches_the_python_speech_features_package():
+    psf = pytest.importorskip("python_speech_features", reason="python_speech_features (test extra) not installed")
+    g = torch.Generator().manual_seed(3)
+    wave = (torch.rand(8000, generator=g) * 40000 - 20000).round()
+    ref = torch.from_numpy(psf.mfcc(wave.numpy().astype("int16"), 16000)).T.float()
+    ours = syncnet.mfcc(wave)
+    assert ours.shape == ref.shape
+    assert float((ours - ref).abs().max() / ref.abs().max()) <= 1e-4
+
+
+def test_face_scenes_are_runs_of_two_seconds():
+    box = torch.tensor([0.0, 0.0, 4.0, 4.0])
+    boxes = [box] * 50 + [None] + [box] * 49 + [None, None] + [box] * 60
+    scenes = syncnet.face_scenes(boxes, 50)
+    assert [(first, b.shape[0]) for first, b in scenes] == [(0, 50), (102, 60)]
+
+
+def _long_speaking_clip(frames: int) -> MediaClip:
+    g = torch.Generator().manual_seed(4)
+    video = torch.randint(0, 256, (frames, 64, 64, 3), generator=g, dtype=torch.uint8)
+    meta = {"key": f"long{frames}", "annotation": {"faces": [{"speaker": "center", "box": [10, 12, 50, 52]}]}}
+    return MediaClip(video=video, fps=25.0, audio=0.1 * torch.randn(frames * 640, generator=g),
+                     sample_rate=16000, meta=meta)
+
+
+def test_lse_versebench_scores_scenes_and_drops_short_or_offset_clips(tmp_path, monkeypatch):
+    monkeypatch.setattr(syncnet, "VERSEBENCH_MIN_SCENE_FRAMES", 8)  # 2 s scenes, shortened for CPU time
+    real = syncnet.lse_scores
+    offset = {"frames": 0}  # a random network's offset is arbitrary: set it
+    monkeypatch.setattr(syncnet, "lse_scores", lambda dists, vshift=15: (*real(dists)[:2], offset["frames"]))
+    net = syncnet.SyncNet().eval()
+    net.load_state_dict(seeded_state_dict(net.state_dict(), 5))  # distinct distances per offset
+    path = tmp_path / "syncnet_v2.model"
+    torch.save(net.state_dict(), path)
+    metric = REGISTRY["lse_versebench"].build(BuildContext.create({"syncnet": str(path)}))
+    clip, short = _long_speaking_clip(10), _long_speaking_clip(7)
+    metric.update([clip, short])
+    out = metric.compute()
+    assert int(metric.n) == 1 and float(out["lse_versebench_dropped"]) == 1.0
+    # equal to scoring the one scene directly: crop scale 0.3, audio from its first to its last frame
+    box = torch.tensor([12.0, 10.0, 52.0, 50.0]).expand(10, 4)
+    lips = syncnet.crop_faces(clip.video, box, scale=0.3)
+    conf, dist, _ = syncnet.score_track(syncnet.load_syncnet(path), lips, (clip.audio * 32768.0)[: 9 * 640])
+    assert float(out["lse_c_versebench"]) == pytest.approx(conf, rel=1e-4)
+    wide = syncnet.crop_faces(clip.video, box)  # syncnet_python's 0.4 crop sees another face crop
+    assert dist != pytest.approx(syncnet.score_track(net, wide, (clip.audio * 32768.0)[: 9 * 640])[1], rel=1e-3)
+    # a scene whose offset is 14 frames or more drops its clip; 13 does not
+    offset["frames"] = -13
+    kept = REGISTRY["lse_versebench"].build(BuildContext.create({"syncnet": str(path)}))
+    kept.update([clip])
+    assert int(kept.n) == 1
+    offset["frames"] = -14
+    dropped = REGISTRY["lse_versebench"].build(BuildContext.create({"syncnet": str(path)}))
+    dropped.update([clip])
+    with pytest.raises(MetricUndefined, match="1 dropped"):
+        dropped.compute()
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("key, name", [("syncnet", "syncnet_v2.model"), ("s3fd", "sfd_face.pth")])
+def test_malicious_weights_are_refused_and_reported_not_computed(tmp_path, key, name):
+    marker = tmp_path / "ran"
+    good = tmp_path / "syncnet_v2_good.model"
+    torch.save(syncnet.SyncNet().state_dict(), good)
+    bad = tmp_path / name
+    state = (syncnet.SyncNet() if key == "syncnet" else face.S3FD()).state_dict()
+    state["extra"] = _Payload(str(marker))
+    torch.save(state, bad)
+    loader = syncnet.load_syncnet if key == "syncnet" else face.load_s3fd
+    with pytest.raises(UnsafeFileError, match=str(bad)):
+        loader(bad)
+    checkpoints = {"syncnet": str(good), key: str(bad)}
+    suite = MetricSuite(MetricsConfig(metrics=["lse_syncnet", "lse_versebench"], checkpoints=checkpoints,
+                                      tasks=["t2av"]))
+    assert set(suite.skipped) == {"lse_syncnet", "lse_versebench"}
+    assert f"metrics.checkpoints.{key}" in suite.skipped["lse_versebench"] and str(bad) in suite.skipped["lse_versebench"]
+    assert not marker.exists()

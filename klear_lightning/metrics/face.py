@@ -1,7 +1,8 @@
 """Face boxes for lip-sync scoring: from SyncWorld annotations, or an S3FD detector for real video.
 
 S3FD (Zhang et al. 2017) is implemented here in the key layout of `sfd_face.pth`, the weights
-syncnet_python's pipeline uses (`vgg`, `L2Norm3_3/4_3/5_3`, `extras`, `loc`, `conf`). A face
+syncnet_python's pipeline uses (`vgg`, `L2Norm3_3/4_3/5_3`, `extras`, `loc`, `conf`); its official
+code on the same seeded weights gives the same per-prior outputs (`benchmarks/parity/s3fd.py`). A face
 track is the best detection per frame; it is usable when at most `max_missing` of the frames lack
 a face (gaps are filled from the nearest detection) and the face is at least `min_size` pixels;
 centre and size are median-filtered over 13 frames (syncnet_python's smoothing, with edges
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from klear_lightning.data.syncworld.measure import scaled_box
+from klear_lightning.safe_pickle import load_torch_file
 
 MIN_SIZES = (16, 32, 64, 128, 256, 512)
 STEPS = (4, 8, 16, 32, 64, 128)
@@ -179,12 +181,15 @@ class FaceDetector:
 
 
 def load_s3fd(path: str | Path) -> S3FD:
-    """Load `sfd_face.pth` (a plain state dict) strictly."""
+    """Load `sfd_face.pth` (a plain state dict) strictly, through the allow-list reader."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"S3FD checkpoint not found: {path}")
+    state = load_torch_file(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not an S3FD state dict (found {type(state).__name__})")
     net = S3FD()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    net.load_state_dict(state, strict=True)
     return net.eval()
 
 

@@ -1,11 +1,23 @@
 """SyncNet lip-sync scores LSE-C and LSE-D (Chung & Zisserman 2016, as syncnet_python computes them).
 
 The network is implemented here in the key layout of `syncnet_v2.model` (`netcnnaud`, `netfcaud`,
-`netcnnlip`, `netfclip`). Protocol: 25 fps video, 16 kHz audio; face crops resized to 224 x 224
-(BGR, 0-255); MFCC (13 coefficients, 100 Hz, python_speech_features defaults, int16 scale);
-one feature per 5-frame window against 20 MFCC frames; distances to audio shifted by -15..15
-frames; mean over frames; LSE-D = min over shifts, LSE-C = median - min, offset = 15 - argmin.
-A clip with several faces is scored on its most confident face track.
+`netcnnlip`, `netfclip`), read with the allow-list reader; syncnet_python's own code, run on the
+same seeded weights, gives the same distances (`benchmarks/parity/syncnet.py`). Scoring, as its
+`evaluate`: 25 fps video, 16 kHz audio; face crops resized to 224 x 224 (BGR, 0-255); MFCC
+(13 coefficients, 100 Hz, python_speech_features defaults, int16 scale); min(frames, samples // 640)
+frames; one feature per 5-frame window against 20 MFCC frames; distances to audio shifted by
+-15..15 frames; mean over frames; LSE-D = min over shifts, LSE-C = median - min, offset = 15 - argmin.
+
+Two protocols:
+- `lse_syncnet` (syncnet_python's pipeline): one face track per clip (S3FD, gaps filled, median-
+  smoothed boxes), crop scale 0.4, every clip with a track kept; the most confident track scores.
+- `lse_versebench` (Verse-Bench SNC, `syncnet_inferencer.py`): a face per frame, cut into scenes
+  of consecutive frames with a face lasting at least 2 s; per scene, crops at scale 0.3 with that
+  frame's box (no smoothing) and the scene's audio from its first to its last frame; a clip is
+  dropped when a scene's offset is 14 frames or more (or it has no scene); its SNC is the mean
+  LSE-C over its scenes, averaged over the kept clips. Verse-Bench finds faces with insightface's
+  detector; here they come from S3FD (or SyncWorld's annotations), and frames are not JPEG round-
+  tripped as its scene files are.
 """
 
 from __future__ import annotations
@@ -24,11 +36,16 @@ from klear_lightning.metrics.audio_prep import clip_audio
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
 from klear_lightning.metrics.face import FaceDetector, annotation_boxes, load_s3fd
 from klear_lightning.metrics.video_prep import resample_video
+from klear_lightning.safe_pickle import load_torch_file
 
 VIDEO_FPS = 25.0
 AUDIO_SR = 16000
 VSHIFT = 15
-CROP_SCALE = 0.4
+CROP_SCALE = 0.4  # syncnet_python's pipeline
+VERSEBENCH_CROP_SCALE = 0.3
+VERSEBENCH_MIN_SCENE_FRAMES = 50  # 2 s at 25 fps
+VERSEBENCH_MAX_OFFSET = 14  # frames; a scene at or beyond drops its clip
+SAMPLES_PER_FRAME = AUDIO_SR // int(VIDEO_FPS)
 
 
 def _bn_relu_2d(cin: int, cout: int, kernel: tuple[int, int], padding: tuple[int, int]) -> list[nn.Module]:
@@ -75,11 +92,13 @@ class SyncNet(nn.Module):
 
 
 def load_syncnet(path: str | Path) -> SyncNet:
-    """Load `syncnet_v2.model` (a plain state dict) strictly."""
+    """Load `syncnet_v2.model` (a plain state dict) strictly, through the allow-list reader."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SyncNet checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path)
+    if not isinstance(state, dict) or "netfcaud.3.weight" not in state:
+        raise ValueError(f"{path}: not a SyncNet state dict (no netfcaud.3.weight)")
     net = SyncNet(dim=state["netfcaud.3.weight"].shape[0])
     net.load_state_dict(state, strict=True)
     return net.eval()
@@ -113,17 +132,17 @@ def mfcc(wave: Tensor, sample_rate: int = AUDIO_SR, numcep: int = 13, nfilt: int
     return torch.from_numpy(feat.T.copy()).float()
 
 
-def crop_faces(frames: Tensor, boxes: Tensor, size: int = 224) -> Tensor:
-    """syncnet_python's crop: square around the box (scale 0.4, padded with 110), resized to
-    `size`; uint8 (T, H, W, 3) RGB + (T, 4) boxes -> float (3, T, size, size) BGR in 0-255."""
+def crop_faces(frames: Tensor, boxes: Tensor, size: int = 224, scale: float = CROP_SCALE) -> Tensor:
+    """syncnet_python's crop: square around the box (`scale` 0.4; Verse-Bench 0.3; padded with 110),
+    resized to `size`; uint8 (T, H, W, 3) RGB + (T, 4) boxes -> float (3, T, size, size) BGR 0-255."""
     crops = []
     for frame, (x0, y0, x1, y1) in zip(frames, boxes.tolist()):
         bs = max(y1 - y0, x1 - x0) / 2
-        pad = int(bs * (1 + 2 * CROP_SCALE))
+        pad = int(bs * (1 + 2 * scale))
         img = F.pad(frame.permute(2, 0, 1).float(), (pad, pad, pad, pad), value=110.0)
         my, mx = (y0 + y1) / 2 + pad, (x0 + x1) / 2 + pad
-        face = img[:, int(my - bs): int(my + bs * (1 + 2 * CROP_SCALE)),
-                   int(mx - bs * (1 + CROP_SCALE)): int(mx + bs * (1 + CROP_SCALE))]
+        face = img[:, int(my - bs): int(my + bs * (1 + 2 * scale)),
+                   int(mx - bs * (1 + scale)): int(mx + bs * (1 + scale))]
         crops.append(F.interpolate(face[None], size=(size, size), mode="bilinear", align_corners=False)[0])
     return torch.stack(crops, dim=1).flip(0)
 
@@ -144,9 +163,11 @@ def lse_scores(dists: Tensor, vshift: int = VSHIFT) -> tuple[float, float, int]:
 
 
 @torch.no_grad()
-def score_track(net: SyncNet, lips: Tensor, mfcc_feat: Tensor, batch: int = 64) -> tuple[float, float, int]:
-    """lips (3, T, 224, 224) at 25 fps, mfcc (13, 4 T) -> (LSE-C, LSE-D, offset)."""
-    frames = min(lips.shape[1], mfcc_feat.shape[1] // 4)
+def track_distances(net: SyncNet, lips: Tensor, audio: Tensor, batch: int = 64) -> Tensor:
+    """syncnet_python's `evaluate`: lips (3, T, 224, 224) at 25 fps, audio (N,) at 16 kHz in int16
+    scale -> distances (frames - 5, 2 VSHIFT + 1) over min(T, N // 640) frames."""
+    mfcc_feat = mfcc(audio)
+    frames = min(lips.shape[1], audio.shape[0] // SAMPLES_PER_FRAME)
     if frames - 5 < 1:
         raise ValueError(f"SyncNet needs at least 6 frames, got {frames}")
     device = next(net.parameters()).device
@@ -156,7 +177,17 @@ def score_track(net: SyncNet, lips: Tensor, mfcc_feat: Tensor, batch: int = 64) 
         vf.append(net.forward_lip(torch.stack([lips[:, i: i + 5] for i in idx]).to(device)).cpu())
         af.append(net.forward_aud(torch.stack([mfcc_feat[None, :, 4 * i: 4 * i + 20] for i in idx])
                                   .to(device)).cpu())
-    return lse_scores(shift_distances(torch.cat(vf), torch.cat(af)))
+    return shift_distances(torch.cat(vf), torch.cat(af))
+
+
+def score_track(net: SyncNet, lips: Tensor, audio: Tensor) -> tuple[float, float, int]:
+    """lips (3, T, 224, 224) at 25 fps, audio at 16 kHz in int16 scale -> (LSE-C, LSE-D, offset)."""
+    return lse_scores(track_distances(net, lips, audio))
+
+
+def int16_scale(clip: MediaClip, name: str) -> Tensor:
+    """The clip's 16 kHz mono audio in int16 scale, as syncnet_python reads its wav."""
+    return clip_audio(clip, AUDIO_SR, name).clamp(-1, 1) * 32768.0
 
 
 class LipSync(ClipMetric):
@@ -190,8 +221,8 @@ class LipSync(ClipMetric):
         for clip in generated:
             assert clip.video is not None
             frames = resample_video(clip.video, clip.fps, VIDEO_FPS)
-            feat = mfcc(clip_audio(clip, AUDIO_SR, self.name).clamp(-1, 1) * 32768.0)
-            scores = [score_track(self.net, crop_faces(frames, t), feat) for t in self.tracks(clip, frames)]
+            audio = int16_scale(clip, self.name)
+            scores = [score_track(self.net, crop_faces(frames, t), audio) for t in self.tracks(clip, frames)]
             if not scores:
                 self.no_face += 1
                 continue
@@ -206,12 +237,92 @@ class LipSync(ClipMetric):
                 "lse_no_face": self.no_face.double()}
 
 
+def face_scenes(boxes: list[Tensor | None], min_frames: int) -> list[tuple[int, Tensor]]:
+    """Verse-Bench's scenes: runs of consecutive frames with a face, at least `min_frames` long ->
+    (first frame, (n, 4) boxes) per scene."""
+    scenes, run = [], []
+    for i, box in enumerate([*boxes, None]):
+        if box is not None:
+            run.append((i, box))
+            continue
+        if len(run) >= min_frames:
+            scenes.append((run[0][0], torch.stack([b for _, b in run])))
+        run = []
+    return scenes
+
+
+class LipSyncVerseBench(ClipMetric):
+    """Verse-Bench's SNC: mean LSE-C over scenes, clips with an offset of 14+ frames or no scene
+    dropped and counted (`lse_versebench_dropped`)."""
+
+    modalities = ("video", "audio")
+    columns = (Column("lse_c_versebench", "SNC", higher_is_better=True),
+               Column("lse_versebench_dropped", "SNC: clips dropped (no 2 s face run, or |offset| >= 14)",
+                      higher_is_better=False))
+    protocol = ("Verse-Bench SNC: syncnet_python LSE-C per scene (consecutive frames with a face, >= 2 s; "
+                "crop scale 0.3, per-frame boxes; the scene's audio), mean over scenes; clips with a scene "
+                "offset >= 14 frames or no scene dropped; faces from S3FD or SyncWorld annotations "
+                "(Verse-Bench: insightface)")
+
+    def __init__(self, net: SyncNet, detector: FaceDetector | None) -> None:
+        super().__init__()
+        self.net = net
+        self.detector = detector
+        self.add_state("conf_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("dropped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def faces(self, clip: MediaClip, frames: Tensor) -> list[Tensor | None]:
+        """One box per frame (the first annotated face, else the detector's best), or None."""
+        annotated = annotation_boxes(clip.meta, frames)
+        if annotated:
+            return list(annotated[0])
+        return self.detector.detect(frames) if self.detector is not None else [None] * frames.shape[0]
+
+    def clip_score(self, clip: MediaClip) -> float | None:
+        """Mean LSE-C over the clip's scenes, or None when Verse-Bench drops the clip."""
+        assert clip.video is not None
+        frames = resample_video(clip.video, clip.fps, VIDEO_FPS)
+        audio = int16_scale(clip, self.name)
+        # its align_duration: frames beyond the audio dropped, audio cut to the frames
+        frames = frames[: min(frames.shape[0], audio.shape[0] * int(VIDEO_FPS) // AUDIO_SR)]
+        audio = audio[: frames.shape[0] * SAMPLES_PER_FRAME]
+        confs = []
+        for first, boxes in face_scenes(self.faces(clip, frames), VERSEBENCH_MIN_SCENE_FRAMES):
+            last = first + boxes.shape[0] - 1
+            lips = crop_faces(frames[first: last + 1], boxes, scale=VERSEBENCH_CROP_SCALE)
+            conf, _, offset = score_track(self.net, lips, audio[first * SAMPLES_PER_FRAME: last * SAMPLES_PER_FRAME])
+            if abs(offset) >= VERSEBENCH_MAX_OFFSET:
+                return None
+            confs.append(conf)
+        return sum(confs) / len(confs) if confs else None
+
+    def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
+        for clip in generated:
+            score = self.clip_score(clip)
+            if score is None:
+                self.dropped += 1
+                continue
+            self.conf_sum += score
+            self.n += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        self.require(self.n >= 1, f"no clip kept ({int(self.dropped)} dropped)")
+        return {"lse_c_versebench": self.conf_sum / self.n, "lse_versebench_dropped": self.dropped.double()}
+
+
+def _syncnet_and_detector(ctx: BuildContext) -> tuple[SyncNet, FaceDetector | None]:
+    net = ctx.load("syncnet", "the SyncNet weights (syncnet_v2.model)", lambda p: load_syncnet(p).to(ctx.device))
+    if not ctx.checkpoints.get("s3fd"):
+        return net, None
+    s3fd = ctx.load("s3fd", "the S3FD face detector (sfd_face.pth)", lambda p: load_s3fd(p).to(ctx.device))
+    return net, FaceDetector(s3fd)
+
+
 @register_metric("lse_syncnet", group="av", description="SyncNet LSE-C / LSE-D on face tracks")
 def build_lse_syncnet(ctx: BuildContext) -> ClipMetric:
-    net = load_syncnet(ctx.checkpoint("syncnet", "the SyncNet weights (syncnet_v2.model)")).to(ctx.device)
-    face_path = ctx.checkpoints.get("s3fd")
-    detector = None
-    if face_path:
-        detector = FaceDetector(load_s3fd(ctx.checkpoint("s3fd", "the S3FD face detector (sfd_face.pth)"))
-                                .to(ctx.device))
-    return LipSync(net, detector)
+    return LipSync(*_syncnet_and_detector(ctx))
+
+
+@register_metric("lse_versebench", group="av", description="Verse-Bench SNC: SyncNet LSE-C over 2 s face scenes")
+def build_lse_versebench(ctx: BuildContext) -> ClipMetric:
+    return LipSyncVerseBench(*_syncnet_and_detector(ctx))
