@@ -1,7 +1,7 @@
 """Synchformer parity: the project's network and Verse-Bench window against the official code.
 
 The reference (`references/synchformer.json`) was made by running Verse-Bench's vendored Synchformer
-(the official code) once outside the project on `seeded_state_dict` weights; see the file for the
+(the official code) once outside the project on `seeded_fan_in_state_dict` weights; see the file for the
 sizes, seed and input recipe. Here the same weights are written as a Synchformer *training
 checkpoint* (weights under `model`, an OmegaConf config under `args`), loaded through
 `load_synchformer` (the allow-list reader) and run through `desync_versebench`'s window (its
@@ -10,7 +10,6 @@ positional table trimmed 198 -> 156 rows as the official loader does).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -18,16 +17,12 @@ import torch
 from einops import rearrange
 from omegaconf import OmegaConf
 
-from benchmarks.parity.seeded import max_rel_diff, seeded_input, seeded_state_dict
+from benchmarks.parity import ParityResult, compare, load_reference
+from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
 from klear_lightning.metrics import synchformer as sf
 
-REFERENCE = Path(__file__).parent / "references" / "synchformer.json"
 FORMATS = ("synchformer_state_dict.pth (av-benchmark / MMAudio state dict)",
            "Synchformer training checkpoint (e.g. 24-01-04T16-39-21.pt: weights under `model`, OmegaConf `args`)")
-
-
-def reference() -> dict:
-    return json.loads(REFERENCE.read_text())
 
 
 def seeded_checkpoint(path: Path, ref: dict) -> None:
@@ -37,13 +32,13 @@ def seeded_checkpoint(path: Path, ref: dict) -> None:
                                global_depth=d["depths"], video_heads=d["video_heads"],
                                audio_heads=d["audio_heads"], global_heads=d["global_heads"],
                                segments=(d["table_rows_in_checkpoint"] - 2) // 14)
-    state = seeded_state_dict(sf.Synchformer(cfg).state_dict(), ref["seed"])
+    state = seeded_fan_in_state_dict(sf.Synchformer(cfg).state_dict(), ref["seed"])
     args = OmegaConf.create({"model": {"params": {"transformer": {"params": {"n_layer": d["depths"]}}}}})
     torch.save({"args": args, "model": state, "epoch": 1, "model_type": "Synchformer"}, path)
 
 
-def check() -> tuple[str, float, str]:
-    ref = reference()
+def check() -> ParityResult:
+    ref = load_reference("synchformer")
     seed = ref["seed"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "24-01-04T16-39-21.pt"
@@ -58,13 +53,16 @@ def check() -> tuple[str, float, str]:
     starts = a0 + torch.arange(sf.VERSEBENCH_SEGMENTS) * sf.SEGMENT_HOP_SAMPLES
     with torch.no_grad():
         clip_logits = model(window.video[None], mel, trim_table=True)[0]
-    diffs = [
-        max_rel_diff(clip_logits, torch.tensor(ref["clip_logits"])),
-        max_rel_diff(window.video.double().sum((1, 2, 3, 4)), torch.tensor(ref["clip_video_sum_per_segment"])),
-        max_rel_diff(wave[starts], torch.tensor(ref["clip_audio_first_samples"])),
-    ]
-    return ("Verse-Bench's vendored Synchformer (official code) on seeded weights: offset logits, and its "
-            "test-time window (256 px / crop 224 / 11 segments from frame 2)", max(diffs), "; ".join(FORMATS))
+    worst, per = compare([
+        ("offset_logits", clip_logits, ref["clip_logits"]),
+        ("window_pixel_sum_per_segment", window.video.double().sum((1, 2, 3, 4)), ref["clip_video_sum_per_segment"]),
+        ("window_audio_segment_first_samples", wave[starts], ref["clip_audio_first_samples"]),
+    ])
+    return ParityResult(
+        extractor="synchformer",
+        reference=f"{ref['official']}; committed outputs (references/synchformer.json, seed {seed}): offset "
+                  "logits of its test-time window (short side 256, crop 224, 11 segments from frame 2)",
+        max_rel_diff=worst, checkpoint_format=FORMATS, details=per)
 
 
 if __name__ == "__main__":

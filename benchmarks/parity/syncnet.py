@@ -1,32 +1,31 @@
 """SyncNet parity: the project's network and LSE scoring against syncnet_python's own code.
 
 The reference (`references/syncnet.json`) was made by running syncnet_python's `SyncNetInstance.evaluate`
-(Verse-Bench's copy) once outside the project on `seeded_state_dict` weights; see the file for the
+(Verse-Bench's copy) once outside the project on `seeded_fan_in_state_dict` weights; see the file for the
 seed and input recipe. Here the same weights are saved as `syncnet_v2.model`, loaded through
 `load_syncnet` (the allow-list reader) and scored by `track_distances` / `lse_scores`.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 
-from benchmarks.parity.seeded import max_rel_diff, seeded_input, seeded_state_dict
+from benchmarks.parity import ParityResult, compare, load_reference
+from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
 from klear_lightning.metrics import syncnet
 
-REFERENCE = Path(__file__).parent / "references" / "syncnet.json"
-FORMATS = "syncnet_v2.model (syncnet_python's state dict)"
+FORMATS = ("syncnet_v2.model (syncnet_python's state dict)",)
 
 
-def check() -> tuple[str, float, str]:
-    ref = json.loads(REFERENCE.read_text())
+def check() -> ParityResult:
+    ref = load_reference("syncnet")
     seed, frames = ref["seed"], ref["frames"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "syncnet_v2.model"
-        torch.save(seeded_state_dict(syncnet.SyncNet().state_dict(), seed), path)
+        torch.save(seeded_fan_in_state_dict(syncnet.SyncNet().state_dict(), seed), path)
         net = syncnet.load_syncnet(path)
     images = (seeded_input((frames, 224, 224, 3), seed + 1) * 256).floor().clamp(max=255)
     audio = (seeded_input((frames * 640,), seed + 2, -1.0, 1.0) * 20000).round()
@@ -39,15 +38,17 @@ def check() -> tuple[str, float, str]:
         aud = net.forward_aud(torch.stack([mfcc[None, :, 4 * i: 4 * i + 20] for i in windows]))
         lip = net.forward_lip(torch.stack([lips[:, i: i + 5] for i in windows]))
     reference = torch.tensor(ref["dists"])
-    diff = max(max_rel_diff(dists, reference),
-               max_rel_diff(aud[:, :8], torch.tensor(ref["audio_features_first8"])),
-               max_rel_diff(lip[:, :8], torch.tensor(ref["lip_features_first8"])))
+    worst, per = compare([("distances", dists, reference),
+                          ("audio_features", aud[:, :8], ref["audio_features_first8"]),
+                          ("lip_features", lip[:, :8], ref["lip_features_first8"])])
     # LSE-C is a difference of two distances: compared on the distances' scale
-    diff = max(diff, abs(conf - ref["conf"]) / float(reference.abs().max()))
-    if offset != ref["offset"]:
-        diff = float("inf")
-    return ("syncnet_python's SyncNet + evaluate (official code) on seeded weights: per-frame distances "
-            "over offsets -15..15, LSE-C, offset", diff, FORMATS)
+    per["lse_c"] = abs(conf - ref["conf"]) / float(reference.abs().max())
+    per["offset"] = 0.0 if offset == ref["offset"] else float("inf")
+    return ParityResult(
+        extractor="syncnet",
+        reference=f"{ref['official']}; committed outputs (references/syncnet.json, seed {seed}): features, "
+                  "distances over offsets -15..15, LSE-C and offset",
+        max_rel_diff=max(worst, per["lse_c"], per["offset"]), checkpoint_format=FORMATS, details=per)
 
 
 if __name__ == "__main__":
