@@ -1,4 +1,7 @@
+import argparse
 import math
+import os
+import pickle
 
 import pytest
 import torch
@@ -7,6 +10,8 @@ import torch.nn.functional as F
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable
 from klear_lightning.metrics import aesthetic, identity, motion
+from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
+from klear_lightning.safe_pickle import UnsafeFileError
 
 
 def _translating(dx: float, dy: float, frames: int = 4, h: int = 96, w: int = 128) -> torch.Tensor:
@@ -116,3 +121,77 @@ def test_clip_inputs_normalisation():
     x = aesthetic.clip_inputs(white, 8)
     expected = (1 - torch.tensor(aesthetic.CLIP_MEAN)) / torch.tensor(aesthetic.CLIP_STD)
     assert torch.allclose(x[0, :, 4, 4], expected, atol=1e-4)
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_dino_parity_with_official_code():
+    from benchmarks.parity import dino as dino_parity
+
+    result = dino_parity.check()
+    assert result.passed, result
+
+
+def test_dino_training_checkpoint_loads_and_malicious_is_refused(tmp_path):
+    net = identity.DinoViT(dim=32, depth=1, heads=2)
+    teacher = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": teacher, "args": argparse.Namespace(arch="vit_small")}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # argparse.Namespace: what plain weights-only refuses
+    assert identity.load_dino(path).cls_token.shape == (1, 1, 32)
+    marker = tmp_path / "ran"
+    torch.save({"teacher": teacher, "args": _Payload(str(marker))}, path)
+    with pytest.raises(UnsafeFileError, match=str(path)):
+        identity.load_dino(path)
+    suite = MetricSuite(MetricsConfig(metrics=["id_dino_cls"], checkpoints={"dino": str(path)}, tasks=["ti2v"]))
+    assert "metrics.checkpoints.dino" in suite.skipped["id_dino_cls"] and str(path) in suite.skipped["id_dino_cls"]
+    assert not marker.exists()
+
+
+def _tiny_dinov3(directory):
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             num_register_tokens=4)
+    model = DINOv3ViTModel(config).eval()
+    model.save_pretrained(directory)
+    return model
+
+
+def test_dinov3_versebench_uses_token_minus_two_of_224_square_frames(tmp_path):
+    model = _tiny_dinov3(tmp_path / "dinov3")
+    metric = REGISTRY["id_dinov3_versebench"].build(BuildContext.create({"dinov3": str(tmp_path / "dinov3")}))
+    g = torch.Generator().manual_seed(5)
+    gen = MediaClip(video=torch.randint(0, 256, (3, 48, 80, 3), generator=g, dtype=torch.uint8), fps=8.0,
+                    audio=None, sample_rate=16000)
+    ref = MediaClip(video=torch.randint(0, 256, (2, 48, 80, 3), generator=g, dtype=torch.uint8), fps=8.0,
+                    audio=None, sample_rate=16000)
+    metric.update([gen], [ref])
+    with torch.no_grad():
+        hidden_gen = model(pixel_values=identity.dinov3_inputs(gen.video)).last_hidden_state
+        hidden_ref = model(pixel_values=identity.dinov3_inputs(ref.video[:1])).last_hidden_state
+    assert hidden_gen.shape[1] == 1 + 4 + 14 * 14  # CLS, registers, 224 / 16 squared patches
+    expected = F.cosine_similarity(hidden_gen[:, -2], hidden_ref[:, -2], dim=-1).mean()
+    assert float(metric.compute()) == pytest.approx(float(expected), rel=1e-5)
+    cls = F.cosine_similarity(hidden_gen[:, 0], hidden_ref[:, 0], dim=-1).mean()
+    assert float(cls) != pytest.approx(float(expected), rel=1e-3)
+    x = identity.dinov3_inputs(torch.full((1, 30, 90, 3), 255, dtype=torch.uint8))
+    assert x.shape == (1, 3, 224, 224)  # squashed, not cropped
+    assert torch.allclose(x[0, :, 0, 0], (1 - torch.tensor(identity.IMAGENET_MEAN)) / torch.tensor(identity.IMAGENET_STD))
+
+
+def test_dinov3_directory_without_safetensors_is_not_computed(tmp_path):
+    (tmp_path / "dinov3").mkdir()
+    _tiny_dinov3(tmp_path / "dinov3")
+    (tmp_path / "dinov3" / "model.safetensors").unlink()
+    suite = MetricSuite(MetricsConfig(metrics=["id_dinov3_versebench"], checkpoints={"dinov3": str(tmp_path / "dinov3")},
+                                      tasks=["ti2v"]))
+    assert "metrics.checkpoints.dinov3" in suite.skipped["id_dinov3_versebench"]
