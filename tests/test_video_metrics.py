@@ -195,3 +195,50 @@ def test_dinov3_directory_without_safetensors_is_not_computed(tmp_path):
     suite = MetricSuite(MetricsConfig(metrics=["id_dinov3_versebench"], checkpoints={"dinov3": str(tmp_path / "dinov3")},
                                       tasks=["ti2v"]))
     assert "metrics.checkpoints.dinov3" in suite.skipped["id_dinov3_versebench"]
+
+
+def test_raft_parity_with_official_code():
+    from benchmarks.parity import raft as raft_parity
+
+    result = raft_parity.check()
+    assert result.passed, result
+
+
+def test_versebench_motion_resize_and_padding():
+    video = torch.zeros(1, 700, 1300, 3, dtype=torch.uint8)
+    video[:, :, 650:] = 255
+    x = motion.versebench_resize(video)
+    assert x.shape == (1, 3, 175, 325)  # halved twice: 1300 -> 650 -> 325 (both sides together)
+    assert x.dtype == torch.float32 and set(x.unique().tolist()) <= set(range(256))
+    assert motion.versebench_resize(video[:, :640, :640]).shape == (1, 3, 640, 640)  # 640 is not halved
+    padded = motion.pad_to_eight(torch.arange(5 * 6.0).view(1, 1, 5, 6))
+    assert padded.shape == (1, 1, 8, 8)
+    assert padded[0, 0, 1:6, 1:7].equal(torch.arange(5 * 6.0).view(5, 6))  # 3 rows: 1 above, 2 below
+    assert padded[0, 0, 0, 1:7].equal(padded[0, 0, 1, 1:7]) and padded[0, 0, 7].equal(padded[0, 0, 6])
+
+
+def test_motion_raft_versebench_through_registry_and_malicious_weights(tmp_path, monkeypatch):
+    from benchmarks.parity.seeded import seeded_fan_in_state_dict
+    from klear_lightning.metrics import raft
+
+    net = raft.RAFT()
+    path = tmp_path / "raft-things.pth"
+    torch.save(seeded_fan_in_state_dict({f"module.{k}": v for k, v in net.state_dict().items()}, 7), path)
+    metric = REGISTRY["motion_raft_versebench"].build(BuildContext.create({"raft": str(path)}))
+    monkeypatch.setattr(motion, "VERSEBENCH_ITERS", 2)  # 20 in the protocol: cut for CPU time
+    g = torch.Generator().manual_seed(6)
+    clip = MediaClip(video=torch.randint(0, 256, (2, 126, 130, 3), generator=g, dtype=torch.uint8), fps=8.0,
+                     audio=None, sample_rate=16000)
+    metric.update([clip])
+    flows = motion.raft_flows(raft.load_raft(path), motion.versebench_resize(clip.video), iters=2)
+    assert flows.shape == (1, 2, 128, 136)
+    assert float(metric.compute()) == pytest.approx(float(flows.abs().mean()), rel=1e-5)
+    marker = tmp_path / "ran"
+    state = net.state_dict()
+    state["extra"] = _Payload(str(marker))
+    torch.save(state, path)
+    with pytest.raises(UnsafeFileError, match=str(path)):
+        raft.load_raft(path)
+    suite = MetricSuite(MetricsConfig(metrics=["motion_raft_versebench"], checkpoints={"raft": str(path)}, tasks=["t2v"]))
+    assert "metrics.checkpoints.raft" in suite.skipped["motion_raft_versebench"]
+    assert not marker.exists()

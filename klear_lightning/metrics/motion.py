@@ -1,9 +1,18 @@
-"""Motion score: mean optical-flow magnitude between consecutive frames (Horn-Schunck, in torch).
+"""Motion score: mean optical-flow magnitude between consecutive frames.
 
-Frames are converted to grey, resized so the short side is `size` pixels (256 by default, so the
-score is comparable across resolutions) and flow is estimated coarse-to-fine (a pyramid of
-halvings, warping the second frame by the upsampled flow at each level). The score is the mean
-magnitude in pixels per frame at that working resolution, averaged over frame pairs, then clips.
+- `motion_raft_versebench` (the paper's MS; Verse-Bench's `raft_inferencer.py` with
+  `evaluate_raft_video`): RAFT (large, `raft-things.pth`, see `metrics.raft`) on every pair of
+  consecutive frames at the clip's own frame rate. Each frame is halved (both sides, bilinear, back
+  to 8-bit) until neither side exceeds 640 px, then padded to multiples of 8 by edge replication
+  (split evenly, as its `InputPadder`); 20 refinements; the pair's score is the mean absolute flow
+  component (x and y, in pixels, over the padded frame); a clip's score is the mean over its pairs,
+  then the mean over clips. Verse-Bench's `calculate_metrics.py` loads RAFT but does not call this
+  function, so this is its code's reading of MS, not a number it prints.
+- `motion_hs256` (no weights; a named alternative): Horn-Schunck in torch. Frames are converted to
+  grey, resized so the short side is `size` pixels (256 by default, so the score is comparable across
+  resolutions) and flow is estimated coarse-to-fine (a pyramid of halvings, warping the second frame
+  by the upsampled flow at each level). The score is the mean magnitude in pixels per frame at that
+  working resolution, averaged over frame pairs, then clips.
 """
 
 from __future__ import annotations
@@ -15,6 +24,10 @@ from torch import Tensor
 
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
+from klear_lightning.metrics.raft import RAFT, load_raft
+
+VERSEBENCH_MAX_SIDE = 640
+VERSEBENCH_ITERS = 20
 
 _AVG = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
 _DX = torch.tensor([[-1.0, 1.0], [-1.0, 1.0]]) / 4
@@ -125,3 +138,73 @@ class MotionScore(ClipMetric):
 @register_metric("motion_hs256", group="video", description="mean Horn-Schunck flow magnitude")
 def build_motion(ctx: BuildContext) -> ClipMetric:
     return MotionScore()
+
+
+def versebench_resize(video: Tensor) -> Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, h, w) in 0-255: both sides halved (integer division)
+    until neither exceeds 640, bilinear, rounded back to 8-bit (as its cv2.resize on uint8)."""
+    x = rearrange(video, "t h w c -> t c h w").float()
+    h, w = x.shape[-2:]
+    th, tw = h, w
+    while th > VERSEBENCH_MAX_SIDE or tw > VERSEBENCH_MAX_SIDE:
+        th, tw = th // 2, tw // 2
+    if (th, tw) != (h, w):
+        x = torch.floor(F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False) + 0.5)
+    return x
+
+
+def pad_to_eight(x: Tensor) -> Tensor:
+    """RAFT's InputPadder ('sintel'): pad (N, C, H, W) to multiples of 8, edges replicated, split evenly."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 8, (-w) % 8
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode="replicate")
+
+
+@torch.no_grad()
+def raft_flows(net: RAFT, frames: Tensor, iters: int, batch: int = 4) -> Tensor:
+    """frames (T, 3, h, w) in 0-255 -> flows (T - 1, 2, H, W) of consecutive pairs on the padded frames."""
+    device = next(net.parameters()).device
+    padded = pad_to_eight(frames)
+    flows = []
+    for s in range(0, padded.shape[0] - 1, batch):
+        a = padded[s: min(s + batch, padded.shape[0] - 1)].to(device)
+        b = padded[s + 1: s + 1 + a.shape[0]].to(device)
+        flows.append(net(a, b, iters).cpu())
+    return torch.cat(flows)
+
+
+def raft_pair_scores(flows: Tensor) -> Tensor:
+    """(P, 2, H, W) flows -> (P,) mean absolute flow component per pair (Verse-Bench's pair score)."""
+    return flows.abs().mean((1, 2, 3))
+
+
+class MotionRaftVerseBench(ClipMetric):
+    modalities = ("video",)
+    columns = (Column("motion_raft_versebench", "MS", higher_is_better=True),)
+    protocol = ("Verse-Bench MS (its raft_inferencer): RAFT raft-things, 20 iterations, every consecutive frame "
+                "pair at the clip's frame rate, frames halved until <= 640 px, padded to multiples of 8; mean "
+                "|flow| component in px per pair, mean over pairs, then clips")
+
+    def __init__(self, net: RAFT) -> None:
+        super().__init__()
+        self.net = net
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
+        for clip in generated:
+            assert clip.video is not None
+            if clip.video.shape[0] < 2:
+                raise ValueError(f"{self.name}: clip {clip.meta.get('key', '?')} has fewer than 2 frames")
+            flows = raft_flows(self.net, versebench_resize(clip.video), VERSEBENCH_ITERS)
+            self.total += float(raft_pair_scores(flows).mean())
+            self.n += 1
+
+    def compute(self) -> Tensor:
+        self.require(self.n >= 1, "no clips scored")
+        return self.total / self.n
+
+
+@register_metric("motion_raft_versebench", group="video", description="Verse-Bench MS: mean |RAFT flow|")
+def build_motion_raft(ctx: BuildContext) -> ClipMetric:
+    return MotionRaftVerseBench(ctx.load("raft", "the RAFT weights (raft-things.pth)",
+                                         lambda path: load_raft(path).to(ctx.device)))
