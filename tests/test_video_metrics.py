@@ -242,3 +242,42 @@ def test_motion_raft_versebench_through_registry_and_malicious_weights(tmp_path,
     suite = MetricSuite(MetricsConfig(metrics=["motion_raft_versebench"], checkpoints={"raft": str(path)}, tasks=["t2v"]))
     assert "metrics.checkpoints.raft" in suite.skipped["motion_raft_versebench"]
     assert not marker.exists()
+
+
+def test_aesthetic_v25_parity_with_the_package():
+    from benchmarks.parity import aesthetic_v25 as aesthetic_parity
+
+    result = aesthetic_parity.check()
+    assert result.passed, result
+
+
+def test_aesthetic_v25_versebench_through_registry_and_malicious_head(tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=56, patch_size=14)).eval()
+    tower.save_pretrained(tmp_path / "siglip")
+    head = aesthetic.AestheticV25Head(32).eval()
+    torch.save(head.state_dict(), tmp_path / "aesthetic_predictor_v2_5.pth")
+    checkpoints = {"siglip": str(tmp_path / "siglip"), "aesthetic_v25": str(tmp_path / "aesthetic_predictor_v2_5.pth")}
+    metric = REGISTRY["aesthetic_v25_versebench"].build(BuildContext.create(checkpoints))
+    g = torch.Generator().manual_seed(8)
+    clips = [MediaClip(video=torch.randint(0, 256, (n, 40, 60, 3), generator=g, dtype=torch.uint8), fps=8.0,
+                       audio=None, sample_rate=16000) for n in (3, 1)]
+    metric.update(clips)
+    with torch.no_grad():
+        per_clip = []
+        for clip in clips:  # every frame, 56 x 56 here (the tower's size), normalised pooled embedding
+            pooled = tower(pixel_values=aesthetic.siglip_inputs(clip.video, 56)).pooler_output
+            per_clip.append(float(head(F.normalize(pooled, dim=-1)).mean()) / 10)
+    assert float(metric.compute()) == pytest.approx(sum(per_clip) / 2, rel=1e-5)
+    marker = tmp_path / "ran"
+    state = head.state_dict()
+    state["extra"] = _Payload(str(marker))
+    torch.save(state, tmp_path / "aesthetic_predictor_v2_5.pth")
+    with pytest.raises(UnsafeFileError, match="aesthetic_predictor_v2_5.pth"):
+        aesthetic.load_aesthetic_v25_head(tmp_path / "aesthetic_predictor_v2_5.pth")
+    suite = MetricSuite(MetricsConfig(metrics=["aesthetic_v25_versebench"], checkpoints=checkpoints, tasks=["t2v"]))
+    assert "metrics.checkpoints.aesthetic_v25" in suite.skipped["aesthetic_v25_versebench"]
+    assert not marker.exists()
