@@ -9,7 +9,6 @@ from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable, M
 from klear_lightning.metrics import face, syncnet
 from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
 from klear_lightning.safe_pickle import UnsafeFileError
-from benchmarks.parity.seeded import seeded_fan_in_state_dict
 
 
 def test_lse_formula_on_hand_made_distances():
@@ -216,25 +215,26 @@ def _long_speaking_clip(frames: int) -> MediaClip:
 
 def test_lse_versebench_scores_scenes_and_drops_short_or_offset_clips(tmp_path, monkeypatch):
     monkeypatch.setattr(syncnet, "VERSEBENCH_MIN_SCENE_FRAMES", 8)  # 2 s scenes, shortened for CPU time
-    real = syncnet.lse_scores
-    offset = {"frames": 0}  # a random network's offset is arbitrary: set it
-    monkeypatch.setattr(syncnet, "lse_scores", lambda dists, vshift=15: (*real(dists)[:2], offset["frames"]))
-    net = syncnet.SyncNet().eval()
-    net.load_state_dict(seeded_fan_in_state_dict(net.state_dict(), 5))  # distinct distances per offset
+    # SyncNet itself is checked by the parity test; here a stand-in scores what the protocol feeds it
+    offset = {"frames": 0}
+
+    def fake_score(net, lips, audio):
+        return float(lips.mean()) + audio.shape[0] + float(audio.abs().sum()) * 1e-9, 0.0, offset["frames"]
+
+    monkeypatch.setattr(syncnet, "score_track", fake_score)
     path = tmp_path / "syncnet_v2.model"
-    torch.save(net.state_dict(), path)
+    torch.save(syncnet.SyncNet().state_dict(), path)
     metric = REGISTRY["lse_versebench"].build(BuildContext.create({"syncnet": str(path)}))
     clip, short = _long_speaking_clip(10), _long_speaking_clip(7)
     metric.update([clip, short])
     out = metric.compute()
     assert int(metric.n) == 1 and float(out["lse_versebench_dropped"]) == 1.0
-    # equal to scoring the one scene directly: crop scale 0.3, audio from its first to its last frame
+    # one scene of 10 frames: crop scale 0.3 with the frame's box, audio from its first to its last frame
     box = torch.tensor([12.0, 10.0, 52.0, 50.0]).expand(10, 4)
-    lips = syncnet.crop_faces(clip.video, box, scale=0.3)
-    conf, dist, _ = syncnet.score_track(syncnet.load_syncnet(path), lips, (clip.audio * 32768.0)[: 9 * 640])
-    assert float(out["lse_c_versebench"]) == pytest.approx(conf, rel=1e-4)
-    wide = syncnet.crop_faces(clip.video, box)  # syncnet_python's 0.4 crop sees another face crop
-    assert dist != pytest.approx(syncnet.score_track(net, wide, (clip.audio * 32768.0)[: 9 * 640])[1], rel=1e-3)
+    expected = fake_score(None, syncnet.crop_faces(clip.video, box, scale=0.3), (clip.audio * 32768.0)[: 9 * 640])[0]
+    assert float(out["lse_c_versebench"]) == pytest.approx(expected, rel=1e-9)
+    wide = fake_score(None, syncnet.crop_faces(clip.video, box, scale=0.4), (clip.audio * 32768.0)[: 9 * 640])[0]
+    assert wide != pytest.approx(expected, rel=1e-6)  # syncnet_python's 0.4 crop would be seen
     # a scene whose offset is 14 frames or more drops its clip; 13 does not
     offset["frames"] = -13
     kept = REGISTRY["lse_versebench"].build(BuildContext.create({"syncnet": str(path)}))
