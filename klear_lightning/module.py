@@ -291,7 +291,9 @@ class KlearModule(L.LightningModule):
         return self._eval_step(batch, batch_idx, "val")
 
     def test_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
-        return self._eval_step(batch, batch_idx, "test")
+        # `klear test` logs under the name of the partition it scores: `test/...`, or e.g. `ood/...`
+        # with `data.init_args.test_partition: ood`, so both can go into one MLflow run.
+        return self._eval_step(batch, batch_idx, getattr(self.trainer.datamodule, "test_partition", "test"))
 
     def predict_step(self, batch: AVBatch, batch_idx: int) -> list[MediaClip]:
         """`predict_task` sampled with `val_sampler` and decoded (write them with a prediction writer)."""

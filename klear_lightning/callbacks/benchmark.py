@@ -10,6 +10,8 @@ scored too, once (the subset is the same at every validation), and logged at eve
 `val/ground_truth/<key>`: the line the generated scores should climb towards. Test: the same over
 the test split (up to `metrics.test_clips_per_task`), logged as `test/...`, plus `report.json` and
 `report.md` in the trainer's log dir, also logged as MLflow artifacts when an MLFlowLogger is attached.
+Another test partition of the data module (`test_partition: ood`) is logged as `ood/...` with
+`report_ood.json` / `report_ood.md`.
 
 The LightningModule must provide `generate(batch, task, sampler) -> list[MediaClip]` and
 `reference_media(batch) -> list[MediaClip]` (KlearModule does).
@@ -75,7 +77,8 @@ class BenchmarkCallback(L.Callback):
         metrics: which metrics, extractor checkpoints, tasks and the cost bound (clips per task,
             sampling steps, seed).
         every_n_val_epochs: run on every n-th validation epoch (1 = every one).
-        report_stem: file stem of the test report (`<stem>.json`, `<stem>.md`).
+        report_stem: file stem of the test report (`<stem>.json`, `<stem>.md`; `<stem>_<partition>.*`
+            for a test partition other than `test`).
     """
 
     def __init__(self, metrics: MetricsConfig | None = None, every_n_val_epochs: int = 1, report_stem: str = "report") -> None:
@@ -166,8 +169,11 @@ class BenchmarkCallback(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._kept:
             raise RuntimeError("BenchmarkCallback: the test split yielded no batches to score")
-        suite = self._evaluate(pl_module, "test", self.cfg.ground_truth)
+        # Named after the partition scored, as the module's test losses: `test/...`, `ood/...`.
+        partition = getattr(trainer.datamodule, "test_partition", "test")
+        suite = self._evaluate(pl_module, partition, self.cfg.ground_truth)
         context = {
+            "partition": partition,
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else "(in-memory weights)",
             "global_step": max(trainer.global_step, self._checkpoint_step or 0),
             "sampling_steps": self.cfg.sampling_steps,
@@ -177,7 +183,8 @@ class BenchmarkCallback(L.Callback):
         self.last_report = build_report(suite, context)
         if trainer.is_global_zero:
             directory = Path(trainer.log_dir or trainer.default_root_dir)
-            paths = write_report(self.last_report, directory, self.report_stem)
+            stem = self.report_stem if partition == "test" else f"{self.report_stem}_{partition}"
+            paths = write_report(self.last_report, directory, stem)
             for logger in trainer.loggers:
                 if isinstance(logger, MLFlowLogger):
                     for path in paths:
