@@ -1,7 +1,7 @@
 """The `klear` command: LightningCLI (fit / validate / test / predict) plus project subcommands.
 
 Project subcommands (dispatched before LightningCLI): `summary`, `syncworld`, `prepare`,
-`cache`, `generate`, `compare`. Each is a typed function exposed through jsonargparse, so `--help`
+`cache`, `generate`, `compare`, `sweep`. Each is a typed function exposed through jsonargparse, so `--help`
 lists its arguments.
 """
 
@@ -27,7 +27,7 @@ from klear_lightning.logging import KlearMLFlowLogger, RunIdInCheckpoint, flatte
 from klear_lightning.module import KlearModule, load_model_weights
 from klear_lightning.sequence import ClipSpec, SequenceSpec
 
-PROJECT_COMMANDS = ("summary", "syncworld", "prepare", "cache", "generate", "compare")
+PROJECT_COMMANDS = ("summary", "syncworld", "prepare", "cache", "generate", "compare", "sweep")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -56,7 +56,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class MLflowConfigLogger(SaveConfigCallback):
-    """Logs the resolved config to MLflow: params (flattened), tags (stage, ablation), the yaml as artifact."""
+    """Logs the resolved config to MLflow: params (flattened), tags (stage, ablation), the yaml as artifact.
+
+    Once per run, when it starts: a run continued later (`--ckpt_path` resume, or `klear test` into
+    it with `--trainer.logger.init_args.run_id`) keeps the config it was trained with."""
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if self.already_saved:
@@ -67,7 +70,7 @@ class MLflowConfigLogger(SaveConfigCallback):
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         for logger in trainer.loggers:
-            if not isinstance(logger, KlearMLFlowLogger):
+            if not isinstance(logger, KlearMLFlowLogger) or logger.experiment.get_run(logger.run_id).data.params:
                 continue
             cfg = self.config.as_dict()
             params = flatten_config({k: v for k, v in cfg.items() if k not in ("config", "ckpt_path")})
@@ -110,8 +113,8 @@ def bootstrap_syncworld(config: Namespace) -> None:
     """Generate SyncWorld into the data root when asked (`syncworld_clips_per_split` > 0) and absent
     (single-process runs such as the demo; multi-process runs should run `klear syncworld` first):
     the splits the data config names, at its clip's duration, fps, sample rate and (square clips)
-    size; then cache latents and caption embeddings for train / val / test with its codecs, so
-    training reads the cached path."""
+    size; then cache latents and caption embeddings for train / val / test / ood with its codecs, so
+    training and testing read the cached path."""
     clips = config.get("syncworld_clips_per_split") or 0
     root = config.get("data.init_args.root")
     if clips <= 0 or root is None or (Path(root) / "train").is_dir():
@@ -130,7 +133,7 @@ def bootstrap_syncworld(config: Namespace) -> None:
                        duration=clip.duration, fps=int(clip.fps), sample_rate=clip.sample_rate, **size)
     print(f"caching latents and caption embeddings in {root}", flush=True)
     cache_latents(
-        Path(root), splits, partitions=["train", "val", "test"], clip=clip,
+        Path(root), splits, partitions=["train", "val", "test", "ood"], clip=clip,
         resolutions=[tuple(r) for r in config.get("data.init_args.resolutions") or []],
         video_codec=_init_value(config, "video_codec", VideoCodecConfig),
         audio_codec=_init_value(config, "audio_codec", AudioCodecConfig),
@@ -289,6 +292,10 @@ def _project_command(name: str) -> Any:
         from klear_lightning.generate import generate
 
         return generate
+    if name == "sweep":
+        from klear_lightning.sweep import sweep
+
+        return sweep
     from klear_lightning.compare import compare
 
     return compare
@@ -309,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
         result = run_function(args[0], _project_command(args[0]), args[1:])
         if args[0] == "cache":
             print(json.dumps(asdict(result), indent=1))
+        if args[0] == "sweep" and result.failed:
+            sys.exit(1)
         return
     cli_main(argv)
 

@@ -1,0 +1,171 @@
+"""`klear sweep` through the real command on a tiny config: the sweep is SIGKILLed mid-run and rerun
+(with an arm added, two runs at a time): the finished run is not repeated, the killed fit resumes
+from its checkpoint in the same MLflow run, a failing arm is reported with its log and does not
+stop the others, and each run's test and ood scores land in its MLflow run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from klear_lightning.cli import main
+from klear_lightning.data.cache import cache_latents
+from klear_lightning.data.syncworld import generate_syncworld
+from klear_lightning.logging import sqlite_uri
+from klear_lightning.sequence import ClipSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000)
+STEPS = 4  # checkpoints at steps 2 and 4; the kill comes at the end of step 3
+
+
+class KillSweepOnce(L.Callback):
+    """SIGKILLs its whole process group (the sweep and every run it started) at the end of step
+    `step` of the run with model seed `seed`, once (a marker file remembers)."""
+
+    def __init__(self, seed: int, step: int, marker: str) -> None:
+        self.seed, self.step, self.marker = seed, step, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.seed == self.seed and trainer.global_step == self.step and not self.marker.exists():
+            self.marker.touch()
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def syncworld(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("syncworld")
+    generate_syncworld(root, clips_per_split=8, splits=["sound"], duration=CLIP.duration, size=CLIP.height)
+    cache_latents(root, ["sound"], partitions=["train", "val", "test", "ood"], clip=CLIP, workers=1)
+    return root
+
+
+def _base(tmp: Path, data_root: Path) -> Path:
+    cfg = {
+        "seed_everything": 0,
+        "stage": "tiny",
+        "ablation": "baseline",
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "limit_val_batches": 0, "log_every_n_steps": 1,
+            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp / "elsewhere"),
+            "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger",
+                       "init_args": {"run_dir": str(tmp / "elsewhere"), "experiment_name": "tiny"}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(tmp / "elsewhere"), "every_n_train_steps": 2}},
+                {"class_path": "test_sweep.KillSweepOnce",
+                 "init_args": {"seed": 1, "step": 3, "marker": str(tmp / "killed")}},
+                {"class_path": "klear_lightning.callbacks.benchmark.BenchmarkCallback",
+                 "init_args": {"metrics": {"metrics": ["colour_syncworld"], "tasks": ["t2av"], "sampling_steps": 2,
+                                           "ground_truth": False}}},
+            ],
+        },
+        "model": {"model": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "reference"},
+                  "task_weights": {"t2av": 1.0}, "optim": {"lr": 1e-3, "warmup_steps": 1}, "seed": 0},
+        "data": {"class_path": "klear_lightning.data.AVDataModule", "init_args": {
+            "root": str(data_root), "train_splits": {"sound": 1.0}, "clip": dict(vars(CLIP)), "batch_size": 2,
+            "num_workers": 0, "epoch_samples": 8, "seed": 0}},
+    }
+    path = tmp / "base.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _overlay(tmp: Path, name: str, body: dict) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"ablation": name, **body}))
+    return path
+
+
+def _sweep(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false")
+    return subprocess.run([sys.executable, "-m", "klear_lightning.cli", "sweep", *args], env=env, capture_output=True,
+                          text=True, timeout=900, start_new_session=True)  # its own process group: the kill stays there
+
+
+def _headers(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith("# ")] if log.exists() else []
+
+
+@pytest.mark.slow
+def test_sweep_killed_and_rerun(tmp_path, syncworld):
+    base = _base(tmp_path, syncworld)
+    out = tmp_path / "study"
+    args = ["--config", str(base), "--seeds", "[0, 1]", "--run_dir", str(out)]
+    runs = {(arm, seed): out / "runs" / arm / f"seed_{seed}" for arm in ("baseline", "broken") for seed in (0, 1)}
+
+    # one run at a time: seed 0 finishes, seed 1 is killed with the sweep at the end of its step 3
+    first = _sweep(args)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr[-3000:]
+    assert yaml.safe_load((runs[("baseline", 0)] / "state.json").read_text())["done"] == ["fit", "test", "ood"]
+    assert yaml.safe_load((runs[("baseline", 1)] / "state.json").read_text())["done"] == []
+    assert (runs[("baseline", 1)] / "checkpoints" / "last.ckpt").exists()
+
+    # rerun, two at a time, with an arm added: dim 32 is not divisible by 5 heads, so its runs parse,
+    # then fail when they build the model
+    broken = _overlay(tmp_path, "broken", {"model": {"model": {"heads": 5}}})
+    second = _sweep(args + ["--overlays", f"[{broken}]", "--parallel", "2"])
+    assert second.returncode == 1, second.stdout + second.stderr[-3000:]
+    lines = second.stdout.splitlines()
+    assert "4 runs, 1 done, 3 to run, 2 at a time" in lines[0], lines[0]
+    assert any("start baseline seed 1 (resuming from step 2)" in line for line in lines)
+    assert any(re.search(r"\[2/4 done, [02] left\] baseline seed 1: done in ", line) for line in lines), second.stdout
+    for seed in (0, 1):
+        log = runs[("broken", seed)] / "fit.log"
+        assert any(f"FAILED broken seed {seed}: fit exited with 1: {log}" in line for line in lines)
+        assert "is not divisible by model.heads = 5" in log.read_text()
+    assert "sweep study: 2 of 4 runs done, 2 failed:" in second.stdout
+    assert f"klear compare --run_dir {out} --sweep study --baseline baseline" in lines[-1]
+
+    # the finished run was not repeated; the killed fit ran twice, the second time from its checkpoint
+    for phase in ("fit", "test", "ood"):
+        assert len(_headers(runs[("baseline", 0)] / f"{phase}.log")) == 1, phase
+    fit = _headers(runs[("baseline", 1)] / "fit.log")
+    assert len(fit) == 2 and "--ckpt_path" not in fit[0] and "--ckpt_path" in fit[1]
+
+    client = MlflowClient(sqlite_uri(out))
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.sweep = 'study'")
+    by_key = {(r.data.tags["ablation"], int(r.data.tags["seed"])): r for r in found}
+    assert len(by_key) == len(found) == 4, "one MLflow run per arm and seed"
+    first_losses = {}
+    for seed in (0, 1):
+        run = by_key[("baseline", seed)]
+        assert run.info.status == "FINISHED" and run.data.tags["stage"] == "tiny"
+        assert run.data.params["model.seed"] == run.data.params["data.init_args.seed"] == str(seed)
+        assert run.data.params["seed_everything"] == str(seed)
+        for prefix in ("test", "ood"):
+            assert f"{prefix}/loss" in run.data.metrics and f"{prefix}/t2av/colour_acc_syncworld_n" in run.data.metrics
+        assert run.data.metrics["test/loss"] != run.data.metrics["ood/loss"]
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert {m.step for m in history} == set(range(STEPS))
+        first_losses[seed] = [m.value for m in history if m.step == 0][0]
+        assert (runs[("baseline", seed)] / "report_ood.md").exists()
+    assert first_losses[0] != first_losses[1], "the seed reaches training"
+
+
+def test_arms_need_distinct_names_before_anything_runs(tmp_path, syncworld):
+    base = _base(tmp_path, syncworld)
+    same = _overlay(tmp_path, "baseline", {"model": {"optim": {"lr": 1e-2}}})
+    with pytest.raises(ValueError, match="ablation 'baseline' names two arms"):
+        main(["sweep", "--config", str(base), "--overlays", f"[{same}]", "--run_dir", str(tmp_path / "s")])
+    assert not (tmp_path / "s" / "runs").exists()
+    with pytest.raises(ValueError, match="each item must be one '--key=value'"):
+        main(["sweep", "--config", str(base), "--overrides", "[--trainer.max_steps, '3']", "--run_dir", str(tmp_path / "s")])
+
+
+def test_a_run_started_with_another_config_is_not_mixed(tmp_path, syncworld):
+    base = _base(tmp_path, syncworld)
+    folder = tmp_path / "s" / "runs" / "baseline" / "seed_0"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("seed_everything: 0\n")
+    with pytest.raises(ValueError, match="this run was started with a different config"):
+        main(["sweep", "--config", str(base), "--run_dir", str(tmp_path / "s")])
