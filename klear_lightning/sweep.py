@@ -333,7 +333,8 @@ def sweep(
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
     if bad:
         raise ValueError(f"--overrides: each item must be one '--key=value', got {bad}")
-    run_dir = Path(run_dir).resolve()
+    shown = Path(run_dir)  # as given (relative stays relative in the printed compare command)
+    run_dir = shown.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     name = name or run_dir.name
     if not NAME.match(name):
@@ -385,8 +386,8 @@ def sweep(
     if failed:
         engine.say("rerun the same command to retry the failed runs")
     metrics = ", ".join(f"{p}/loss" for p in partitions) or "val/loss"
-    engine.say(f"compare the arms: klear compare --run_dir {run_dir} --sweep {name} "
+    engine.say(f"compare the arms: klear compare --run_dir {shown} --sweep {name} "
                f"--baseline {names[0] if baseline else '<arm>'} --metrics '[{metrics}]' [--claims claims.yaml] "
-               f"--out {run_dir}/compare")
+               f"--out {shown / 'compare'}")
     os.close(lock)
     return SweepResult(len(runs), failed)
