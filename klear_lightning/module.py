@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -24,8 +25,10 @@ from torch.distributed.fsdp import FSDPModule
 from klear_lightning.config_checks import check_model_matches_data
 from klear_lightning.flow import FlowMatching, FlowSample, LossTerms, TimestepSampler, drop_captions, flow_loss
 from klear_lightning.media import MediaClip
-from klear_lightning.models import ModelConfig, build_model
+from klear_lightning.models import ModelConfig, build_model, materialize
+from klear_lightning.models.layers import write_full
 from klear_lightning.parallelize import ParallelConfig, parallelize
+from klear_lightning.safe_pickle import SafeFileSystemReader, load_dcp_metadata
 from klear_lightning.sampling import SamplerConfig, sample
 from klear_lightning.streams import AVBatch
 from klear_lightning.tasks import PAPER_TASKS, Role, TaskBatch, TaskSampler, get_task
@@ -156,15 +159,21 @@ class KlearModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = build_model(self.model_config)
-        if self.init_from:
-            load_model_weights(self.init_from, self.model)
+        strategy = self._trainer.strategy if self._trainer else None
+        sharded = isinstance(strategy, ModelParallelStrategy)
+        # Under FSDP2 the model is built on the meta device, parallelized, then materialised shard by
+        # shard (torchtitan's order): no rank ever holds the whole model.
+        with torch.device("meta") if sharded else nullcontext():
+            self.model = build_model(self.model_config)
         if self.caption_dropout == 0:
             # Only caption dropout trains the null captions; without it they would get no gradient.
             self.model.null_video_text.requires_grad_(False)
             self.model.null_audio_text.requires_grad_(False)
-        if isinstance(self._trainer.strategy if self._trainer else None, ModelParallelStrategy):
+        if sharded:
             parallelize(self.model, self.parallel, self.device_mesh)
+            materialize(self.model, strategy.root_device)
+        if self.init_from:
+            load_model_weights(self.init_from, self.model)
 
     def _unshard_root(self) -> None:
         """Under FSDP2, gather the root's parameters before the null captions are used outside the
@@ -434,17 +443,20 @@ def _denorm(x: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
 
 def load_model_weights(path: str | Path, model: torch.nn.Module, what: str = "model.init_from") -> None:
     """Load the denoiser's weights (keys under `model.`) from a Lightning `.ckpt` file (read with
-    weights_only) or from a sharded FSDP2 checkpoint folder (torch.distributed.checkpoint) into the
-    not yet parallelized `model`. `what` names the setting in errors."""
+    weights_only) or from a sharded FSDP2 checkpoint folder (torch.distributed.checkpoint, its
+    metadata read with an allow-list) into `model`, whole or sharded (FSDP2). A sharded model never
+    holds a whole copy: the folder's shards load straight into each rank's parts, and a file is
+    memory-mapped with each rank copying only its part. `what` names the setting in errors."""
     path = Path(path)
+    targets = model.state_dict()
     if path.is_dir():
         import torch.distributed.checkpoint as dcp
 
         if not (path / ".metadata").is_file():
             raise FileNotFoundError(f"{what}: {path} is not a sharded checkpoint (no .metadata)")
-        state = {f"model.{k}": v for k, v in model.state_dict().items()}
-        dcp.load({"state_dict": state}, checkpoint_id=path)
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+        load_dcp_metadata(path)  # refuses a planted metadata with a clear error before torch reads it
+        state = {f"model.{k}": v for k, v in targets.items()}
+        dcp.load({"state_dict": state}, storage_reader=SafeFileSystemReader(path))  # in place
         return
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no checkpoint at {path}")
@@ -453,4 +465,11 @@ def load_model_weights(path: str | Path, model: torch.nn.Module, what: str = "mo
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     if not weights:
         raise ValueError(f"{what}: {path} holds no `model.*` weights")
-    model.load_state_dict(weights)
+    missing, unexpected = sorted(targets.keys() - weights.keys()), sorted(weights.keys() - targets.keys())
+    if missing or unexpected:
+        raise ValueError(f"{what}: {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, target in targets.items():
+        try:
+            write_full(target, weights[name])
+        except ValueError as e:
+            raise ValueError(f"{what}: {path}: model.{name}: {e}") from None

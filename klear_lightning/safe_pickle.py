@@ -10,7 +10,8 @@ else with an `UnsafeFileError` naming the file and the refused global:
   OmegaConf config beside the weights) is rebuilt as an inert `Opaque` record holding the state it
   was given, so the weights load and none of that class's code runs.
 - `load_plain_pickle`: a plain pickle stream (not a torch zip file), e.g. the `.metadata` of a
-  `torch.distributed.checkpoint` folder.
+  `torch.distributed.checkpoint` folder; `load_dcp_metadata` and `SafeFileSystemReader` read such
+  folders with the metadata's allow-list.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import filesystem as dcp_filesystem
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 
 class UnsafeFileError(ValueError):
@@ -102,11 +107,15 @@ class _AllowListUnpickler(pickle.Unpickler):
 
 def load_plain_pickle(path: str | Path, allowed: Iterable[Any]) -> Any:
     """Unpickle a plain pickle file allowing only the given globals (objects whose
-    `module.qualname` may appear in the file). Anything else raises `UnsafeFileError`."""
+    `module.qualname` may appear in the file, or `(object, "module.qualname")` pairs for objects
+    without one, e.g. `(torch.float32, "torch.float32")`). Anything else raises `UnsafeFileError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    table = {f"{obj.__module__}.{obj.__qualname__}": obj for obj in allowed}
+    table = dict(
+        (entry[1], entry[0]) if isinstance(entry, tuple) else (f"{entry.__module__}.{entry.__qualname__}", entry)
+        for entry in allowed
+    )
     with open(path, "rb") as f:
         try:
             return _AllowListUnpickler(f, table, path).load()
@@ -114,3 +123,43 @@ def load_plain_pickle(path: str | Path, allowed: Iterable[Any]) -> Any:
             raise
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as e:
             raise UnsafeFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def _dcp_metadata_globals() -> list[Any]:
+    """What the `.metadata` pickle of a `torch.distributed.checkpoint` folder written by the
+    filesystem writer refers to: the metadata records, tensor properties (dtypes, layouts, memory
+    formats, sizes) and the checkpoint's path. None of them runs code beyond building a record."""
+    dtypes = [(d, f"torch.{name}") for name, d in vars(torch).items() if isinstance(d, torch.dtype)]
+    return [
+        Metadata, dcp_metadata.TensorStorageMetadata, dcp_metadata.BytesStorageMetadata,
+        dcp_metadata.ChunkStorageMetadata, dcp_metadata.TensorProperties, dcp_metadata.MetadataIndex,
+        StorageMeta, dcp_metadata._MEM_FORMAT_ENCODING, dcp_filesystem._StorageInfo,
+        torch.Size, torch.serialization._get_layout, Path, type(Path()), *dtypes,
+    ]
+
+
+def load_dcp_metadata(folder: str | Path) -> Any:
+    """The `Metadata` of a sharded checkpoint folder (`torch.distributed.checkpoint`), read with
+    the allow-list above: a planted `.metadata` that names anything else is refused, unrun."""
+    path = Path(folder) / ".metadata"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: not a sharded checkpoint folder (no .metadata)")
+    metadata = load_plain_pickle(path, _dcp_metadata_globals())
+    if not isinstance(metadata, Metadata):
+        raise UnsafeFileError(f"{path}: holds a {type(metadata).__name__}, not a checkpoint's Metadata")
+    return metadata
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """A `torch.distributed.checkpoint` reader for a sharded checkpoint folder whose metadata goes
+    through `load_dcp_metadata` (the tensor and byte entries it then reads are loaded by torch with
+    weights_only). Use it wherever a folder from outside is loaded: `dcp.load(..., storage_reader=)`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        if kwargs.get("rank") is not None:
+            raise UnsafeFileError(f"{self.path}: per-rank metadata files are not supported")
+        metadata = load_dcp_metadata(self.path)
+        if metadata.storage_meta is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata

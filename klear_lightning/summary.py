@@ -7,9 +7,27 @@ estimated for one sample with every stream present (T2AV, no padding):
   shared by the sample's frames, the paper's setting);
 - forward attention = 4 * n_q * n_k * dim per attention call (QK^T and AV);
 - training = 3 * forward (backward is twice the forward), i.e. 6 * matmul params * tokens + attention.
+
+Memory per rank under FSDP2 (`world_size` ranks, rank 0 holds the largest shards): the sharded
+parameters (fp32 master weights), their gradients (fp32), AdamW's state (exp_avg and exp_avg_sq in
+fp32 plus a 4-byte step per tensor) and the EMA shadow (fp32) are exact byte counts of the tensors
+FSDP2 keeps per rank (dim-0 chunks of ceil(rows / world_size)). Two parts are estimates until
+measured on a GPU:
+- gathered parameters in the compute dtype: the root (embeddings, final layers, null captions) and
+  the last block stay gathered from forward to backward, two blocks are in flight (the current and
+  the prefetched one), and one block's unsharded gradient exists in the compute dtype and in fp32
+  for the reduce-scatter;
+- activations in the compute dtype: per token and block, a joint block keeps about
+  `14 * dim + 2 * mlp_dim` values for backward (block input, norms and modulations, fused QKV,
+  normalised and rotated Q and K, attention output, projection, MLP hidden before and after GELU);
+  with activation checkpointing only each block's input (`dim` values per token) is kept and one
+  block is recomputed at a time. Embeddings, output heads and attention kernels' workspace are left out.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -102,13 +120,102 @@ def _stream_params(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def summarize(model_cfg: ModelConfig, seq: SequenceSpec, text_tokens: int = 128) -> str:
-    """A printable report; the last line is exactly `parameters: <integer>`."""
+GIB = 1024**3
+
+
+def shard_numel(shape: torch.Size, world_size: int, rank: int) -> int:
+    """Elements of a parameter of `shape` that FSDP2 keeps on `rank` (dim-0 chunks of ceil(n / world_size))."""
+    rows = shape[0] if len(shape) else 1
+    chunk = math.ceil(rows / world_size)
+    kept = max(0, min(chunk, rows - rank * chunk))
+    return kept * math.prod(shape[1:])
+
+
+def sharded_bytes(model: nn.Module, world_size: int, rank: int = 0) -> dict[str, int]:
+    """Exact bytes `rank` holds for the model's sharded parameters (in their own dtype, the fp32
+    master weights), the gradients of the trainable ones (same dtype) and AdamW's state of those
+    (exp_avg and exp_avg_sq like the parameter, plus a 4-byte fp32 `step` per tensor)."""
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+
+    def local(p: nn.Parameter) -> int:
+        return shard_numel(p.shape, world_size, rank) * p.element_size()
+
+    return {
+        "parameters": sum(local(p) for p in params),
+        "gradients": sum(local(p) for p in trainable),
+        "optimizer": sum(2 * local(p) + 4 for p in trainable),
+    }
+
+
+@dataclass(frozen=True)
+class TrainingLayout:
+    """What sets the memory of a training run besides the model: ranks, batch, FSDP2 settings."""
+
+    world_size: int = 1
+    batch_size: int = 1
+    param_dtype: str = "bfloat16"
+    activation_checkpointing: bool = True
+    ema: bool = True
+
+
+def memory_per_rank(model: nn.Module, tokens: dict[str, int], layout: TrainingLayout) -> dict[str, float]:
+    """Bytes per rank (see the module docstring): the exact sharded parts of rank 0, the gathered
+    parameters and the activations with and without checkpointing (estimates), and `peak`, their
+    sum for the layout's checkpointing setting."""
+    cfg: ModelConfig = model.config
+    exact = sharded_bytes(model, layout.world_size)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ema = sum(shard_numel(p.shape, layout.world_size, 0) * 4 for p in trainable) if layout.ema else 0
+    compute = torch.finfo(getattr(torch, layout.param_dtype)).bits // 8
+    blocks = list(model.blocks)
+    block = max(_params(b) for b in blocks)
+    root = _params(model) - sum(_params(b) for b in blocks)
+    gathered = compute * (root + _params(blocks[-1]) + 2 * block) + (compute + 4) * block
+    n = sum(tokens.values()) * layout.batch_size
+    per_block = (14 * cfg.dim + 2 * cfg.mlp_dim) * n * compute
+    full = len(blocks) * per_block
+    checkpointed = len(blocks) * cfg.dim * n * compute + per_block
+    activations = checkpointed if layout.activation_checkpointing else full
+    parts = {**exact, "ema": ema, "gathered": gathered, "activations_checkpointed": checkpointed,
+             "activations_full": full}
+    parts["peak"] = sum(exact.values()) + ema + gathered + activations
+    return parts
+
+
+def memory_lines(model: nn.Module, tokens: dict[str, int], layout: TrainingLayout) -> list[str]:
+    m = {k: v / GIB for k, v in memory_per_rank(model, tokens, layout).items()}
+    ac = "with" if layout.activation_checkpointing else "without"
+    return [
+        f"memory per rank (GiB; FSDP2 over {layout.world_size} ranks, batch {layout.batch_size} x "
+        f"{sum(tokens.values()):,} tokens, {layout.param_dtype} compute; exact for sharded tensors, estimates marked ~):",
+        f"  parameters (fp32 master shards)               {m['parameters']:>10.2f}",
+        f"  gradients (fp32 shards)                       {m['gradients']:>10.2f}",
+        f"  optimizer (AdamW exp_avg + exp_avg_sq fp32)   {m['optimizer']:>10.2f}",
+        f"  ema shadow (fp32 shards)                      {m['ema']:>10.2f}",
+        f"  ~gathered parameters and block gradient       {m['gathered']:>10.2f}",
+        f"  ~activations with checkpointing               {m['activations_checkpointed']:>10.2f}",
+        f"  ~activations without checkpointing            {m['activations_full']:>10.2f}",
+        f"peak_memory_per_rank_gib: {m['peak']:.2f}   (estimate, {ac} activation checkpointing as configured)",
+    ]
+
+
+def summarize(
+    model_cfg: ModelConfig, seq: SequenceSpec, text_tokens: int = 128, layout: TrainingLayout | None = None,
+    trainable_null_captions: bool = True,
+) -> str:
+    """A printable report; the last line is exactly `parameters: <integer>`, the one before it
+    `peak_memory_per_rank_gib: <GiB> ...` (memory per rank for `layout`, one rank by default).
+    `trainable_null_captions` False: the null captions are frozen (no caption dropout)."""
+    layout = layout or TrainingLayout()
     check_compatible(model_cfg, seq)
     if text_tokens <= 0:
         raise ValueError(f"text_tokens must be > 0, got {text_tokens}")
     with torch.device("meta"):
         model = build_model(model_cfg)
+    if not trainable_null_captions:
+        model.null_video_text.requires_grad_(False)
+        model.null_audio_text.requires_grad_(False)
     total = _params(model)
     cfg = model_cfg
     t, (h, w) = seq.video_latent_frames, seq.video_latent_hw
@@ -139,6 +246,7 @@ def summarize(model_cfg: ModelConfig, seq: SequenceSpec, text_tokens: int = 128)
         f"  matmul      {flops['matmul']:.4g}",
         f"  attention   {flops['attention']:.4g}",
         f"  total       {flops['total']:.4g}",
-        f"parameters: {total}",
     ]
+    lines += memory_lines(model, tokens, layout)
+    lines.append(f"parameters: {total}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from klear_lightning.models.attention import AttentionBackend, AttentionPlan, plan_attention
 from klear_lightning.models.config import ModelConfig
-from klear_lightning.models.layers import QKNorm, Rows, StreamLayer, joint_qkv
+from klear_lightning.models.layers import QKNorm, Rows, StreamLayer, init_param, joint_qkv
 from klear_lightning.models.mmdit import Denoiser, JointAttention, joint_attention, layer_key, query_streams, stream_layers
 from klear_lightning.models.rope import apply_rope
 from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
@@ -97,8 +97,8 @@ class DualTower(Denoiser):
         super().reset_parameters()
         for block in self.blocks:
             for cross in block.cross.values():
-                nn.init.zeros_(cross.proj.weight)
-                nn.init.zeros_(cross.proj.bias)
+                init_param(cross.proj.weight, nn.init.zeros_)
+                init_param(cross.proj.bias, nn.init.zeros_)
 
     def forward(self, inputs: ModelInputs, isolate_modalities: bool = False) -> ModelOutputs:
         tokens = self.embed(inputs, packed=not self.backend.dense, isolate_modalities=isolate_modalities)

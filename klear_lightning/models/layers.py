@@ -10,12 +10,16 @@ row has the same run of consecutive tokens, else per-token copies (G = n).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from klear_lightning.models.rope import apply_rope
 
@@ -218,21 +222,48 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale_plus_one))
 
 
+def write_full(param: Tensor, full: Tensor) -> None:
+    """Write `full` (the parameter's whole value, on any device) into `param`: all of it, or only
+    this rank's part when `param` is sharded (a DTensor, e.g. under FSDP2). Only that part is
+    copied to `param`'s device, so a sharded model never holds another rank's part."""
+    if tuple(full.shape) != tuple(param.shape):
+        raise ValueError(f"shape {tuple(full.shape)} does not match the parameter's {tuple(param.shape)}")
+    with torch.no_grad():
+        if isinstance(param, DTensor):
+            shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+            part = full[tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))]
+            param.to_local().copy_(part)
+        else:
+            param.copy_(full)
+
+
+def init_param(param: Tensor, init: Callable[[Tensor], object]) -> None:
+    """Run `init` (an in-place `nn.init` function) on a CPU tensor shaped like the whole parameter
+    and write the result into `param` (see `write_full`): the same numbers from the same random
+    state whether `param` is whole, sharded, on CPU or on a GPU."""
+    full = torch.empty(param.shape, dtype=param.dtype)
+    init(full)
+    write_full(param, full)
+
+
 def init_weights(module: nn.Module) -> None:
-    """DiT initialisation: Xavier linears, zero biases, zero adaLN and final projections."""
+    """DiT initialisation: Xavier linears, zero biases, zero adaLN and final projections, unit
+    QK-norm gains. Works on whole or sharded parameters (one whole parameter at a time on CPU)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
+            init_param(m.weight, nn.init.xavier_uniform_)
             if m.bias is not None:
-                nn.init.zeros_(m.bias)
+                init_param(m.bias, nn.init.zeros_)
+        if isinstance(m, nn.RMSNorm) and m.weight is not None:
+            init_param(m.weight, nn.init.ones_)
     for m in module.modules():
         if isinstance(m, (TimestepEmbedding, PooledText)):
             for lin in m.mlp:
                 if isinstance(lin, nn.Linear):
-                    nn.init.normal_(lin.weight, std=0.02)
+                    init_param(lin.weight, partial(nn.init.normal_, std=0.02))
         if isinstance(m, (StreamLayer, FinalLayer)):
-            nn.init.zeros_(m.ada.weight)
-            nn.init.zeros_(m.ada.bias)
+            init_param(m.ada.weight, nn.init.zeros_)
+            init_param(m.ada.bias, nn.init.zeros_)
         if isinstance(m, FinalLayer):
-            nn.init.zeros_(m.linear.weight)
-            nn.init.zeros_(m.linear.bias)
+            init_param(m.linear.weight, nn.init.zeros_)
+            init_param(m.linear.bias, nn.init.zeros_)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from klear_lightning.models.attention import AttentionBackend, AttentionPlan, make_backend, plan_attention
 from klear_lightning.models.config import ModelConfig
 from klear_lightning.models.embed import STREAM_GROUP, OutputHeads, StreamEmbedder, StreamTokens
-from klear_lightning.models.layers import Rows, StreamLayer, init_weights, joint_qkv
+from klear_lightning.models.layers import Rows, StreamLayer, init_param, init_weights, joint_qkv
 from klear_lightning.streams import GENERATED_STREAMS, STREAMS, TEXT_STREAMS, ModelInputs, ModelOutputs
 
 
@@ -99,8 +100,8 @@ class Denoiser(nn.Module):
 
     def reset_parameters(self) -> None:
         init_weights(self)
-        nn.init.normal_(self.null_video_text, std=0.02)
-        nn.init.normal_(self.null_audio_text, std=0.02)
+        init_param(self.null_video_text, partial(nn.init.normal_, std=0.02))
+        init_param(self.null_audio_text, partial(nn.init.normal_, std=0.02))
 
 
 class MMDiT(Denoiser):
