@@ -25,6 +25,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from klear_lightning.config_checks import check_config
 from klear_lightning.logging import KlearMLFlowLogger, RunIdInCheckpoint, flatten_config, run_id_from_checkpoint
 from klear_lightning.module import KlearModule, load_model_weights
+from klear_lightning.safe_pickle import load_dcp_metadata
 from klear_lightning.sequence import ClipSpec, SequenceSpec
 
 PROJECT_COMMANDS = ("summary", "syncworld", "prepare", "cache", "generate", "compare", "sweep")
@@ -174,6 +175,27 @@ class KlearCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def _check_sharded_checkpoint(self) -> None:
+        """Lightning reads a sharded (FSDP2) checkpoint folder's `.metadata` with plain pickle: read
+        it first with the allow-list, so a planted one is refused before anything of it runs."""
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt is not None and ckpt != "last" and Path(ckpt).is_dir():
+            load_dcp_metadata(ckpt)
+        if ckpt == "last":
+            cb = self.trainer.checkpoint_callback
+            last = cb and cb.dirpath and Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+            if last and Path(last).is_dir():
+                load_dcp_metadata(last)
+
+    def before_validate(self) -> None:
+        self._check_sharded_checkpoint()
+
+    def before_test(self) -> None:
+        self._check_sharded_checkpoint()
+
+    def before_predict(self) -> None:
+        self._check_sharded_checkpoint()
+
     def _resume_mlflow_run(self) -> None:
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt is None:
@@ -191,6 +213,7 @@ class KlearCLI(LightningCLI):
                 logger.continue_run(run_id)
 
     def before_fit(self) -> None:
+        self._check_sharded_checkpoint()
         self._resume_mlflow_run()
 
 

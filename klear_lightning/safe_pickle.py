@@ -138,12 +138,13 @@ def _dcp_metadata_globals() -> list[Any]:
     ]
 
 
-def load_dcp_metadata(folder: str | Path) -> Any:
-    """The `Metadata` of a sharded checkpoint folder (`torch.distributed.checkpoint`), read with
-    the allow-list above: a planted `.metadata` that names anything else is refused, unrun."""
-    path = Path(folder) / ".metadata"
+def load_dcp_metadata(folder: str | Path, name: str = ".metadata") -> Metadata:
+    """The `Metadata` of a sharded checkpoint folder (`torch.distributed.checkpoint`; `name` is its
+    `.metadata` file or a per-rank `__<rank>.metadata`), read with the allow-list above: a planted
+    file that names anything else is refused, unrun."""
+    path = Path(folder) / name
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: not a sharded checkpoint folder (no .metadata)")
+        raise FileNotFoundError(f"{folder}: not a sharded checkpoint folder (no {name})")
     metadata = load_plain_pickle(path, _dcp_metadata_globals())
     if not isinstance(metadata, Metadata):
         raise UnsafeFileError(f"{path}: holds a {type(metadata).__name__}, not a checkpoint's Metadata")
@@ -156,9 +157,7 @@ class SafeFileSystemReader(FileSystemReader):
     weights_only). Use it wherever a folder from outside is loaded: `dcp.load(..., storage_reader=)`."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        if kwargs.get("rank") is not None:
-            raise UnsafeFileError(f"{self.path}: per-rank metadata files are not supported")
-        metadata = load_dcp_metadata(self.path)
+        metadata = load_dcp_metadata(self.path, Path(self._get_metadata_path(kwargs.get("rank"))).name)
         if metadata.storage_meta is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
