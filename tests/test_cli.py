@@ -117,6 +117,21 @@ def test_the_summary_commands_the_docs_show_work():
         assert done.stdout.strip().splitlines()[-1].startswith("parameters: "), command
 
 
+@pytest.mark.slow
+def test_klear_summary_memory_per_rank_of_the_paper_config():
+    """`--world_size 128`: memory lines per rank, the peak just before the parameter count."""
+    done = _klear_command("klear summary --config configs/pretrain.yaml --world_size 128")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    n = int(lines[-1].removeprefix("parameters: "))
+    assert lines[-2].startswith("peak_memory_per_rank_gib: ")
+    memory = "\n".join(lines[next(i for i, x in enumerate(lines) if x.startswith("memory per rank")):])
+    assert "FSDP2 over 128 ranks, batch 1 x" in memory and "with activation checkpointing as configured" in memory
+    # each rank holds 1/128 of the fp32 master weights
+    params_gib = float(next(x for x in lines if "parameters (fp32 master shards)" in x).split()[-1])
+    assert params_gib == pytest.approx(4 * n / 128 / 1024**3, abs=0.01)
+
+
 def test_flatten_config():
     assert flatten_config({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
 

@@ -60,3 +60,45 @@ def test_matmul_flops_match_a_measured_forward(arch: str):
     counted = counter.get_total_flops()
     estimated = training_flops(model, stream_tokens(SEQ, 6))["matmul"] / 3
     assert abs(counted - estimated) / estimated < 0.01
+
+
+def test_memory_lines_end_with_the_peak_before_the_parameter_count():
+    from klear_lightning.summary import GIB, TrainingLayout, memory_per_rank, sharded_bytes
+
+    layout = TrainingLayout(world_size=4, batch_size=2)
+    lines = summarize(tiny(), SEQ, text_tokens=6, layout=layout).splitlines()
+    assert lines[-1].startswith("parameters: ") and lines[-2].startswith("peak_memory_per_rank_gib: ")
+    with torch.device("meta"):
+        model = build_model(tiny())
+    exact = sharded_bytes(model, 4)
+    peak = memory_per_rank(model, stream_tokens(SEQ, 6), layout)["peak"]
+    assert float(lines[-2].split()[1]) == pytest.approx(peak / GIB, abs=0.006)
+    assert peak > sum(exact.values())
+
+
+def test_sharded_bytes_split_the_model_over_ranks():
+    from klear_lightning.summary import sharded_bytes
+
+    with torch.device("meta"):
+        model = build_model(ModelConfig.preset("paper"))
+    n = sum(p.numel() for p in model.parameters())
+    one = sharded_bytes(model, 1)
+    assert one["parameters"] == one["gradients"] == 4 * n
+    assert one["optimizer"] == 8 * n + 4 * len(list(model.parameters()))
+    ranks = [sharded_bytes(model, 128, r)["parameters"] for r in (0, 127)]
+    assert sum(sharded_bytes(model, 128, r)["parameters"] for r in range(128)) == 4 * n
+    assert ranks[0] >= ranks[1] and ranks[0] <= 4 * n / 128 * 1.01
+
+
+def test_activation_checkpointing_lowers_the_activation_estimate():
+    from klear_lightning.summary import TrainingLayout, memory_per_rank
+
+    with torch.device("meta"):
+        model = build_model(tiny())
+    tokens = stream_tokens(SEQ, 6)
+    on = memory_per_rank(model, tokens, TrainingLayout(activation_checkpointing=True))
+    off = memory_per_rank(model, tokens, TrainingLayout(activation_checkpointing=False))
+    assert on["activations_checkpointed"] < on["activations_full"] == off["activations_full"]
+    assert off["peak"] - on["peak"] == on["activations_full"] - on["activations_checkpointed"]
+    double = memory_per_rank(model, tokens, TrainingLayout(batch_size=2, activation_checkpointing=False))
+    assert double["activations_full"] == 2 * off["activations_full"]
