@@ -9,6 +9,8 @@ continues the same MLflow run.
 
 from __future__ import annotations
 
+import fcntl
+
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,14 +50,18 @@ class KlearMLFlowLogger(MLFlowLogger):
     ) -> None:
         root = Path(run_dir)
         root.mkdir(parents=True, exist_ok=True)
-        super().__init__(
-            experiment_name=experiment_name,
-            run_name=run_name,
-            tracking_uri=tracking_uri or sqlite_uri(root),
-            tags=dict(tags or {}),
-            artifact_location=(root.resolve() / "mlartifacts").as_uri(),
-            run_id=run_id,
-        )
+        # Every rank of a multi-process run builds this logger (only rank 0 logs), and MLflow creates
+        # or migrates the sqlite database as its client starts: one process at a time.
+        with open(root / ".mlflow.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            super().__init__(
+                experiment_name=experiment_name,
+                run_name=run_name,
+                tracking_uri=tracking_uri or sqlite_uri(root),
+                tags=dict(tags or {}),
+                artifact_location=(root.resolve() / "mlartifacts").as_uri(),
+                run_id=run_id,
+            )
         self.run_dir = root
 
     def continue_run(self, run_id: str) -> None:

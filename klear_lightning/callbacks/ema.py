@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 
 class EMA(L.Callback):
@@ -38,6 +39,12 @@ class EMA(L.Callback):
         self._last_step: int | None = None  # trainer.global_step at the last update (or fit start)
 
     def _params(self, pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
+        # Under FSDP2 a module an evaluation forward left gathered (the root never reshards after
+        # forward; no backward follows) exposes whole tensors in place of its shards: reshard first,
+        # so the EMA always reads and writes the sharded parameters it was built from.
+        for m in pl_module.model.modules():
+            if isinstance(m, FSDPModule):
+                m.reshard()
         return {_clean(n): p for n, p in pl_module.model.named_parameters() if p.requires_grad}
 
     def _ensure(self, pl_module: L.LightningModule) -> None:
