@@ -4,8 +4,8 @@ measured in the same run.
 The paper's width (dim 3328, 26 heads of 128) and as many blocks as `klear summary`'s memory
 estimate fits in 80 % of the GPU (at least 2). One batch of the paper's task mix in its exact
 proportions (t2v, t2a, 2 x t2av, ti2v, ti2av for weights 1:1:2:1:1; each task's absent streams
-absent) at the token counts of a 10.24 s clip (configs/pretrain.yaml's clip, configs/
-paper_geometry.yaml's codecs, 512-token captions): video 12,480, audio 441, captions 512 each. The
+absent) at the token counts of a 10.24 s clip (configs/pretrain.yaml's clip and declared codec
+geometry, 512-token captions): video 12,480, audio 441, captions 512 each. The
 model is built as `klear fit` builds it under FSDP2 (meta device, `parallelize`, `materialize`) on a
 one-rank process group; a step is forward, mean square of both outputs, backward, AdamW. Two
 layouts, both with `torch.compile` per block: with and without activation checkpointing.
@@ -66,11 +66,11 @@ DRY_RUN = Setup("cpu", dim=64, heads=2, text_dim=48, attention="packed", clip={"
 
 
 def paper_sequence(setup: Setup) -> SequenceSpec:
+    """configs/pretrain.yaml's clip (with the setup's overrides) and its declared codec geometry."""
     pretrain = yaml.safe_load((CONFIGS / "pretrain.yaml").read_text())
-    geometry = LatentGeometry(**yaml.safe_load((CONFIGS / "paper_geometry.yaml").read_text()))
-    model = pretrain["model"]["model"]
-    clip = ClipSpec(**{**pretrain["data"]["init_args"]["clip"], **(setup.clip or {})})
-    return SequenceSpec(clip, geometry, model["video_patch"], model["audio_patch"])
+    data, model = pretrain["data"]["init_args"], pretrain["model"]["model"]
+    clip = ClipSpec(**{**data["clip"], **(setup.clip or {})})
+    return SequenceSpec(clip, LatentGeometry(**data["geometry"]), model["video_patch"], model["audio_patch"])
 
 
 def model_config(setup: Setup, seq: SequenceSpec, depth: int) -> ModelConfig:

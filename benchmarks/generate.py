@@ -20,12 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from benchmarks.common import write_result
-from klear_lightning.models import ModelConfig, build_model
+from klear_lightning.models import build_model
 from klear_lightning.sampling import SamplerConfig, sample
-from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
+from klear_lightning.sequence import SequenceSpec
 from klear_lightning.streams import AVBatch
 from klear_lightning.tasks import TaskBatch
 
@@ -88,13 +87,11 @@ def demo_on_cpu() -> dict[str, object]:
 
 
 def paper_step_on_gpu() -> dict[str, object]:
-    pretrain = yaml.safe_load((CONFIGS / "pretrain.yaml").read_text())
-    geometry = LatentGeometry(**yaml.safe_load((CONFIGS / "paper_geometry.yaml").read_text()))
-    seq = SequenceSpec(ClipSpec(**pretrain["data"]["init_args"]["clip"]), geometry,
-                       pretrain["model"]["model"]["video_patch"], pretrain["model"]["model"]["audio_patch"])
-    cfg = ModelConfig(**{**pretrain["model"]["model"], "attention_backend": "flash"})
-    cfg = replace(cfg, video_channels=geometry.video_channels, audio_channels=geometry.audio_channels,
-                  text_dim=3584, video_latent_fps=seq.video_latent_fps, audio_latent_fps=seq.audio_latent_fps)
+    from klear_lightning.cli import _parse
+
+    module, data = _parse(CONFIGS / "pretrain.yaml")  # the declared codec geometry: no weights needed
+    seq = data.sequence
+    cfg = replace(module.model_config, attention_backend="flash")
     with torch.device("meta"):
         model = build_model(cfg).to(torch.bfloat16)
     model.to_empty(device="cuda")  # latency does not depend on the weights: small random ones, drawn on the GPU
