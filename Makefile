@@ -13,13 +13,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-# espeak-ng speaks SyncWorld's speech splits; ffmpeg is only a convenience for users.
+# flite speaks SyncWorld's speech splits (voices compiled in, nothing fetched at run time).
 system-deps:
-	@if ! command -v espeak-ng >/dev/null 2>&1; then \
+	@if ! command -v flite >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng; \
-	  else echo "espeak-ng not found and no apt-get: SyncWorld's speech splits will fail with a clear message"; fi; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq flite; \
+	  else echo "flite not found and no apt-get: SyncWorld's speech splits will fail with a clear message"; fi; \
 	fi
 
 demo: setup system-deps

@@ -13,7 +13,7 @@ from klear_lightning.data.shards import iter_tar, parse_sample, read_index
 from klear_lightning.data.syncworld import (
     PARTITIONS,
     SPLITS,
-    EspeakMissingError,
+    FliteMissingError,
     HoldoutRule,
     SyncWorldConfig,
     generate_syncworld,
@@ -23,7 +23,7 @@ from klear_lightning.data.syncworld.captions import note_name, pitch_word
 from klear_lightning.data.syncworld.scenes import MATERIAL_ADJECTIVE, object_pitch
 from klear_lightning.data.syncworld.measure import audio_onsets, visual_events
 
-HAS_ESPEAK = shutil.which("espeak-ng") is not None
+HAS_FLITE = shutil.which("flite") is not None
 
 
 def read_split(root: Path, partition: str, split: str):
@@ -47,7 +47,7 @@ def sound_world(tmp_path_factory) -> Path:
 
 
 def test_same_seed_same_bytes_different_seed_different_clips(tmp_path):
-    splits = list(SPLITS) if HAS_ESPEAK else ["sound", "singing"]
+    splits = list(SPLITS) if HAS_FLITE else ["sound", "singing"]
     a = generate_syncworld(tmp_path / "a", clips_per_split=2, seed=7, splits=splits)
     b = generate_syncworld(tmp_path / "b", clips_per_split=2, seed=7, splits=splits)
     c = generate_syncworld(tmp_path / "c", clips_per_split=2, seed=8, splits=splits)
@@ -142,15 +142,33 @@ def test_singing_pitch_in_annotation_and_caption():
         assert harmonic > 0.2 * spec.max()  # the named pitch is a strong component of the note
 
 
-def test_missing_espeak_fails_clearly(tmp_path, monkeypatch):
+def test_missing_flite_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(EspeakMissingError, match="espeak-ng"):
+    with pytest.raises(FliteMissingError, match="flite"):
         generate_syncworld(tmp_path, 1, splits=["sound", "speech_single"])
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.espeak
-@pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng is not on PATH")
+@pytest.mark.flite
+@pytest.mark.skipif(not HAS_FLITE, reason="flite is not on PATH")
+def test_flite_speech_is_deterministic_and_follows_the_voice():
+    """Same text and voice, same samples from a fresh flite call (not the memo); pitch and pace
+    change the speech the way the caption says."""
+    from klear_lightning.data.syncworld.measure import dominant_pitch
+    from klear_lightning.data.syncworld.speech import _flite, synthesise
+
+    voice = {"gender": "female", "pitch": "low", "pace": "slow"}
+    first = synthesise("the weather is cold", voice, 16000)
+    _flite.cache_clear()
+    assert np.array_equal(first, synthesise("the weather is cold", voice, 16000))
+    high = synthesise("the weather is cold", {**voice, "pitch": "high"}, 16000)
+    fast = synthesise("the weather is cold", {**voice, "pace": "fast"}, 16000)
+    assert dominant_pitch(high, 16000) > 1.2 * dominant_pitch(first, 16000)
+    assert fast.size < 0.85 * first.size
+
+
+@pytest.mark.flite
+@pytest.mark.skipif(not HAS_FLITE, reason="flite is not on PATH")
 def test_speech_clips_captions_transcripts_and_turns():
     cfg, rule = SyncWorldConfig(), HoldoutRule()
     single = make_clip("speech_single", "train", 0, 0, cfg, rule)
@@ -162,5 +180,9 @@ def test_speech_clips_captions_transcripts_and_turns():
     assert [s["speaker"] for s in segments] in (["left", "right"], ["right", "left"])
     assert all(a["end"] <= b["start"] for a, b in zip(segments, segments[1:]))
     assert multi.transcript == " ".join(f"{s['speaker']}: {s['text']}." for s in segments)
+    # what is spoken, the WER reference: the words alone, without the transcript's speaker tags
+    assert single.annotation["spoken"] == single.transcript
+    assert multi.annotation["spoken"] == " ".join(s["text"] for s in segments)
+    assert "left:" in multi.transcript and ":" not in multi.annotation["spoken"]
     ood = make_clip("speech_single", "ood", 0, 0, cfg, rule)
     assert rule.matches("speech_single", ood.attributes)

@@ -30,15 +30,15 @@ from klear_lightning.metrics.syncworld import (
     SyncWorldSpeakerTurns,
 )
 
-HAS_ESPEAK = shutil.which("espeak-ng") is not None
-espeak = pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng is not on PATH")
+HAS_FLITE = shutil.which("flite") is not None
+flite = pytest.mark.skipif(not HAS_FLITE, reason="flite is not on PATH")
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, list[MediaClip]]:
     """Decoded train clips per split, read back from real shards."""
     out: Path = tmp_path_factory.mktemp("syncworld")
-    splits = ["sound", "singing"] + (["speech_single", "speech_multi"] if HAS_ESPEAK else [])
+    splits = ["sound", "singing"] + (["speech_single", "speech_multi"] if HAS_FLITE else [])
     generate_syncworld(out, clips_per_split=8, seed=1, splits=splits)
     return {
         split: [
@@ -89,8 +89,8 @@ def test_lip_sync_singing_real_and_shifted(clips):
     assert shifted["lipsync_corr_syncworld"] < 0.5
 
 
-@pytest.mark.espeak
-@espeak
+@pytest.mark.flite
+@flite
 def test_lip_sync_speech_real_and_shifted(clips):
     speech = clips["speech_single"] + clips["speech_multi"]
     real = score(SyncWorldLipSync(), speech)
@@ -101,8 +101,8 @@ def test_lip_sync_speech_real_and_shifted(clips):
         assert shifted["lipsync_corr_syncworld"] < 0.6
 
 
-@pytest.mark.espeak
-@espeak
+@pytest.mark.flite
+@flite
 def test_speaker_turns_real_and_mirrored(clips):
     multi = clips["speech_multi"]
     assert score(SyncWorldSpeakerTurns(), multi)["speaker_turn_acc_syncworld"] == 1.0

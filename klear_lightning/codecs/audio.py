@@ -1,7 +1,11 @@
 """Weight-free audio codec: log-mel spectrogram latents, with a Griffin-Lim inverse for listening.
 
 Latents are log(max(mel magnitude, 1e-5)), shape (B, n_mels, N // hop): one frame per hop
-samples (default 16 kHz, hop 320 -> 50 Hz, 64 mels, n_fft 1024).
+samples (default 16 kHz, hop 320 -> 50 Hz, 64 mels, n_fft 1024). Decoding first finds a linear
+magnitude spectrogram whose mel projection matches the latents (`mel_inverse`: "nnls", the
+non-negative least-squares solution by projected gradient, default; or "pinv", the pseudo-inverse
+clipped at zero, which leaves each mel band's energy smeared and partly negative), then a phase
+for it by fast Griffin-Lim.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ LOG_FLOOR = 1e-5
 
 @dataclass(frozen=True)
 class AudioCodecConfig:
-    """name: "logmel" (weight-free) or "oobleck" (diffusers AutoencoderOobleck read from `path`)."""
+    """name: "logmel" (weight-free) or "oobleck" (diffusers AutoencoderOobleck read from `path`).
+    `mel_inverse` ("nnls" | "pinv"), `nnls_iters` and `griffin_lim_iters` shape only the logmel
+    decoder: the latents (and their cache) do not depend on them."""
 
     name: str = "logmel"
     sample_rate: int = 16000
@@ -26,6 +32,8 @@ class AudioCodecConfig:
     n_mels: int = 64
     n_fft: int = 1024
     griffin_lim_iters: int = 32
+    mel_inverse: str = "nnls"
+    nnls_iters: int = 100
     path: str | None = None
 
 
@@ -55,6 +63,8 @@ class LogMelCodec(nn.Module):
             raise ValueError(f"audio codec: n_fft = {cfg.n_fft} must be >= hop = {cfg.hop}")
         if cfg.n_mels > cfg.n_fft // 2 + 1:
             raise ValueError(f"audio codec: n_mels = {cfg.n_mels} exceeds n_fft // 2 + 1 = {cfg.n_fft // 2 + 1}")
+        if cfg.mel_inverse not in ("nnls", "pinv"):
+            raise ValueError(f"audio codec: mel_inverse must be 'nnls' or 'pinv', got {cfg.mel_inverse!r}")
         self.cfg = cfg
         self.name = "logmel"
         self.version = f"v1-sr{cfg.sample_rate}-h{cfg.hop}-m{cfg.n_mels}-f{cfg.n_fft}"
@@ -62,6 +72,7 @@ class LogMelCodec(nn.Module):
         fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)
         self.register_buffer("fb", fb, persistent=False)
         self.register_buffer("fb_pinv", torch.linalg.pinv(fb), persistent=False)
+        self.nnls_step = 1.0 / float(torch.linalg.matrix_norm(fb.double(), 2) ** 2)  # 1 / Lipschitz constant
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
 
     def _stft(self, wave: Tensor) -> Tensor:
@@ -79,11 +90,23 @@ class LogMelCodec(nn.Module):
         mag = self._stft(wave.float()).abs()[..., :frames]
         return torch.log(torch.clamp(torch.einsum("mf,bft->bmt", self.fb, mag), min=LOG_FLOOR))
 
+    def magnitude(self, mel: Tensor) -> Tensor:
+        """(B, n_mels, T) mel magnitudes -> (B, n_fft // 2 + 1, T) linear magnitudes >= 0 whose mel
+        projection matches them: the clipped pseudo-inverse, refined for "nnls" by projected
+        gradient descent on ||fb x - mel||^2 subject to x >= 0."""
+        x = torch.clamp(torch.einsum("fm,bmt->bft", self.fb_pinv, mel), min=0.0)
+        if self.cfg.mel_inverse == "nnls":
+            for _ in range(self.cfg.nnls_iters):
+                residual = torch.einsum("mf,bft->bmt", self.fb, x) - mel
+                x = torch.clamp(x - self.nnls_step * torch.einsum("mf,bmt->bft", self.fb, residual), min=0.0)
+        return x
+
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """(B, n_mels, T) -> (B, T * hop) audio by pseudo-inverse mel and fast Griffin-Lim (momentum 0.99)."""
+        """(B, n_mels, T) -> (B, T * hop) audio: linear magnitudes (`magnitude`), then fast Griffin-Lim
+        (momentum 0.99)."""
         lat = latents.float()
-        mag = torch.clamp(torch.einsum("fm,bmt->bft", self.fb_pinv, torch.exp(lat)), min=0.0)
+        mag = self.magnitude(torch.exp(lat))
         mag = torch.cat([mag, mag[..., -1:]], dim=-1)
         length = lat.shape[-1] * self.hop
         gen = torch.Generator(device="cpu").manual_seed(0)

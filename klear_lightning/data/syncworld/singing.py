@@ -99,5 +99,6 @@ def make_singing_clip(
                 {"speaker": "center", "start": n["start"], "end": n["end"], "text": VOWELS[n["vowel"]][2]}
                 for n in notes
             ],
+            "spoken": "",  # sung vowels, not speech: no word error rate is scored on them
         },
     )

@@ -1,8 +1,17 @@
-"""The `speech_single` and `speech_multi` splits: drawn faces whose mouths follow espeak-ng speech.
+"""The `speech_single` and `speech_multi` splits: drawn faces whose mouths follow flite speech.
 
 Mouth opening is the speech's own RMS envelope at each frame instant, so lips and audio agree by
-construction. espeak-ng runs with pinned voice, pitch, speed, amplitude and gap, so its output (and
-the clip) is a deterministic function of the seed.
+construction. The speech is CMU flite's (Debian package `flite`, voices compiled in, no weights to
+fetch): `slt` (US English, female) and `awb` (Scottish English, male), both statistical-parametric
+voices that the shipped recogniser transcribes far better than espeak-ng's formant speech. Pitch is
+flite's target mean F0, pace its duration stretch; flite is deterministic, so the clip is a
+deterministic function of the seed.
+
+The words are everyday sentences (`speech_single`) and short exchanges (`speech_multi`) from
+`phrases.py`. The transcript (the model's conditioning) of `speech_multi` names the speaker of each
+turn (`left: how are you. right: very well.`), which tells the model who speaks when; the
+annotation's `spoken` holds the words alone (`how are you very well`): what a listener hears, the
+reference a word error rate is scored against.
 """
 
 from __future__ import annotations
@@ -26,19 +35,19 @@ from klear_lightning.data.syncworld.clip import (
     to_uint8,
 )
 from klear_lightning.data.syncworld.faces import HAIR, SKIN, FaceLayout, draw_face, opening_from_envelope
+from klear_lightning.data.syncworld.phrases import EXCHANGES, SENTENCES
 
-VOICES: dict[str, str] = {"male": "en-us+m3", "female": "en-us+f3"}
-PITCHES: dict[str, int] = {"low": 25, "high": 75}
-PACES: dict[str, int] = {"slow": 140, "fast": 195}
-WORDS: tuple[str, ...] = (
-    "hello", "yes", "no", "maybe", "green", "river", "paper", "window", "music", "seven",
-    "morning", "garden", "table", "orange", "silver", "thunder", "basket", "rocket", "candle", "pepper",
-)  # fmt: skip
+VOICES: dict[str, str] = {"male": "awb", "female": "slt"}
+PITCHES: dict[str, dict[str, int]] = {  # flite's int_f0_target_mean, Hz, per gender
+    "male": {"low": 95, "high": 135},
+    "female": {"low": 160, "high": 230},
+}
+PACES: dict[str, float] = {"slow": 1.15, "fast": 0.85}  # flite's duration_stretch
 MAX_TRIES = 20
 SPEAKERS: tuple[str, str] = ("left", "right")
 SINGLE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "gender": tuple(VOICES),
-    "pitch": tuple(PITCHES),
+    "pitch": ("low", "high"),
     "pace": tuple(PACES),
     "skin": tuple(SKIN),
     "hair": tuple(HAIR),
@@ -50,27 +59,30 @@ MULTI_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 
 
-class EspeakMissingError(RuntimeError):
-    """espeak-ng is not on PATH, so the speech splits cannot be generated."""
+class FliteMissingError(RuntimeError):
+    """flite is not on PATH, so the speech splits cannot be generated."""
 
 
-def espeak_binary() -> str:
-    exe = shutil.which("espeak-ng")
+def flite_binary() -> str:
+    exe = shutil.which("flite")
     if exe is None:
-        raise EspeakMissingError(
-            "SyncWorld's speech splits (speech_single, speech_multi) need the espeak-ng program on PATH; "
-            "install it (Debian/Ubuntu: `apt-get install espeak-ng`, or `make system-deps`) or leave these "
+        raise FliteMissingError(
+            "SyncWorld's speech splits (speech_single, speech_multi) need the flite program on PATH; "
+            "install it (Debian/Ubuntu: `apt-get install flite`, or `make system-deps`) or leave these "
             "splits out with --splits sound singing"
         )
     return exe
 
 
-@lru_cache(maxsize=512)
-def _espeak(text: str, voice: str, pitch: int, speed: int, sample_rate: int) -> np.ndarray:
-    cmd = [espeak_binary(), "-v", voice, "-p", str(pitch), "-s", str(speed), "-a", "100", "-g", "0", "--stdout", text]
+@lru_cache(maxsize=1024)
+def _flite(text: str, voice: str, f0: int, stretch: float, sample_rate: int) -> np.ndarray:
+    cmd = [
+        flite_binary(), "-voice", voice, "--setf", f"int_f0_target_mean={f0}",
+        "--setf", f"duration_stretch={stretch}", "-t", text, "-o", "/dev/stdout",
+    ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, check=False)
     if result.returncode != 0 or not result.stdout:
-        raise RuntimeError(f"espeak-ng failed ({' '.join(cmd)}): {result.stderr.decode(errors='replace').strip()}")
+        raise RuntimeError(f"flite failed ({' '.join(cmd)}): {result.stderr.decode(errors='replace').strip()}")
     wave, native_rate = sf.read(io.BytesIO(result.stdout), dtype="float64")
     common = gcd(int(native_rate), sample_rate)
     wave = resample_poly(wave, sample_rate // common, int(native_rate) // common)
@@ -80,13 +92,14 @@ def _espeak(text: str, voice: str, pitch: int, speed: int, sample_rate: int) -> 
 
 def synthesise(text: str, voice: dict[str, str], sample_rate: int) -> np.ndarray:
     """Speech for `text` in a voice {gender, pitch, pace}, leading and trailing silence trimmed."""
-    return _espeak(text, VOICES[voice["gender"]], PITCHES[voice["pitch"]], PACES[voice["pace"]], sample_rate).copy()
+    gender = voice["gender"]
+    return _flite(text, VOICES[gender], PITCHES[gender][voice["pitch"]], PACES[voice["pace"]], sample_rate).copy()
 
 
 def _random_voice(rng: np.random.Generator, forced: dict[str, str]) -> dict[str, str]:
     voice = {
         "gender": str(rng.choice(list(VOICES))),
-        "pitch": str(rng.choice(list(PITCHES))),
+        "pitch": str(rng.choice(SINGLE_ATTRIBUTES["pitch"])),
         "pace": str(rng.choice(list(PACES))),
     }
     voice.update({k: v for k, v in forced.items() if k in voice})
@@ -99,15 +112,25 @@ def _random_look(rng: np.random.Generator, forced: dict[str, str]) -> dict[str, 
     return look
 
 
-def _phrase(rng: np.random.Generator, voice: dict[str, str], cfg: SyncWorldConfig, words: int, budget: float):
-    """A phrase of up to `words` words whose speech lasts at most `budget` seconds."""
+def _sentence(rng: np.random.Generator, voice: dict[str, str], cfg: SyncWorldConfig, budget: float):
+    """A sentence whose speech lasts at most `budget` seconds, and its speech."""
     for _ in range(MAX_TRIES):
-        n = int(rng.integers(1, words + 1))
-        text = " ".join(str(w) for w in rng.choice(WORDS, size=n, replace=False))
+        text = str(rng.choice(SENTENCES))
         wave = synthesise(text, voice, cfg.sample_rate)
         if wave.size <= budget * cfg.sample_rate:
             return text, wave
-    raise ValueError(f"no phrase fits in {budget:.2f} s; raise SyncWorldConfig.duration (now {cfg.duration} s)")
+    raise ValueError(f"no sentence fits in {budget:.2f} s; raise SyncWorldConfig.duration (now {cfg.duration} s)")
+
+
+def _exchange(rng: np.random.Generator, voices: list[dict[str, str]], cfg: SyncWorldConfig, budget: float):
+    """The first len(voices) lines of an exchange, line i in voices[i], whose speech lasts at most
+    `budget` seconds in all: (lines, waves)."""
+    for _ in range(MAX_TRIES):
+        lines = [str(line) for line in EXCHANGES[int(rng.integers(len(EXCHANGES)))][: len(voices)]]
+        waves = [synthesise(line, voice, cfg.sample_rate) for line, voice in zip(lines, voices)]
+        if sum(w.size for w in waves) <= budget * cfg.sample_rate:
+            return lines, waves
+    raise ValueError(f"no exchange fits in {budget:.2f} s; raise SyncWorldConfig.duration (now {cfg.duration} s)")
 
 
 def _voice_words(voice: dict[str, str]) -> str:
@@ -130,10 +153,10 @@ def _opening(track: np.ndarray, cfg: SyncWorldConfig) -> np.ndarray:
 def make_speech_single_clip(
     rng: np.random.Generator, cfg: SyncWorldConfig, forced: dict[str, str] | None = None
 ) -> SyncClip:
-    """One talking face, centred; the phrase starts at a random instant and fits in the clip."""
+    """One talking face, centred; the sentence starts at a random instant and fits in the clip."""
     forced = forced or {}
     voice, look = _random_voice(rng, forced), _random_look(rng, forced)
-    text, wave = _phrase(rng, voice, cfg, words=4, budget=cfg.duration - 0.3)
+    text, wave = _sentence(rng, voice, cfg, budget=cfg.duration - 0.3)
     margin = int(0.1 * cfg.sample_rate)
     start = int(rng.integers(margin, cfg.num_samples - wave.size - margin + 1))
     track = np.zeros(cfg.num_samples)
@@ -157,6 +180,7 @@ def make_speech_single_clip(
             "faces": [_face_record("center", face, look)],
             "voices": {"center": voice},
             "speech_segments": [_segment("center", start, wave, text, cfg.sample_rate)],
+            "spoken": text,
         },
     )
 
@@ -164,7 +188,8 @@ def make_speech_single_clip(
 def make_speech_multi_clip(
     rng: np.random.Generator, cfg: SyncWorldConfig, forced: dict[str, str] | None = None
 ) -> SyncClip:
-    """Two faces, left and right, alternating turns (three from 3 s clips on, else two)."""
+    """Two faces, left and right, taking turns at the lines of an exchange (three turns from 3 s
+    clips on, else two)."""
     forced = forced or {}
     voices = {s: _random_voice(rng, {}) for s in SPEAKERS}
     for s in SPEAKERS:
@@ -176,13 +201,12 @@ def make_speech_multi_clip(
     order = [first, SPEAKERS[1 - SPEAKERS.index(first)]]
     gap = int(0.15 * cfg.sample_rate)
     turns = 3 if cfg.duration >= 3.0 else 2
-    budget = (cfg.duration - 0.2 - (turns - 1) * 0.15) / turns
+    speakers = [order[i % 2] for i in range(turns)]
+    lines, waves = _exchange(rng, [voices[s] for s in speakers], cfg, budget=cfg.duration - 0.2 - (turns - 1) * 0.15)
     tracks = {s: np.zeros(cfg.num_samples) for s in SPEAKERS}
     segments = []
     cursor = int(0.1 * cfg.sample_rate)
-    for i in range(turns):
-        who = order[i % 2]
-        text, wave = _phrase(rng, voices[who], cfg, words=2, budget=budget)
+    for who, text, wave in zip(speakers, lines, waves):
         tracks[who][cursor : cursor + wave.size] = wave
         segments.append(_segment(who, cursor, wave, text, cfg.sample_rate))
         cursor += wave.size + gap
@@ -216,5 +240,6 @@ def make_speech_multi_clip(
             "faces": [_face_record(s, layouts[s], looks[s]) for s in SPEAKERS],
             "voices": voices,
             "speech_segments": segments,
+            "spoken": " ".join(lines),
         },
     )
