@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -69,6 +70,36 @@ def test_logmel_griffin_lim_length_and_spectral_similarity():
     assert back.shape == wave.shape
     noise = torch.randn_like(wave) * 0.3
     assert spectral_distance(codec.encode(back), lat) < 0.3 * spectral_distance(codec.encode(noise), lat)
+
+
+SPEECH = [  # fixed SyncWorld speech: both voices, both pitches, both paces
+    ("the weather is cold", {"gender": "female", "pitch": "low", "pace": "slow"}),
+    ("my brother plays guitar", {"gender": "male", "pitch": "high", "pace": "fast"}),
+]
+
+
+@pytest.mark.flite
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not on PATH")
+def test_logmel_round_trip_keeps_speech_intelligible():
+    """The default decoder's round trip on fixed speech, by two cheap proxies: STOI (short-time
+    objective intelligibility, 0-1) against the clean clip, and the mel consistency of the decoded
+    audio (mean |log-mel of it - the latents|). Measured: STOI 0.907 / 0.931, mel 0.148 / 0.148;
+    the previous pseudo-inverse decoder 0.897 / 0.920 and 0.169 / 0.159, 8 Griffin-Lim
+    iterations 0.165 / 0.167, none (random phase) 0.81 / 0.86 and 0.43 / 0.47."""
+    from pystoi import stoi
+
+    from klear_lightning.data.syncworld.speech import synthesise
+
+    codec = build_audio_codec(AudioCodecConfig())
+    for text, voice in SPEECH:
+        speech = synthesise(text, voice, 16000)
+        clean = np.zeros(32000)
+        clean[1600 : 1600 + speech.size] = 0.8 * speech / np.abs(speech).max()
+        latents = codec.encode(torch.from_numpy(clean).float()[None])
+        decoded = codec.decode(latents)
+        assert stoi(clean, decoded[0].double().numpy(), 16000) > 0.88, text
+        assert float(spectral_distance(codec.encode(decoded), latents)) < 0.155, text
+        assert torch.equal(decoded, codec.decode(latents))  # deterministic: same latents, same samples
 
 
 def test_pixel_codec_round_trip_and_geometry():
