@@ -91,6 +91,7 @@ def test_logmel_round_trip_keeps_speech_intelligible():
     from klear_lightning.data.syncworld.speech import synthesise
 
     codec = build_audio_codec(AudioCodecConfig())
+    singles = []
     for text, voice in SPEECH:
         speech = synthesise(text, voice, 16000)
         clean = np.zeros(32000)
@@ -100,6 +101,11 @@ def test_logmel_round_trip_keeps_speech_intelligible():
         assert stoi(clean, decoded[0].double().numpy(), 16000) > 0.88, text
         assert float(spectral_distance(codec.encode(decoded), latents)) < 0.155, text
         assert torch.equal(decoded, codec.decode(latents))  # deterministic: same latents, same samples
+        singles.append((latents, decoded))
+    # a clip decodes the same whatever it is batched with
+    batched = codec.decode(torch.cat([lat for lat, _ in singles]))
+    for i, (_, decoded) in enumerate(singles):
+        torch.testing.assert_close(batched[i : i + 1], decoded, atol=1e-4, rtol=0)
 
 
 def test_pixel_codec_round_trip_and_geometry():

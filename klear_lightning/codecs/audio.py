@@ -110,7 +110,8 @@ class LogMelCodec(nn.Module):
         mag = torch.cat([mag, mag[..., -1:]], dim=-1)
         length = lat.shape[-1] * self.hop
         gen = torch.Generator(device="cpu").manual_seed(0)
-        phase = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=gen)).to(mag.device)
+        # one fixed initial phase shared by every item, so a clip decodes the same in any batch
+        phase = torch.exp(2j * math.pi * torch.rand(mag.shape[1:], generator=gen)).to(mag.device).expand_as(mag)
         angles, previous = phase, torch.zeros_like(phase)
         for _ in range(self.cfg.griffin_lim_iters):
             rebuilt = self._stft(self._istft(mag * angles, length))
