@@ -207,7 +207,6 @@ def make_speech_multi_clip(
     segments = []
     cursor = int(0.1 * cfg.sample_rate)
     for who, text, wave in zip(speakers, lines, waves):
-        wave = wave / np.max(np.abs(wave))  # turns at one level, so both mouths open to the same scale
         tracks[who][cursor : cursor + wave.size] = wave
         segments.append(_segment(who, cursor, wave, text, cfg.sample_rate))
         cursor += wave.size + gap
