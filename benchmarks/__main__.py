@@ -7,7 +7,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-HELPERS = {"common", "__main__"}
+HELPERS = {"common", "__main__", "parity"}
 
 
 def available() -> list[str]:
