@@ -1,7 +1,7 @@
 """PANNs Cnn14 (Kong et al. 2020), 16 kHz variant, as av-benchmark runs it for FD and KL.
 
 The module tree matches the official checkpoint (`Cnn14_16k_mAP=0.438.pth`, a dict whose "model"
-entry is the state dict): `spectrogram_extractor.stft.conv_{real,imag}` (the windowed DFT as
+entry is the state dict; see `load_cnn14` for the file's other entries): `spectrogram_extractor.stft.conv_{real,imag}` (the windowed DFT as
 conv1d kernels), `logmel_extractor.melW`, `bn0`, `conv_block1..6`, `fc1`, `fc_audioset`. The
 front end is built here (Hann DFT, Slaney mel) and replaced by the checkpoint's tensors on load.
 """
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import clip_audio
 from klear_lightning.metrics.base import BuildContext
+from klear_lightning.safe_pickle import load_torch_file
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -134,11 +135,29 @@ class Cnn14(nn.Module):
         return PannsOutput(embedding=embedding, logits=self.fc_audioset(embedding))
 
 
+# The official training script (audioset_tagging_cnn) saves {"iteration", "model", "sampler"}, where
+# "sampler" is the balanced sampler's state: lists of numpy index arrays. numpy arrays are not torch
+# weights, so `weights_only` refuses those globals; they are read as inert records (nothing of numpy's
+# runs, the sampler is never used) under both module paths numpy has pickled them with.
+_NUMPY_RECORDS = tuple(
+    f"{module}.{name}"
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+) + ("numpy.ndarray", "numpy.dtype")
+CHECKPOINT_FORMATS = (
+    "audioset_tagging_cnn training checkpoint {'iteration', 'model', 'sampler' (numpy arrays, read as inert records)}, zip or legacy torch format",
+    "{'model': state_dict}",
+    "bare Cnn14 state dict",
+)
+
+
 def load_cnn14(path: Path, device: torch.device | str = "cpu") -> Cnn14:
-    """Load the official checkpoint layout ({"model": state_dict} or a bare state dict)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load an official checkpoint (`CHECKPOINT_FORMATS`) through the allow-list reader, strictly."""
+    state = load_torch_file(path, opaque=_NUMPY_RECORDS)
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a PANNs Cnn14 checkpoint (expected a state dict or a dict with 'model')")
     model = Cnn14()
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

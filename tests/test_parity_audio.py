@@ -1,0 +1,54 @@
+"""Audio extractors compute what the official implementations compute (benchmarks/parity), and their
+official checkpoint files load through the allow-list reader while malicious ones are refused."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.parity import panns as panns_parity
+from klear_lightning.metrics.panns import Cnn14, load_cnn14
+from klear_lightning.safe_pickle import UnsafeFileError
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _require(result):
+    if result.skipped:
+        pytest.skip(result.skipped)
+    assert result.max_rel_diff is not None and result.max_rel_diff <= 1e-4, result
+    return result
+
+
+def test_panns_matches_panns_inference_on_identical_weights():
+    _require(panns_parity.check())
+
+
+def test_panns_official_training_checkpoint_loads_where_plain_weights_only_refuses(tmp_path):
+    state = Cnn14().state_dict()
+    path = tmp_path / "Cnn14_16k_mAP=0.438.pth"
+    torch.save(panns_parity.official_checkpoint(state), path)
+    with pytest.raises(Exception, match="numpy"):
+        torch.load(path, weights_only=True)  # the reported failure: numpy arrays in the sampler state
+    for legacy in (False, True):
+        torch.save(panns_parity.official_checkpoint(state), path, _use_new_zipfile_serialization=not legacy)
+        model = load_cnn14(path)
+        assert torch.equal(model.fc1.weight, state["fc1.weight"])
+
+
+def test_panns_malicious_checkpoint_is_refused_naming_the_file(tmp_path):
+    marker = tmp_path / "pwned"
+    checkpoint = panns_parity.official_checkpoint(Cnn14().state_dict())
+    checkpoint["sampler"]["queue"] = _Exploit(marker)
+    path = tmp_path / "Cnn14_16k_mAP=0.438.pth"
+    torch.save(checkpoint, path)
+    with pytest.raises(UnsafeFileError, match="Cnn14_16k_mAP=0.438.pth"):
+        load_cnn14(path)
+    assert not marker.exists()
