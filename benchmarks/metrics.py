@@ -3,7 +3,7 @@
 Cnn14 gets randomly initialised weights saved in the official layout and loaded through the
 same path a user configures (`metrics.checkpoints.panns`); speed does not depend on the values.
 Reported per device (CPU, and CUDA when present): Cnn14 clips/s on 8 s clips at 16 kHz, the
-seconds of one `fd_panns` compute (two 2048 x 2048 float64 eigendecompositions), and on CUDA the
+seconds of one `fd_panns_avbench` compute (two 2048 x 2048 float64 eigendecompositions), and on CUDA the
 largest |CUDA - CPU| difference of the fc1 embeddings (relative to their largest value) and of the FD value (parity check).
 """
 

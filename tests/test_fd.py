@@ -109,19 +109,19 @@ def test_pairwise_distance_is_mean_squared_distance_of_unit_vectors():
 def test_fd_panns_unconfigured_is_unavailable_with_one_line():
     from klear_lightning.metrics.base import MetricUnavailable
 
-    spec = load_registry()["fd_panns"]
+    spec = load_registry()["fd_panns_avbench"]
     with pytest.raises(MetricUnavailable, match=r"set metrics\.checkpoints\.panns to .*Cnn14"):
         spec.build(BuildContext.create({}))
 
 
 def test_fd_panns_scores_through_saved_checkpoint(panns_checkpoint):
-    spec = load_registry()["fd_panns"]
+    spec = load_registry()["fd_panns_avbench"]
     metric = spec.build(BuildContext.create({"panns": str(panns_checkpoint)}))
     g = torch.Generator().manual_seed(0)
     waves = [torch.randn(16000, generator=g) * 0.1 for _ in range(3)]
     clips = [MediaClip(None, 8.0, w, 16000) for w in waves]
     metric.update(clips, clips)
-    result = metric.results()["fd_panns"]
+    result = metric.results()["fd_panns_avbench"]
     assert result.n == 3
     assert abs(result.value) < 1e-3  # identical sets: distance zero up to float error
 
@@ -176,7 +176,7 @@ def test_load_cnn14_rejects_another_network(tmp_path):
 def test_kl_panns_shares_the_extractor_and_is_zero_on_identical_clips(panns_checkpoint):
     registry = load_registry()
     ctx = BuildContext.create({"panns": str(panns_checkpoint)})
-    fd, kl = registry["fd_panns"].build(ctx), registry["kl_panns"].build(ctx)
+    fd, kl = registry["fd_panns_avbench"].build(ctx), registry["kl_panns_avbench"].build(ctx)
     assert ctx._cache["panns"] is not None and len(ctx._cache) == 1
     g = torch.Generator().manual_seed(1)
     gen = [MediaClip(None, 8.0, torch.randn(8000, generator=g) * 0.1, 16000) for _ in range(2)]

@@ -88,4 +88,4 @@ def test_undefined_is_raised_not_zero():
 
 def test_missing_checkpoint_path_fails_at_config_time(tmp_path):
     with pytest.raises(ValueError, match=r"metrics\.checkpoints\.panns: .*missing\.pth does not exist"):
-        MetricsConfig(metrics=["fd_panns"], checkpoints={"panns": str(tmp_path / "missing.pth")})
+        MetricsConfig(metrics=["fd_panns_avbench"], checkpoints={"panns": str(tmp_path / "missing.pth")})

@@ -52,3 +52,21 @@ def test_panns_malicious_checkpoint_is_refused_naming_the_file(tmp_path):
     with pytest.raises(UnsafeFileError, match="Cnn14_16k_mAP=0.438.pth"):
         load_cnn14(path)
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_clap_fusion_model_matches_verse_bench_laion_code():
+    from benchmarks.parity import clap as clap_parity
+
+    _require(clap_parity.check(kinds=("fusion",)))
+
+
+def test_clap_malicious_laion_checkpoint_is_refused_naming_the_file(tmp_path):
+    from klear_lightning.metrics.clap import load_laion_checkpoint
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "630k-audioset-fusion-best.pt"
+    torch.save({"epoch": 45, "name": _Exploit(marker), "state_dict": {"module.logit_scale_a": torch.zeros(())}}, path)
+    with pytest.raises(UnsafeFileError, match="630k-audioset-fusion-best.pt"):
+        load_laion_checkpoint(path)
+    assert not marker.exists()

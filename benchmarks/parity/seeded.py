@@ -23,7 +23,7 @@ def seeded_tensor(key: str, shape: tuple[int, ...], seed: int, std: float = 0.02
         values = 1.0 + std * rng.standard_normal(size=shape)
     else:
         values = std * rng.standard_normal(size=shape)
-    return torch.from_numpy(values.astype(np.float32))
+    return torch.from_numpy(np.array(values, dtype=np.float32))
 
 
 def seeded_state_dict(

@@ -1,13 +1,20 @@
 """Fréchet distances between generated and reference audio features.
 
-`fd_panns` (av-benchmark protocol): PANNs Cnn14 at 16 kHz, 2048-d fc1 features of every
+`fd_panns_avbench` (av-benchmark protocol): PANNs Cnn14 at 16 kHz, 2048-d fc1 features of every
 generated and every reference clip; Gaussians with the sample mean and the unbiased covariance;
 FD = |mu_g - mu_r|^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2)). States are running sums and sums of
 outer products in float64, so they reduce exactly across ranks.
 
-`fd_clap_pairwise` (Verse-Bench's per-clip variant): for each generated / reference pair, the
-squared Euclidean distance between their L2-normalised CLAP audio embeddings (the Fréchet
-distance between two point masses), averaged over clips.
+`fd_clap_versebench`: Verse-Bench's FD, in the one reading its published code admits. Verse-Bench
+(`calculate_metrics.py` + `fd/clap_inferencer.py:infer_fd`) calls its Fréchet distance on ONE generated
+and ONE reference clip of set2 at a time: each "distribution" is a single 512-d CLAP embedding, so
+`np.cov` of one sample divides by N - 1 = 0 and returns NaN, and every per-clip FD, hence the mean, is
+NaN: the code cannot run as written. A Gaussian fitted to one point is that point with zero
+covariance, and the Fréchet distance between two such point masses is |mu_g - mu_r|^2. So we compute,
+per generated / reference pair, the squared Euclidean distance between their L2-normalised CLAP audio
+embeddings (LAION CLAP, Verse-Bench's audio preparation, see `metrics/clap.py`), averaged over pairs
+(Verse-Bench averages its per-clip FDs). It lies in [0, 4] (Verse-Bench's normalisation bound is 3).
+This is the only place that states this reading; the README points here.
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ class PairwiseEmbeddingDistance(ClipMetric):
         return self.total / self.n
 
 
-@register_metric("fd_panns", group="audio", description="Fréchet distance, PANNs Cnn14 16 kHz fc1 (av-benchmark)")
+@register_metric("fd_panns_avbench", group="audio", description="Fréchet distance, PANNs Cnn14 16 kHz fc1 (av-benchmark)")
 def build_fd_panns(ctx: BuildContext) -> ClipMetric:
     from klear_lightning.metrics.panns import EMBED_DIM, panns_extractor
 
@@ -118,18 +125,19 @@ def build_fd_panns(ctx: BuildContext) -> ClipMetric:
     return FrechetDistance(
         features=lambda clips: extractor(clips).embedding,
         dim=EMBED_DIM,
-        column=Column("fd_panns", "FD (PANNs)", higher_is_better=False),
+        column=Column("fd_panns_avbench", "FD", higher_is_better=False),
         protocol="av-benchmark: PANNs Cnn14 16 kHz, 2048-d fc1, corpus Fréchet vs reference (unbiased cov)",
     )
 
 
-@register_metric("fd_clap_pairwise", group="audio", description="per-pair CLAP audio-embedding distance (Verse-Bench)")
-def build_fd_clap_pairwise(ctx: BuildContext) -> ClipMetric:
+@register_metric("fd_clap_versebench", group="audio", description="Verse-Bench FD: per-pair distance of CLAP audio embeddings")
+def build_fd_clap_versebench(ctx: BuildContext) -> ClipMetric:
     from klear_lightning.metrics.clap import clap_extractor
 
     extractor = clap_extractor(ctx)
     return PairwiseEmbeddingDistance(
         features=extractor.audio_embeddings,
-        column=Column("fd_clap_pairwise", "FD (CLAP, pairwise)", higher_is_better=False),
-        protocol="Verse-Bench: CLAP 48 kHz audio embeddings, per-pair squared L2 of unit vectors, mean",
+        column=Column("fd_clap_versebench", "FD", higher_is_better=False),
+        protocol=("Verse-Bench (our reading, metrics/fd.py): LAION CLAP audio embeddings with Verse-Bench's preparation, "
+                  "Fréchet distance of each generated / reference pair as point masses = squared L2 of unit vectors, mean"),
     )

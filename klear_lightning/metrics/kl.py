@@ -1,6 +1,6 @@
 """KL divergence of AudioSet class distributions, reference vs generated, per clip.
 
-`kl_panns`: p = softmax(PANNs Cnn14 logits of the reference clip), q = softmax(logits of the
+`kl_panns_avbench`: p = softmax(PANNs Cnn14 logits of the reference clip), q = softmax(logits of the
 generated clip) over the 527 AudioSet classes; KL(p || q) = sum p (log p - log q) per pair,
 averaged over pairs (av-benchmark's softmax variant). PaSST is not bundled (see README).
 """
@@ -46,13 +46,13 @@ class PairedKL(ClipMetric):
         return self.total / self.n
 
 
-@register_metric("kl_panns", group="audio", description="KL(reference || generated), softmax over PANNs AudioSet logits")
+@register_metric("kl_panns_avbench", group="audio", description="KL(reference || generated), softmax over PANNs AudioSet logits")
 def build_kl_panns(ctx: BuildContext) -> ClipMetric:
     from klear_lightning.metrics.panns import panns_extractor
 
     extractor = panns_extractor(ctx)
     return PairedKL(
         logits=lambda clips: extractor(clips).logits,
-        column=Column("kl_panns", "KL (PANNs)", higher_is_better=False),
+        column=Column("kl_panns_avbench", "KL", higher_is_better=False),
         protocol="av-benchmark: PANNs Cnn14 16 kHz, softmax over 527 AudioSet logits, KL(ref || gen) per clip, mean",
     )
