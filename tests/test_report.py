@@ -47,6 +47,7 @@ def test_columns_are_grouped_like_table_1(suite):
 def test_markdown_table_layout(suite):
     md = report_markdown(build_report(suite, {"checkpoint": "demo.ckpt"}))
     lines = md.splitlines()
+    lines = lines[lines.index("## All metrics"):] + lines[: lines.index("## All metrics")]
     header = next(line for line in lines if line.startswith("| Task"))
     assert header == "| Task | Video: weights_test | Audio: Peak ↑ | Audio: Gap ↓ | AV consistency: A ↓ | AV consistency: B ↑ |"
     row = next(line for line in lines if line.startswith("| t2a "))
@@ -68,3 +69,31 @@ def test_metric_applying_to_no_configured_task_keeps_its_label(test_metrics):
     report = build_report(s)
     assert report["columns"][0]["label"] == "Peak" and report["columns"][0]["higher_is_better"] is True
     assert report["tasks"]["t2v"]["peak_test"]["status"] == "n/a"
+
+
+def _ok(value, protocol):
+    return {"status": "ok", "value": value, "n": 3, "protocol": protocol}
+
+
+def test_table1_prefers_the_papers_protocol_and_marks_another():
+    from klear_lightning.metrics.report import table1, table1_markdown
+
+    tasks = {"t2av": {
+        "fd_panns_avbench": _ok(1.5, "av-benchmark PANNs"),
+        "kl_panns_avbench": _ok(0.7, "av-benchmark PANNs KL"),
+        "clap_score_versebench": _ok(0.3, "Verse-Bench CLAP"),
+        "wer_whisper_tiny_en_seedtts": _ok(0.2, "Seed-TTS whisper"),
+        "wer_sensevoice_versebench": {"status": "not computed", "reason": "needs FunASR"},
+        "desync_versebench": _ok(0.4, "abs"), "desync_versebench_signed": _ok(-0.1, "signed"),
+    }}
+    cells = table1(tasks)["t2av"]
+    assert cells["FD"]["key"] == "fd_panns_avbench" and cells["FD"]["paper_protocol"] is False
+    assert cells["CLAP"]["key"] == "clap_score_versebench" and cells["CLAP"]["paper_protocol"] is True
+    assert cells["WER"]["key"] == "wer_whisper_tiny_en_seedtts" and cells["WER"]["paper_protocol"] is False
+    assert cells["AV-A"]["key"] == "desync_versebench_signed" and cells["AV-A"]["value"] == -0.1
+    assert cells["SNC"] == {"status": "not computed", "reason": "no metric for this column is configured"}
+    md = table1_markdown(table1(tasks))
+    assert md[2] == "| Row | MS | AS | ID | FD | KL | CLAP | WER | AV-A | SNC | MOS | IB |"
+    assert "| t2av | not computed | not computed | not computed | 1.5 † (N=3) | 0.7 † (N=3) | 0.3 (N=3) | 0.2 † (N=3) | -0.1 (N=3) |" in md[4]
+    assert any(line.startswith("- FD: `fd_panns_avbench`: av-benchmark PANNs † (the paper's: LAION CLAP") for line in md)
+    assert "- CLAP: `clap_score_versebench`: Verse-Bench CLAP" in md

@@ -1,9 +1,12 @@
-"""`klear test` report: report.json and a markdown table laid out like the paper's Table 1.
+"""`klear test` report: report.json and report.md.
 
-Rows are tasks (and `ground_truth`, the decoded ground truth scored the same way); columns are
-grouped video / audio / TTS / AV-consistency. A cell is the value with its N, "n/a" where the
-metric does not apply to the task, or "not computed" (reasons listed under the table) where its
-extractor is not configured or its formula was undefined.
+First the paper's Table 1 layout (MS, AS, ID, FD, KL, CLAP, WER, AV-A, SNC, then MOS and IB of Tables 2
+and 3; `metrics.table1`): one cell per row and column, from the paper's protocol where that metric ran,
+else from another protocol and then marked "†"; one protocol line per column. Then every metric, rows
+are tasks (and `ground_truth`, the decoded ground truth scored the same way), columns grouped video /
+audio / TTS / AV-consistency. A cell is the value with its N, "n/a" where the metric does not apply to
+the task, or "not computed" (reasons listed under the table) where its extractor is not configured, its
+weights failed to load or its formula was undefined.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from klear_lightning.metrics.base import GROUPS
 from klear_lightning.metrics.suite import MetricSuite
+from klear_lightning.metrics.table1 import TABLE1, find_key
 
 GROUP_TITLES = {"video": "Video", "audio": "Audio", "tts": "TTS", "av": "AV consistency"}
 
@@ -65,7 +69,29 @@ def build_report(suite: MetricSuite, context: dict[str, Any] | None = None) -> d
         "columns": [asdict(c) for c in columns],
         "tasks": tasks,
         "skipped": dict(suite.skipped),
+        "table1": table1(tasks),
     }
+
+
+def table1(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """row -> Table-1 label -> {key, value, n, protocol, paper_protocol} or {status, reason}."""
+    out: dict[str, dict[str, Any]] = {}
+    for task, row in tasks.items():
+        cells: dict[str, Any] = {}
+        ok = {k: c for k, c in row.items() if c["status"] == "ok"}
+        for column in TABLE1:
+            found = find_key(column, ok)
+            if found is not None:
+                key, paper = found
+                cell = ok[key]
+                cells[column.label] = {"status": "ok", "key": key, "value": cell["value"], "n": cell["n"],
+                                       "protocol": cell["protocol"], "paper_protocol": paper}
+                continue
+            tried = find_key(column, row)
+            reason = row[tried[0]].get("reason", "") if tried else "no metric for this column is configured"
+            cells[column.label] = {"status": "not computed", "reason": reason}
+        out[task] = cells
+    return out
 
 
 def _fmt(value: float) -> str:
@@ -97,14 +123,42 @@ def report_markdown(report: dict[str, Any]) -> str:
         for key, cell in row.items():
             if cell["status"] == "ok":
                 protocols[key] = cell["protocol"]
-    out = ["# Verse-Bench report", ""]
+    out = ["# Benchmark report", ""]
     out += [f"- {k}: {v}" for k, v in report["context"].items()]
-    out += ["", *lines, ""]
+    out += ["", *table1_markdown(report.get("table1", {})), "## All metrics", "", *lines, ""]
     if notes:
         out += ["Not computed:", ""] + [f"[{i}] {reason}" for reason, i in notes.items()] + [""]
     if protocols:
         out += ["Protocols:", ""] + [f"- `{k}`: {v}" for k, v in protocols.items()] + [""]
     return "\n".join(out)
+
+
+def table1_markdown(table: dict[str, dict[str, Any]]) -> list[str]:
+    """The Table-1 layout: values (N), "†" where computed under another protocol than the paper's."""
+    if not table:
+        return []
+    labels = [c.label for c in TABLE1]
+    lines = ["## Table 1 layout", "", "| Row | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    used: dict[str, tuple[str, str, bool]] = {}
+    for row, cells in table.items():
+        out = [row]
+        for label in labels:
+            cell = cells[label]
+            if cell["status"] == "ok":
+                out.append(f"{_fmt(cell['value'])}{'' if cell['paper_protocol'] else ' †'} (N={cell['n']})")
+                used.setdefault(label, (cell["key"], cell["protocol"], cell["paper_protocol"]))
+            else:
+                out.append("not computed")
+        lines.append("| " + " | ".join(out) + " |")
+    lines += ["", "† computed under another protocol than the paper's.", "", "Protocol per column:", ""]
+    for column in TABLE1:
+        if column.label in used:
+            key, protocol, paper = used[column.label]
+            mark = "" if paper else f" † (the paper's: {column.paper_protocol})"
+            lines.append(f"- {column.label}: `{key}`: {protocol}{mark}")
+        else:
+            lines.append(f"- {column.label}: not computed (the paper's: {column.paper_protocol})")
+    return lines + [""]
 
 
 def write_report(report: dict[str, Any], directory: Path, stem: str = "report") -> tuple[Path, Path]:

@@ -147,6 +147,15 @@ class MetricSuite:
                 continue
             metric.update(generated, reference if metric.needs_reference else None)
 
+    def update_metric(self, row: str, name: str, generated: list[MediaClip], reference: list[MediaClip] | None = None) -> None:
+        """Feed one metric of one row (a routed benchmark such as Verse-Bench feeds each metric its own
+        subset of clips); a metric that needs references and gets none is reported as not computed."""
+        metric = self.metrics[row][name]
+        if metric.needs_reference and reference is None:
+            self.missing_reference[(row, name)] = "no reference clips to compare with"
+            return
+        metric.update(generated, reference if metric.needs_reference else None)
+
     def compute(self) -> tuple[dict[str, dict[str, MetricResult]], dict[tuple[str, str], str]]:
         """(row -> result key -> result, (row, metric name) -> why not computed)."""
         results: dict[str, dict[str, MetricResult]] = {}
