@@ -1,8 +1,8 @@
 """The `klear` command: LightningCLI (fit / validate / test / predict) plus project subcommands.
 
 Project subcommands (dispatched before LightningCLI): `summary`, `syncworld`, `prepare`,
-`cache`, `generate`, `compare`, `sweep`. Each is a typed function exposed through jsonargparse, so `--help`
-lists its arguments.
+`cache`, `generate`, `compare`, `sweep`, and `test --prompts` (a Verse-Bench prompt folder,
+`versebench.py`). Each is a typed function exposed through jsonargparse, so `--help` lists its arguments.
 """
 
 from __future__ import annotations
@@ -364,6 +364,11 @@ def run_function(name: str, fn: Any, args: list[str]) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "test" and any(a == "--prompts" or a.startswith("--prompts=") for a in args):
+        from klear_lightning.versebench import run_prompts
+
+        run_function("test", run_prompts, args[1:])
+        return
     if args and args[0] in PROJECT_COMMANDS:
         result = run_function(args[0], _project_command(args[0]), args[1:])
         if args[0] == "cache":

@@ -1,0 +1,142 @@
+"""`klear test --prompts DIR [--references DIR]`: a Verse-Bench prompt folder written from SyncWorld is
+generated, written as mp4 + wav per item, and scored on Verse-Bench's subsets in the Table 1 layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from tokenizers.pre_tokenizers import ByteLevel
+
+from klear_lightning.cli import _parse, main
+from klear_lightning.data.media import encode_video
+from klear_lightning.metrics.panns import Cnn14
+from klear_lightning.versebench import read_prompts
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not on PATH (SyncWorld speech)")
+
+
+def _write_item(folder, name, clip, audio_prompt, transcript, image):
+    folder.mkdir(parents=True, exist_ok=True)
+    item = {"video_prompt": clip.video_caption, "audio_prompt": [audio_prompt] if audio_prompt else [],
+            "speech_prompt": {"text": transcript}}
+    (folder / f"{name}.json").write_text(json.dumps(item))
+    if image:
+        (folder / f"{name}.png").write_bytes(_png(clip.video[0]))
+
+
+def _png(frame: np.ndarray) -> bytes:
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="image2pipe") as out:
+        stream = out.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    import transformers
+
+    from klear_lightning.data.syncworld import generate_syncworld
+    from klear_lightning.data.syncworld.clip import SyncWorldConfig
+    from klear_lightning.data.syncworld.generate import HoldoutRule, make_clip
+
+    root = tmp_path_factory.mktemp("versebench")
+    generate_syncworld(root / "data", clips_per_split=2, splits=["sound"])
+    cfg = {
+        "model": {"model": {"dim": 32, "depth": 1, "heads": 2, "video_patch": 2, "audio_patch": 2}},
+        "data": {"class_path": "klear_lightning.data.datamodule.AVDataModule",
+                 "init_args": {"root": str(root / "data"), "train_splits": {"sound": 1.0}, "num_workers": 0,
+                               "clip": {"duration": 1.0, "fps": 8.0, "height": 32, "width": 32}, "stats_samples": 2}},
+    }
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    module, _ = _parse(config)
+    module.configure_model()
+    ckpt = root / "model.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}, ckpt)
+
+    # The prompt folder, in Verse-Bench's layout, from SyncWorld test clips.
+    world = SyncWorldConfig(duration=2.0, fps=8, size=32)
+    sound = make_clip("sound", "test", 0, 0, world, HoldoutRule())
+    speech = [make_clip("speech_single", "test", i, 0, world, HoldoutRule()) for i in range(2)]
+    prompts = root / "prompts"
+    _write_item(prompts / "set1", "talk0", speech[0], "", speech[0].transcript, image=True)
+    _write_item(prompts / "set2", "bounce0", sound, sound.audio_caption, "", image=False)
+    _write_item(prompts / "set3", "talk1", speech[1], "", speech[1].transcript, image=True)
+    references = root / "references"
+    references.mkdir()
+    sf.write(references / "bounce0.wav", sound.audio, sound.sample_rate)
+    (references / "talk0.mp4").write_bytes(encode_video(speech[0].video, 8.0))
+
+    # Extractor weights: random Cnn14 in the official layout, a tiny transformers CLAP.
+    torch.manual_seed(0)
+    panns = root / "Cnn14_16k_mAP=0.438.pth"
+    torch.save({"model": Cnn14().state_dict()}, panns)
+    clap = root / "clap"
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(ByteLevel.alphabet()))}
+    transformers.RobertaTokenizer(vocab=vocab, merges=[]).save_pretrained(clap)
+    transformers.ClapModel(transformers.ClapConfig(
+        text_config=dict(vocab_size=300, hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=37,
+                         max_position_embeddings=80),
+        audio_config=dict(patch_embeds_hidden_size=8, depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], hidden_size=64),
+        projection_dim=16)).save_pretrained(clap)
+    metrics = {"metrics": ["motion_hs256", "fd_clap_versebench", "clap_score_versebench", "kl_panns_avbench",
+                           "wer_whisper_seedtts"],
+               "checkpoints": {"panns": str(panns), "clap": str(clap)}, "sampling_steps": 2}
+    return root, config, ckpt, prompts, references, json.dumps(metrics)
+
+
+def _run(bench, out, references=None):
+    root, config, ckpt, prompts, _, metrics = bench
+    args = ["test", "--prompts", str(prompts), "--config", str(config), "--ckpt_path", str(ckpt),
+            "--out", str(out), "--metrics", metrics]
+    if references is not None:
+        args += ["--references", str(references)]
+    main(args)
+    return json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
+
+
+def test_prompt_folder_items_follow_verse_bench_layout(bench):
+    items = {i.name: i for i in read_prompts(bench[3])}
+    assert {n: (i.subset, i.task) for n, i in items.items()} == {
+        "talk0": ("set1", "ti2av"), "bounce0": ("set2", "t2av"), "talk1": ("set3", "ti2av")}
+    assert items["bounce0"].audio_prompt and not items["bounce0"].transcript
+    assert items["talk1"].transcript and not items["talk1"].audio_prompt
+
+
+@pytest.mark.slow
+def test_klear_test_prompts_without_references_scores_what_needs_none(bench):
+    out = bench[0] / "out_noref"
+    report, md = _run(bench, out)
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["bounce0.mp4", "talk0.mp4", "talk1.mp4"]
+    assert sorted(p.name for p in out.glob("*.wav")) == ["bounce0.wav", "talk0.wav", "talk1.wav"]
+    table = report["table1"]["generated"]
+    assert table["MS"]["n"] == 3 and table["MS"]["paper_protocol"] is False  # Horn-Schunck, not RAFT
+    assert table["CLAP"]["n"] == 1 and table["CLAP"]["paper_protocol"] is True  # set1/set2 items with an audio prompt
+    assert table["WER"]["n"] == 2  # items with a transcript, any set
+    assert table["FD"]["status"] == "not computed" and "--references" in table["FD"]["reason"]
+    assert table["KL"]["status"] == "not computed" and "--references" in table["KL"]["reason"]
+    assert "| Row | MS | AS | ID | FD | KL | CLAP | WER | AV-A | SNC | MOS | IB |" in md
+    assert "- CLAP: `clap_score_versebench`: Verse-Bench" in md
+
+
+@pytest.mark.slow
+def test_klear_test_prompts_with_references_scores_fd_and_kl_on_set2(bench):
+    report, md = _run(bench, bench[0] / "out_ref", references=bench[4])
+    table = report["table1"]["generated"]
+    assert table["FD"]["key"] == "fd_clap_versebench" and table["FD"]["n"] == 1 and table["FD"]["paper_protocol"]
+    assert table["KL"]["key"] == "kl_panns_avbench" and table["KL"]["n"] == 1 and not table["KL"]["paper_protocol"]
+    assert "KL: `kl_panns_avbench`" in md and "† (the paper's: PaSST" in md
