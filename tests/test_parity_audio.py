@@ -70,3 +70,20 @@ def test_clap_malicious_laion_checkpoint_is_refused_naming_the_file(tmp_path):
     with pytest.raises(UnsafeFileError, match="630k-audioset-fusion-best.pt"):
         load_laion_checkpoint(path)
     assert not marker.exists()
+
+
+def test_passt_and_versebench_kl_match_verse_bench_code():
+    from benchmarks.parity import passt as passt_parity
+
+    _require(passt_parity.check())
+
+
+def test_passt_malicious_checkpoint_is_refused_naming_the_file(tmp_path):
+    from klear_lightning.metrics.passt import load_passt
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt"
+    torch.save({"cls_token": torch.zeros(1, 1, 8), "extra": _Exploit(marker)}, path)
+    with pytest.raises(UnsafeFileError, match="passt-s-f128-p16-s10-ap.476-swa.pt"):
+        load_passt(path)
+    assert not marker.exists()
