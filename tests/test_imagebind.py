@@ -42,8 +42,24 @@ def test_ib_audio_three_normalised_clips():
 
 def test_ib_builder_needs_checkpoint_then_package(tmp_path):
     with pytest.raises(MetricUnavailable, match="metrics.checkpoints.imagebind"):
-        REGISTRY["ib_score"].build(BuildContext.create({}))
+        REGISTRY["ib_score_avbench"].build(BuildContext.create({}))
     if importlib.util.find_spec("imagebind") is None:
         (tmp_path / "imagebind_huge.pth").write_bytes(b"")
         with pytest.raises(MetricUnavailable, match="non-commercial"):
-            REGISTRY["ib_score"].build(BuildContext.create({"imagebind": str(tmp_path / "imagebind_huge.pth")}))
+            REGISTRY["ib_score_avbench"].build(BuildContext.create({"imagebind": str(tmp_path / "imagebind_huge.pth")}))
+
+
+def test_malicious_imagebind_weights_are_refused_naming_the_file(tmp_path):
+    import os
+
+    from klear_lightning.safe_pickle import UnsafeFileError
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "imagebind_huge.pth"
+    torch.save({"w": torch.zeros(1), "x": Exploit()}, path)
+    with pytest.raises(UnsafeFileError, match="imagebind_huge.pth"):
+        ib.read_imagebind_weights(path)
+    assert not (tmp_path / "pwned").exists()

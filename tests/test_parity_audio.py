@@ -87,3 +87,29 @@ def test_passt_malicious_checkpoint_is_refused_naming_the_file(tmp_path):
     with pytest.raises(UnsafeFileError, match="passt-s-f128-p16-s10-ap.476-swa.pt"):
         load_passt(path)
     assert not marker.exists()
+
+
+def test_whisper_through_faster_whisper_matches_transformers_whisper():
+    from benchmarks.parity import whisper as whisper_parity
+
+    _require(whisper_parity.check())
+
+
+def test_parity_runner_writes_one_entry_per_extractor(tmp_path, monkeypatch):
+    """`python -m benchmarks metric_parity` runs every module's check() and records each result,
+    skipped ones with their reason (here with the heavy checks stubbed out)."""
+    import json
+
+    import benchmarks.common
+    from benchmarks import metric_parity
+    from benchmarks.parity import ParityResult
+
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    fake = {name: ParityResult(name, "ref", 1e-6, ("fmt",)) for name in ("clap", "panns", "passt", "whisper")}
+    monkeypatch.setattr(metric_parity, "run", lambda names=None: [*fake.values(),
+                        ParityResult("mos_predictor", "x", None, (), skipped="not implemented")])
+    metric_parity.main()
+    out = json.loads((tmp_path / "metric_parity.json").read_text())["extractors"]
+    assert set(out) == set(fake) | {"mos_predictor"}
+    assert out["panns"]["passed"] is True and out["mos_predictor"]["skipped"] == "not implemented"
+    assert {"clap", "panns", "passt", "sensevoice", "whisper", "imagebind", "mos"} <= set(metric_parity.modules())

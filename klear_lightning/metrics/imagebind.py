@@ -27,6 +27,7 @@ from klear_lightning.media import MediaClip
 from klear_lightning.metrics.aesthetic import CLIP_MEAN, CLIP_STD
 from klear_lightning.metrics.audio_prep import clip_audio
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, MetricUnavailable, register_metric
+from klear_lightning.safe_pickle import load_torch_file
 
 IB_FPS = 0.5
 IB_SIZE = 224
@@ -73,7 +74,7 @@ def ib_audio(wave: Tensor, melspec: Any) -> Tensor:
 
 class ImageBindScore(ClipMetric):
     modalities = ("video", "audio")
-    columns = (Column("ib_score", "IB", higher_is_better=True),)
+    columns = (Column("ib_score_avbench", "IB", higher_is_better=True),)
     protocol = ("av-benchmark: ImageBind huge, video 0.5 fps x 3 crops x frame pairs, audio 3 x 2 s "
                 "fbank clips, cosine(video, audio), mean")
 
@@ -100,7 +101,15 @@ class ImageBindScore(ClipMetric):
         return self.total / self.n
 
 
-@register_metric("ib_score", group="av", description="ImageBind video-audio cosine (non-commercial extra)")
+def read_imagebind_weights(path: Path) -> dict[str, Tensor]:
+    """`imagebind_huge.pth` (the ImageBindModel state dict) through the allow-list reader."""
+    state = load_torch_file(path)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not an ImageBind state dict")
+    return state
+
+
+@register_metric("ib_score_avbench", group="av", description="ImageBind video-audio cosine (non-commercial extra)")
 def build_ib_score(ctx: BuildContext) -> ClipMetric:
     path = ctx.checkpoint("imagebind", "ImageBind weights (imagebind_huge.pth)")
     try:
@@ -112,7 +121,7 @@ def build_ib_score(ctx: BuildContext) -> ClipMetric:
 
     def load() -> nn.Module:
         model = imagebind_model.imagebind_huge(pretrained=False)
-        model.load_state_dict(torch.load(Path(path), map_location="cpu", weights_only=True), strict=True)
+        model.load_state_dict(read_imagebind_weights(Path(path)), strict=True)
         return model.eval().to(ctx.device)
 
     return ImageBindScore(ctx.shared("imagebind", load), ModalityType, waveform2melspec)

@@ -78,7 +78,7 @@ def versebench_wer(reference: str, hypothesis: str) -> float:
 class WhisperTranscriber:
     """faster-whisper over a CTranslate2 Whisper directory; English, beam search, no VAD."""
 
-    def __init__(self, model_dir: Path, device: str = "cpu", compute_type: str = "int8", beam_size: int = 5) -> None:
+    def __init__(self, model_dir: Path, device: str = "cpu", compute_type: str = "float32", beam_size: int = 5) -> None:
         from faster_whisper import WhisperModel
 
         self.model = WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=1)
@@ -177,7 +177,9 @@ def build_wer(ctx: BuildContext) -> ClipMetric:
     import ctranslate2
 
     device = "cuda" if ctx.device.type == "cuda" and ctranslate2.get_cuda_device_count() > 0 else "cpu"
-    compute_type = "float16" if device == "cuda" else "int8"
+    # float32 on CPU: int8 weights move the encoder output by ~2 % (benchmarks/parity/whisper.py) and
+    # can change transcripts; float16 on CUDA as Seed-TTS's evaluation runs it.
+    compute_type = "float16" if device == "cuda" else "float32"
     transcriber = ctx.shared(f"whisper:{model_dir}", lambda: WhisperTranscriber(model_dir, device, compute_type))
     return whisper_wer(transcriber, tag)
 
