@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import timed, write_result
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext
-from klear_lightning.metrics.fd import build_fd_panns
+from klear_lightning.metrics.fd import build_fd_panns_avbench
 from klear_lightning.metrics.panns import Cnn14
 
 CLIPS = 16
@@ -32,7 +32,7 @@ def clips() -> list[MediaClip]:
 
 
 def run_device(path: Path, device: str, gen: list[MediaClip], ref: list[MediaClip]) -> dict[str, float | torch.Tensor]:
-    metric = build_fd_panns(BuildContext.create({"panns": str(path)}, device)).to(device)
+    metric = build_fd_panns_avbench(BuildContext.create({"panns": str(path)}, device)).to(device)
     extractor = metric.features
     fresh = lambda: [MediaClip(None, c.fps, c.audio.clone(), c.sample_rate) for c in gen]  # noqa: E731 (no memo hit)
     rate = CLIPS / timed(lambda: extractor(fresh()), warmup=1, repeats=3)

@@ -84,13 +84,13 @@ def test_table1_prefers_the_papers_protocol_and_marks_another():
         "clap_score_versebench": _ok(0.3, "Verse-Bench CLAP"),
         "wer_whisper_tiny_en_seedtts": _ok(0.2, "Seed-TTS whisper"),
         "wer_sensevoice_versebench": {"status": "not computed", "reason": "needs FunASR"},
-        "desync_versebench": _ok(0.4, "abs"), "desync_versebench_signed": _ok(-0.1, "signed"),
+        "desync_versebench_abs": _ok(0.4, "abs"), "desync_versebench": _ok(-0.1, "signed"),
     }}
     cells = table1(tasks)["t2av"]
     assert cells["FD"]["key"] == "fd_panns_avbench" and cells["FD"]["paper_protocol"] is False
     assert cells["CLAP"]["key"] == "clap_score_versebench" and cells["CLAP"]["paper_protocol"] is True
     assert cells["WER"]["key"] == "wer_whisper_tiny_en_seedtts" and cells["WER"]["paper_protocol"] is False
-    assert cells["AV-A"]["key"] == "desync_versebench_signed" and cells["AV-A"]["value"] == -0.1
+    assert cells["AV-A"]["key"] == "desync_versebench" and cells["AV-A"]["value"] == -0.1
     assert cells["SNC"] == {"status": "not computed", "reason": "no metric for this column is configured"}
     md = table1_markdown(table1(tasks))
     assert md[2] == "| Row | MS | AS | ID | FD | KL | CLAP | WER | AV-A | SNC | MOS | IB |"

@@ -3,7 +3,7 @@
 Every metric
 - is a `ClipMetric` fed decoded `MediaClip`s: `update(generated, reference=None)`;
 - carries a sum-reduced count state `n` (clips it scored), logged beside its value;
-- names its protocol in its result keys (`fd_panns`, `kl_panns`, `wer_whisper_tiny_en`, ...);
+- names its protocol in its result keys (`fd_panns_avbench`, `clap_score_versebench`, `wer_whisper_tiny_en_seedtts`, ...);
 - refuses with `MetricUndefined` where its formula is undefined (no clips, Fréchet with N < 2).
 
 Metrics are built by name through the registry (`register_metric`). A builder receives a
@@ -121,7 +121,7 @@ class ClipMetric(Metric):
 @dataclass
 class BuildContext:
     """What builders read: checkpoint paths by extractor key, the device, and a shared cache so
-    two metrics on one extractor (fd_panns, kl_panns) load it once."""
+    two metrics on one extractor (fd_panns_avbench, kl_panns_avbench) load it once."""
 
     checkpoints: Mapping[str, str | None]
     device: torch.device
@@ -175,7 +175,7 @@ REGISTRY: dict[str, MetricSpec] = {}
 
 
 def register_metric(name: str, group: Group, description: str) -> Callable[[Callable[[BuildContext], ClipMetric]], Callable[[BuildContext], ClipMetric]]:
-    """Decorator: register a builder under a config name (e.g. "fd_panns")."""
+    """Decorator: register a builder under a config name (e.g. "fd_panns_avbench")."""
     if group not in GROUPS:
         raise ValueError(f"metric {name!r}: group must be one of {GROUPS}, got {group!r}")
 

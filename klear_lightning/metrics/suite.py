@@ -59,7 +59,7 @@ class MetricsConfig:
     """Which metrics to compute and with which extractor weights.
 
     Args:
-        metrics: registered metric names (e.g. fd_panns, kl_panns, clap_score, wer_whisper);
+        metrics: registered metric names (e.g. fd_clap_versebench, kl_passt_versebench, clap_score_versebench, wer_whisper_seedtts);
             default: every registered metric (those without weights are reported as skipped).
         checkpoints: extractor key -> local path (panns, clap, whisper, ...). An unset key skips
             the metrics that need it with one line saying what to set.
