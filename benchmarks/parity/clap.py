@@ -110,8 +110,21 @@ def _relative_position_index(window_area: int) -> Tensor:
     return rel[:, :, 0] * (2 * w - 1) + rel[:, :, 1]
 
 
-def check(kinds: tuple[str, ...] = ("nonfusion", "fusion")) -> ParityResult:
-    """Both models by default; the test runs the fusion model (Verse-Bench's) alone."""
+def _transformers_dir(laion_file: Path, tokenizer_dir: Path, out: Path) -> Path:
+    """The LAION file as a transformers CLAP directory (weights + tokenizer), as users may hold one."""
+    from transformers import AutoTokenizer
+
+    from klear_lightning.metrics.clap import load_laion_checkpoint
+
+    load_laion_checkpoint(laion_file).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+def check(kinds: tuple[str, ...] = ("nonfusion", "fusion", "fusion_transformers_dir")) -> ParityResult:
+    """Both models from LAION files, and the fusion model from a transformers directory (the weights
+    converted by the project's own converter and saved with `save_pretrained`); the test runs the
+    fusion model from a LAION file (Verse-Bench's) alone."""
     try:
         ref = load_reference(REFERENCE)
     except FileNotFoundError:
@@ -127,12 +140,14 @@ def check(kinds: tuple[str, ...] = ("nonfusion", "fusion")) -> ParityResult:
         tokenizer_dir = Path(tmp) / "roberta-base"
         write_tokenizer(tokenizer_dir)
         for kind in kinds:
-            fusion = kind == "fusion"
-            expected = ref["models"][kind]
+            fusion = kind.startswith("fusion")
+            expected = ref["models"]["fusion" if fusion else "nonfusion"]
             state = seeded_state_dict(laion_template(fusion), ref["seed"], keep=lambda k: "logmel_extractor" in k)
             path = Path(tmp) / f"630k-audioset{'-fusion' if fusion else ''}-best.pt"
             torch.save({"epoch": 45, "name": "parity", "state_dict": {"module." + k: v for k, v in state.items()},
                         "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}}, path)
+            if kind == "fusion_transformers_dir":
+                path = _transformers_dir(path, tokenizer_dir, Path(tmp) / "clap-htsat-fused")
             extractor = clap_extractor(BuildContext.create({"clap": str(path), "clap_tokenizer": str(tokenizer_dir)}))
             ids = extractor.tokenizer(ref["texts"], padding="max_length", max_length=77, return_tensors="pt")["input_ids"][:, :12]
             if ids.tolist() != expected["text_ids"]:

@@ -2,8 +2,9 @@
 what LAION's own `laion_clap` code computes at inference, as Verse-Bench runs it.
 
 `metrics.checkpoints.clap` is either
-- a transformers directory (config.json, weights, tokenizer and preprocessor files), e.g. a local
-  copy of `laion/clap-htsat-unfused` or `laion/clap-htsat-fused`; or
+- a transformers directory (config.json, weights, tokenizer files), e.g. a local copy of
+  `laion/clap-htsat-unfused` or `laion/clap-htsat-fused` (its preprocessor config is not read: the
+  features below are LAION's whatever it says); or
 - an original LAION `.pt` checkpoint (`630k-audioset-best.pt`, or `630k-audioset-fusion-best.pt`
   as Verse-Bench uses), read through the allow-list reader and converted key by key into the
   transformers model (config inferred from tensor shapes; every tensor of the file is either
@@ -264,19 +265,13 @@ def laion_feature_extractor(fusion: bool) -> Any:
 
 
 def load_clap(path: Path, tokenizer_dir: Path | None, device: torch.device, seed: int = 0) -> ClapExtractor:
-    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+    """A transformers directory or a LAION checkpoint; the audio features are LAION's either way (a
+    directory's preprocessor_config.json is not read: its mel range is not always LAION's)."""
+    from transformers import AutoTokenizer, ClapModel
 
     if path.is_dir():
         model = ClapModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or path)
-        fusion = bool(model.config.audio_config.enable_fusion)
-        if (path / "preprocessor_config.json").exists():
-            features = ClapFeatureExtractor.from_pretrained(path, truncation="fusion" if fusion else "rand_trunc", padding="repeatpad")
-            if features.frequency_min != F_MIN or features.frequency_max != F_MAX:
-                raise ValueError(f"{path}/preprocessor_config.json: mel range {features.frequency_min}-{features.frequency_max} Hz, "
-                                 f"LAION's is {F_MIN:g}-{F_MAX:g} Hz")
-        else:
-            features = laion_feature_extractor(fusion)
     else:
         if tokenizer_dir is None:
             raise MetricUnavailable(
@@ -284,8 +279,7 @@ def load_clap(path: Path, tokenizer_dir: Path | None, device: torch.device, seed
             )
         model = load_laion_checkpoint(path)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        features = laion_feature_extractor(bool(model.config.audio_config.enable_fusion))
-    return ClapExtractor(model, tokenizer, features, device, seed)
+    return ClapExtractor(model, tokenizer, laion_feature_extractor(bool(model.config.audio_config.enable_fusion)), device, seed)
 
 
 def clap_extractor(ctx: BuildContext) -> ClapExtractor:
