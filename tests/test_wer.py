@@ -142,3 +142,22 @@ def test_shipped_tiny_en_transcribes_syncworld_speech():
     metric.reset()
     metric.update([_clip(SENTENCES[(i + 1) % 4], a) for i, a in enumerate(speech)])
     assert metric.results()["wer_whisper_tiny_en_seedtts"].value > 0.8
+
+
+def test_sensevoice_directories_with_a_malicious_pickle_are_refused_before_funasr_reads_them(tmp_path):
+    import os
+
+    from klear_lightning.safe_pickle import UnsafeFileError
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    (tmp_path / "SenseVoiceSmall").mkdir()
+    (tmp_path / "fsmn-vad").mkdir()
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "fsmn-vad" / "model.pt")
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "cfg": Exploit()}, tmp_path / "SenseVoiceSmall" / "model.pt")
+    build = load_registry()["wer_sensevoice_versebench"].build
+    with pytest.raises(UnsafeFileError, match=r"SenseVoiceSmall/model\.pt"):
+        build(BuildContext.create({"sensevoice": str(tmp_path / "SenseVoiceSmall"), "sensevoice_vad": str(tmp_path / "fsmn-vad")}))
+    assert not (tmp_path / "pwned").exists()
