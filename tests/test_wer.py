@@ -147,7 +147,7 @@ def test_shipped_tiny_en_transcribes_syncworld_speech():
 def test_sensevoice_directories_with_a_malicious_pickle_are_refused_before_funasr_reads_them(tmp_path):
     import os
 
-    from klear_lightning.safe_pickle import UnsafeFileError
+    from klear_lightning.metrics.base import MetricUnavailable
 
     class Exploit:
         def __reduce__(self):
@@ -158,6 +158,6 @@ def test_sensevoice_directories_with_a_malicious_pickle_are_refused_before_funas
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "fsmn-vad" / "model.pt")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "cfg": Exploit()}, tmp_path / "SenseVoiceSmall" / "model.pt")
     build = load_registry()["wer_sensevoice_versebench"].build
-    with pytest.raises(UnsafeFileError, match=r"SenseVoiceSmall/model\.pt"):
+    with pytest.raises(MetricUnavailable, match=r"metrics\.checkpoints\.sensevoice: .*SenseVoiceSmall/model\.pt: refused"):
         build(BuildContext.create({"sensevoice": str(tmp_path / "SenseVoiceSmall"), "sensevoice_vad": str(tmp_path / "fsmn-vad")}))
     assert not (tmp_path / "pwned").exists()

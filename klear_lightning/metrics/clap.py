@@ -283,9 +283,9 @@ def load_clap(path: Path, tokenizer_dir: Path | None, device: torch.device, seed
 
 
 def clap_extractor(ctx: BuildContext) -> ClapExtractor:
-    path = ctx.checkpoint("clap", "a transformers CLAP directory (e.g. laion/clap-htsat-fused) or a LAION .pt")
     tokenizer_dir = ctx.checkpoint("clap_tokenizer", "a roberta-base tokenizer directory") if ctx.checkpoints.get("clap_tokenizer") else None
-    return ctx.shared("clap", lambda: load_clap(path, tokenizer_dir, ctx.device))
+    return ctx.load("clap", "a transformers CLAP directory (e.g. laion/clap-htsat-fused) or a LAION .pt",
+                    lambda path: load_clap(path, tokenizer_dir, ctx.device))
 
 
 class ClapScore(ClipMetric):

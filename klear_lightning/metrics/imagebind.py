@@ -111,7 +111,7 @@ def read_imagebind_weights(path: Path) -> dict[str, Tensor]:
 
 @register_metric("ib_score_avbench", group="av", description="ImageBind video-audio cosine (non-commercial extra)")
 def build_ib_score(ctx: BuildContext) -> ClipMetric:
-    path = ctx.checkpoint("imagebind", "ImageBind weights (imagebind_huge.pth)")
+    ctx.checkpoint("imagebind", "ImageBind weights (imagebind_huge.pth)")  # unset: skipped before the package check
     try:
         from imagebind.data import waveform2melspec
         from imagebind.models import imagebind_model
@@ -119,9 +119,9 @@ def build_ib_score(ctx: BuildContext) -> ClipMetric:
     except ImportError as err:
         raise MetricUnavailable(INSTALL) from err
 
-    def load() -> nn.Module:
+    def load(weights: Path) -> nn.Module:
         model = imagebind_model.imagebind_huge(pretrained=False)
-        model.load_state_dict(read_imagebind_weights(Path(path)), strict=True)
+        model.load_state_dict(read_imagebind_weights(weights), strict=True)
         return model.eval().to(ctx.device)
 
-    return ImageBindScore(ctx.shared("imagebind", load), ModalityType, waveform2melspec)
+    return ImageBindScore(ctx.load("imagebind", "ImageBind weights (imagebind_huge.pth)", load), ModalityType, waveform2melspec)

@@ -83,8 +83,8 @@ class VerseBenchKL(ClipMetric):
 def build_kl_passt(ctx: BuildContext) -> ClipMetric:
     from klear_lightning.metrics.passt import load_passt
 
-    path = ctx.checkpoint("passt", "the PaSST weights (passt-s-f128-p16-s10-ap.476-swa.pt)")
-    return VerseBenchKL(ctx.shared("passt", lambda: load_passt(path).to(ctx.device)))
+    return VerseBenchKL(ctx.load("passt", "the PaSST weights (passt-s-f128-p16-s10-ap.476-swa.pt)",
+                                 lambda path: load_passt(path).to(ctx.device)))
 
 
 @register_metric("kl_panns_avbench", group="audio", description="KL(reference || generated), softmax over PANNs AudioSet logits")

@@ -204,5 +204,5 @@ class PannsExtractor:
 
 def panns_extractor(ctx: BuildContext) -> PannsExtractor:
     """The shared Cnn14 extractor from `metrics.checkpoints.panns`."""
-    path = ctx.checkpoint("panns", "a PANNs Cnn14 16 kHz checkpoint (Cnn14_16k_mAP=0.438.pth, zenodo 3987831)")
-    return ctx.shared("panns", lambda: PannsExtractor(load_cnn14(path, ctx.device)))
+    return ctx.load("panns", "a PANNs Cnn14 16 kHz checkpoint (Cnn14_16k_mAP=0.438.pth, zenodo 3987831)",
+                    lambda path: PannsExtractor(load_cnn14(path, ctx.device)))

@@ -184,7 +184,7 @@ def build_wer(ctx: BuildContext) -> ClipMetric:
     return whisper_wer(transcriber, tag)
 
 
-def vet_pickles(directory: Path) -> None:
+def vet_pickles(directory: Path) -> Path:
     """FunASR unpickles `model.pt` with its own `torch.load`; read every pickle-based weights file of the
     directory through the allow-list reader first, so a file that would run code is refused (naming it)
     before FunASR ever opens it."""
@@ -192,14 +192,13 @@ def vet_pickles(directory: Path) -> None:
 
     for path in sorted(p for p in directory.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".ckpt")):
         load_torch_file(path)
+    return directory
 
 
 @register_metric("wer_sensevoice_versebench", group="tts", description="WER of generated speech vs transcript, SenseVoice (Verse-Bench)")
 def build_wer_sensevoice(ctx: BuildContext) -> ClipMetric:
-    model_dir = ctx.checkpoint("sensevoice", "a local SenseVoiceSmall directory (FunAudioLLM/SenseVoiceSmall)")
-    vad_dir = ctx.checkpoint("sensevoice_vad", "a local fsmn-vad directory (funasr/fsmn-vad)")
-    vet_pickles(model_dir)
-    vet_pickles(vad_dir)
+    model_dir = ctx.load("sensevoice", "a local SenseVoiceSmall directory (FunAudioLLM/SenseVoiceSmall)", vet_pickles)
+    vad_dir = ctx.load("sensevoice_vad", "a local fsmn-vad directory (funasr/fsmn-vad)", vet_pickles)
     try:
         import funasr  # noqa: F401
     except ImportError as err:
