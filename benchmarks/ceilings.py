@@ -8,7 +8,7 @@ them). Two rows per (partition, split):
   (log-mel) encode the clip and decode the latents (the data module's normalisation is affine and
   cancels in the round trip).
 Columns: SyncWorld's exact metrics (event offset and match, lip sync, speaker turns, colour, pitch)
-and `wer_whisper_tiny_en` (the shipped recogniser; reference: the spoken words, so `speech_multi`'s
+and `wer_whisper_tiny_en_seedtts` (the shipped recogniser; reference: the spoken words, so `speech_multi`'s
 speaker tags and `singing`'s vowel names are not scored), each with its clip count. Also: the audio
 decoders tried on the test partition's speech (WER and STOI, a standard intelligibility proxy
 in [0, 1], of each decoder's round trip), raw speech as the reference line.
@@ -39,7 +39,7 @@ SEED = 0
 GEOMETRY = SyncWorldConfig(duration=2.0, fps=8, size=32, sample_rate=16000)
 PARTITIONS = {"test": ("sound", "speech_single", "speech_multi", "singing"), "ood": ("sound", "speech_single", "singing")}
 METRICS = ["sync_offset_syncworld", "lipsync_syncworld", "speaker_turns_syncworld", "colour_syncworld",
-           "pitch_syncworld", "wer_whisper"]  # fmt: skip
+           "pitch_syncworld", "wer_whisper_seedtts"]  # fmt: skip
 # Audio decoders tried (same latents: 64 log-mel channels at 50 Hz): today's default first.
 DECODERS: dict[str, AudioCodecConfig] = {
     "pinv_gl32": AudioCodecConfig(mel_inverse="pinv", griffin_lim_iters=32),
@@ -105,7 +105,7 @@ def main() -> None:
                 }
                 if partition == "test" and split.startswith("speech"):
                     speech += clips
-    wer = suite.metrics["t2av"]["wer_whisper"]
+    wer = suite.metrics["t2av"]["wer_whisper_seedtts"]
     decoders: dict[str, Any] = {"raw": {"wer": _wer(wer, speech)}}
     for name, cfg in DECODERS.items():
         codec = build_audio_codec(cfg)
@@ -113,8 +113,8 @@ def main() -> None:
         decoders[name] = {"config": asdict(cfg), "wer": _wer(wer, decoded), "stoi": stoi_mean(speech, decoded)}
     test = {split: rows[f"test/{split}"]["decoded"] for split in PARTITIONS["test"]}
     summary = (
-        f"decoded test ceilings: WER single {test['speech_single']['wer_whisper_tiny_en']['value']:.3f}, "
-        f"multi {test['speech_multi']['wer_whisper_tiny_en']['value']:.3f}; lip-sync single "
+        f"decoded test ceilings: WER single {test['speech_single']['wer_whisper_tiny_en_seedtts']['value']:.3f}, "
+        f"multi {test['speech_multi']['wer_whisper_tiny_en_seedtts']['value']:.3f}; lip-sync single "
         f"{test['speech_single']['lipsync_corr_syncworld']['value']:.3f}, multi "
         f"{test['speech_multi']['lipsync_corr_syncworld']['value']:.3f}, singing "
         f"{test['singing']['lipsync_corr_syncworld']['value']:.3f}; event offset "
