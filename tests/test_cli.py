@@ -163,6 +163,23 @@ def test_bootstrap_generates_at_clip_size_then_caches(tmp_path, capsys):
     assert (root / "stats" / f"{dm.video_codec.name}-{dm.video_codec.version}.json").exists()
 
 
+def test_bootstrap_draws_the_scene_and_refuses_a_root_generated_otherwise(tmp_path):
+    """`syncworld_scene` reaches the generator; a root generated with another scene or clip count is an
+    error naming both, never silently trained on; the same config reuses it."""
+    from klear_lightning.cli import bootstrap_syncworld
+
+    root = tmp_path / "sw"
+    args = ["--config", str(CONFIGS / "demo.yaml"), "--data.init_args.root", str(root),
+            "--data.init_args.train_splits", "{sound: 1.0}", "--syncworld_clips_per_split", "1"]
+    bootstrap_syncworld(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))
+    assert json.loads((root / "syncworld.json").read_text())["config"]["scene"]["object_scale"] == 2.0
+    bootstrap_syncworld(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))  # same: reused
+    with pytest.raises(ValueError, match="object_scale.: 1.0.*delete"):
+        bootstrap_syncworld(_parse_args(*args))
+    with pytest.raises(ValueError, match="syncworld_clips_per_split = 2"):
+        bootstrap_syncworld(_parse_args(*args[:-1], "2", "--syncworld_scene.object_scale", "2.0"))
+
+
 def test_cache_subcommand_adds_latents(tmp_path, capsys):
     from test_datamodule import make_sample
 
