@@ -114,24 +114,32 @@ def bootstrap_syncworld(config: Namespace) -> None:
     """Generate SyncWorld into the data root when asked (`syncworld_clips_per_split` > 0) and absent
     (single-process runs such as the demo; multi-process runs should run `klear syncworld` first):
     the splits the data config names, at its clip's duration, fps, sample rate and (square clips)
-    size; then cache latents and caption embeddings for train / val / test / ood with its codecs, so
-    training and testing read the cached path."""
+    size, drawn at `syncworld_scene`; then cache latents and caption embeddings for train / val / test / ood
+    with its codecs, so training and testing read the cached path. A root that already holds SyncWorld
+    generated with another geometry, scene or clip count is an error (never silently trained on)."""
     clips = config.get("syncworld_clips_per_split") or 0
     root = config.get("data.init_args.root")
-    if clips <= 0 or root is None or (Path(root) / "train").is_dir():
+    if clips <= 0 or root is None:
         return
     from klear_lightning.codecs import AudioCodecConfig, TextEncoderConfig, VideoCodecConfig
     from klear_lightning.data.cache import cache_latents
-    from klear_lightning.data.syncworld import SPLITS, generate_syncworld
+    from klear_lightning.data.syncworld import SPLITS, SceneScale, generate_syncworld
 
     clip = _init_value(config, "clip", ClipSpec)
+    scene = config.get("syncworld_scene")
+    scene = SceneScale(**scene.as_dict()) if isinstance(scene, Namespace) else (scene or SceneScale())
+    size = {"size": clip.height} if clip.height == clip.width else {}
+    wanted = {"duration": clip.duration, "fps": int(clip.fps), "sample_rate": clip.sample_rate, **size,
+              "scene": asdict(scene)}
+    if (Path(root) / "train").is_dir():
+        _check_existing_syncworld(Path(root), wanted, clips)
+        return
     train = list(config.get("data.init_args.train_splits") or {})
     splits = list(dict.fromkeys(train + list(config.get("data.init_args.val_splits") or [])
                                 + list(config.get("data.init_args.test_splits") or []))) or list(SPLITS)
-    size = {"size": clip.height} if clip.height == clip.width else {}
     print(f"SyncWorld not found in {root}: generating {clips} clips per split (once)", flush=True)
     generate_syncworld(Path(root), clips_per_split=clips, seed=config.get("data.init_args.seed") or 0, splits=splits,
-                       duration=clip.duration, fps=int(clip.fps), sample_rate=clip.sample_rate, **size)
+                       duration=clip.duration, fps=int(clip.fps), sample_rate=clip.sample_rate, scene=scene, **size)
     print(f"caching latents and caption embeddings in {root}", flush=True)
     cache_latents(
         Path(root), splits, partitions=["train", "val", "test", "ood"], clip=clip,
@@ -141,6 +149,27 @@ def bootstrap_syncworld(config: Namespace) -> None:
         text_encoder=_init_value(config, "text_encoder", TextEncoderConfig),
         workers=max(1, min(2, config.get("data.init_args.num_workers") or 1)),
     )
+
+
+def _check_existing_syncworld(root: Path, wanted: dict[str, Any], clips: int) -> None:
+    """The SyncWorld summary in `root` must match the requested geometry, scene and train clip count."""
+    from klear_lightning.data.syncworld import SceneScale
+    from klear_lightning.data.syncworld.generate import SUMMARY
+
+    path = root / SUMMARY
+    if not path.is_file():
+        return  # not SyncWorld (e.g. `klear prepare` shards): nothing to compare
+    summary = json.loads(path.read_text())
+    have = {**summary["config"]}
+    have["scene"] = {**asdict(SceneScale()), **have.get("scene", {})}  # summaries from before the scene knobs
+    have = {k: have.get(k) for k in wanted}
+    train_clips = max(summary.get("clips", {}).get("train", {}).values(), default=None)
+    if have != wanted or train_clips != clips:
+        raise ValueError(
+            f"{root} holds SyncWorld generated with {have} and {train_clips} train clips per split, but this "
+            f"config asks for {wanted} and syncworld_clips_per_split = {clips}: delete {root} (it is regenerated) "
+            "or point data.init_args.root elsewhere"
+        )
 
 
 class KlearCLI(LightningCLI):
@@ -153,6 +182,12 @@ class KlearCLI(LightningCLI):
             "--syncworld_clips_per_split", type=int, default=0,
             help="when > 0 and data.init_args.root has no shards yet, generate SyncWorld there first "
             "(this many clips per split; the demo's self-bootstrap)",
+        )
+        from klear_lightning.data.syncworld import SceneScale
+
+        parser.add_argument(
+            "--syncworld_scene", type=SceneScale, default=SceneScale(),
+            help="how large SyncWorld draws faces, mouths and sound objects when it is generated",
         )
         links = {
             "model.model.video_channels": _data_attr("video_channels"),

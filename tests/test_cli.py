@@ -44,6 +44,56 @@ def test_demo_with_each_ablation_overlay_parses(overlay):
     assert cfg.model.model.rope_time_scale == expected_time_scale
 
 
+RESEARCH = CONFIGS / "research"
+RESEARCH_ARMS = sorted(str(p.relative_to(RESEARCH / "ablations")) for p in (RESEARCH / "ablations").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", RESEARCH_ARMS)
+def test_research_config_with_each_ablation_overlay_parses_and_changes_only_its_arm(overlay):
+    base = _parse(RESEARCH / "baseline.yaml")
+    cfg = _parse(RESEARCH / "baseline.yaml", RESEARCH / "ablations" / overlay)
+    assert cfg.ablation != base.ablation == "baseline"
+    assert cfg.data.init_args.clip == base.data.init_args.clip and cfg.data.init_args.batch_size == 8
+    if not overlay.startswith("curriculum/"):  # one stage of the baseline's length; the curriculum splits it
+        assert cfg.trainer.max_steps == base.trainer.max_steps
+    changed = {k for k in ("architecture", "dim", "rope_mode", "rope_time_scale")
+               if getattr(cfg.model.model, k) != getattr(base.model.model, k)}
+    expected = {"single_vs_dual_tower.yaml": {"architecture", "dim"}, "rope_offset.yaml": {"rope_mode", "rope_time_scale"},
+                "rope_time_scale_1.yaml": {"rope_time_scale"}}
+    assert changed == expected.get(overlay, set())
+
+
+def test_research_curriculum_has_the_baselines_total_steps_and_chains():
+    stages = [_parse(RESEARCH / "baseline.yaml", RESEARCH / "ablations" / "curriculum" / f"stage{i}.yaml") for i in (1, 2, 3)]
+    assert sum(s.trainer.max_steps for s in stages) == _parse(RESEARCH / "baseline.yaml").trainer.max_steps
+    for before, after in zip(stages, stages[1:]):
+        saved = [c.init_args.dirpath for c in before.trainer.callbacks if c.class_path.endswith("ModelCheckpoint")]
+        assert after.model.init_from == saved[0] + "/last.ckpt"
+    assert any(c.class_path.endswith("Rebalance") for c in stages[1].trainer.callbacks)
+
+
+def test_research_dual_tower_arm_within_five_percent_of_the_single_tower():
+    from dataclasses import replace
+
+    from klear_lightning.cli import _parse as parse_modules
+    from klear_lightning.models import ModelConfig, build_model
+
+    module, data = parse_modules(RESEARCH / "baseline.yaml")
+    single = module.model_config
+    dual = replace(single, **_parse(RESEARCH / "baseline.yaml", RESEARCH / "ablations" / "single_vs_dual_tower.yaml")
+                   .model.model.as_dict() | {k: getattr(single, k) for k in ("video_channels", "audio_channels", "text_dim",
+                                                                            "video_latent_fps", "audio_latent_fps")})
+    count = [sum(p.numel() for p in build_model(ModelConfig(**vars(c))).parameters()) for c in (single, dual)]
+    assert dual.architecture == "dual_tower"
+    assert abs(count[1] / count[0] - 1) <= 0.05, count
+
+
+def test_research_ood_overlay_tests_the_held_out_partition():
+    cfg = _parse(RESEARCH / "baseline.yaml", RESEARCH / "test_ood.yaml")
+    assert cfg.data.init_args.test_partition == "ood" and "speech_multi" not in cfg.data.init_args.test_splits
+    assert cfg.trainer.default_root_dir != _parse(RESEARCH / "baseline.yaml").trainer.default_root_dir
+
+
 def test_stage_configs_chain_checkpoints():
     pre = _parse(CONFIGS / "pretrain.yaml")
     assert pre.stage == "pretrain" and pre.model.model.depth == 32 and pre.model.optim.lr == 1e-4
@@ -161,6 +211,23 @@ def test_bootstrap_generates_at_clip_size_then_caches(tmp_path, capsys):
         n = sum(s.nsamples for s in read_index(root / partition, "sound"))
         assert len(_cached_keys(root, partition, "sound")) == 2 * n, partition  # video and audio latents
     assert (root / "stats" / f"{dm.video_codec.name}-{dm.video_codec.version}.json").exists()
+
+
+def test_bootstrap_draws_the_scene_and_refuses_a_root_generated_otherwise(tmp_path):
+    """`syncworld_scene` reaches the generator; a root generated with another scene or clip count is an
+    error naming both, never silently trained on; the same config reuses it."""
+    from klear_lightning.cli import bootstrap_syncworld
+
+    root = tmp_path / "sw"
+    args = ["--config", str(CONFIGS / "demo.yaml"), "--data.init_args.root", str(root),
+            "--data.init_args.train_splits", "{sound: 1.0}", "--syncworld_clips_per_split", "1"]
+    bootstrap_syncworld(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))
+    assert json.loads((root / "syncworld.json").read_text())["config"]["scene"]["object_scale"] == 2.0
+    bootstrap_syncworld(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))  # same: reused
+    with pytest.raises(ValueError, match="object_scale.: 1.0.*delete"):
+        bootstrap_syncworld(_parse_args(*args))
+    with pytest.raises(ValueError, match="syncworld_clips_per_split = 2"):
+        bootstrap_syncworld(_parse_args(*args[:-1], "2", "--syncworld_scene.object_scale", "2.0"))
 
 
 def test_cache_subcommand_adds_latents(tmp_path, capsys):

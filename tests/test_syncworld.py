@@ -15,13 +15,14 @@ from klear_lightning.data.syncworld import (
     SPLITS,
     FliteMissingError,
     HoldoutRule,
+    SceneScale,
     SyncWorldConfig,
     generate_syncworld,
     make_clip,
 )
 from klear_lightning.data.syncworld.captions import note_name, pitch_word
 from klear_lightning.data.syncworld.scenes import MATERIAL_ADJECTIVE, object_pitch
-from klear_lightning.data.syncworld.measure import audio_onsets, visual_events
+from klear_lightning.data.syncworld.measure import audio_onsets, lip_sync, visual_events
 
 HAS_FLITE = shutil.which("flite") is not None
 
@@ -186,3 +187,37 @@ def test_speech_clips_captions_transcripts_and_turns():
     assert "left:" in multi.transcript and ":" not in multi.annotation["spoken"]
     ood = make_clip("speech_single", "ood", 0, 0, cfg, rule)
     assert rule.matches("speech_single", ood.attributes)
+
+
+def test_scene_scale_enlarges_faces_mouths_and_objects_keeping_sync_exact():
+    """The scene knobs draw what is synchronised larger; the measured sync of the clip stays exact."""
+    rule = HoldoutRule()
+    base = SyncWorldConfig(size=32)
+    close = SyncWorldConfig(size=32, scene=SceneScale(face_radius=0.46, mouth_scale=1.5, object_scale=2.0))
+    a, b = (make_clip("singing", "train", 0, 0, cfg, rule) for cfg in (base, close))
+    assert np.array_equal(a.audio, b.audio)  # the same clip, drawn larger
+    (fa,), (fb,) = a.annotation["faces"], b.annotation["faces"]
+    area = [(f["mouth_box"][2] - f["mouth_box"][0]) * (f["mouth_box"][3] - f["mouth_box"][1]) for f in (fa, fb)]
+    assert area[1] > 2.5 * area[0]
+    # the mouth moves over more pixels, and its opening still follows the audio envelope
+    changed = [np.abs(np.diff(c.video.astype(np.float32), axis=0)).sum() for c in (a, b)]
+    assert changed[1] > 2.5 * changed[0]
+    annotation = {**b.annotation, "frame_size": [32, 32]}
+    corr, lag = lip_sync(b.video.astype(np.float32), b.audio.astype(np.float64), b.fps, b.sample_rate, annotation, 0.5)
+    assert corr > 0.95 and lag == 0.0
+    for i in range(6):
+        small, large = (make_clip("sound", "train", i, 0, cfg, rule) for cfg in (base, close))
+        rgb = large.annotation["objects"][0]["rgb"]
+        pixels = [int((np.linalg.norm(c.video.astype(np.float32) - rgb, axis=-1) < 30).sum()) for c in (small, large)]
+        assert pixels[1] > 2.5 * pixels[0], (i, pixels)
+        visual = visual_events(large.video.astype(np.float32), large.fps, large.annotation)
+        onsets = audio_onsets(large.audio.astype(np.float64), large.sample_rate)
+        assert visual.size == onsets.size == len(large.annotation["event_times"]), i
+        assert np.all(np.abs(visual - onsets) < 1.0 / large.fps), (i, visual, onsets)
+
+
+def test_scene_scale_out_of_range_fails_naming_the_knob():
+    with pytest.raises(ValueError, match="pair_face_radius must be in"):
+        SceneScale(pair_face_radius=0.3)
+    with pytest.raises(ValueError, match="mouth_scale must be in"):
+        SceneScale(mouth_scale=2.0)

@@ -5,7 +5,7 @@ Splits: sound, speech_single, speech_multi, singing. `generate_syncworld` writes
 combinations only), plus `out/syncworld.json` (config, counts, digest).
 """
 
-from klear_lightning.data.syncworld.clip import SPLITS, SyncClip, SyncWorldConfig
+from klear_lightning.data.syncworld.clip import SPLITS, SceneScale, SyncClip, SyncWorldConfig
 from klear_lightning.data.syncworld.generate import (
     DEFAULT_HOLDOUT,
     PARTITIONS,
@@ -22,6 +22,7 @@ __all__ = [
     "PARTITIONS",
     "SPLITS",
     "FliteMissingError",
+    "SceneScale",
     "HoldoutRule",
     "SyncClip",
     "SyncWorldConfig",

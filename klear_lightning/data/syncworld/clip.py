@@ -12,13 +12,40 @@ BACKGROUND: tuple[int, int, int] = (34, 36, 44)
 
 
 @dataclass(frozen=True)
+class SceneScale:
+    """How much of the frame the synchronised part of a clip covers (and so how much of a model's
+    video loss it carries). Defaults are the original drawing.
+
+    Args:
+        face_radius: radius of the one face of `speech_single` / `singing`, as a fraction of the frame.
+        pair_face_radius: radius of each of the two faces of `speech_multi`, as a fraction of the frame
+            (at most 0.25: the faces sit at 0.26 and 0.74 of the width).
+        mouth_scale: mouth width and opening relative to its face (at most 1.5, where the open mouth
+            reaches from just below the eyes to the chin).
+        object_scale: radius of the `sound` objects relative to the original small / medium / large.
+    """
+
+    face_radius: float = 0.36
+    pair_face_radius: float = 0.21
+    mouth_scale: float = 1.0
+    object_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("face_radius", 0.2, 0.48), ("pair_face_radius", 0.15, 0.25),
+                             ("mouth_scale", 0.5, 1.5), ("object_scale", 0.5, 2.0)):
+            if not lo <= getattr(self, name) <= hi:
+                raise ValueError(f"SyncWorld scene.{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class SyncWorldConfig:
-    """Clip geometry shared by every split. Defaults are sized for the 2-core CPU demo."""
+    """Clip geometry shared by every split, and the scene scale. Defaults are sized for the 2-core CPU demo."""
 
     duration: float = 2.0
     fps: int = 8
     size: int = 64
     sample_rate: int = 16000
+    scene: SceneScale = SceneScale()
 
     def __post_init__(self) -> None:
         if self.duration < 1.0:

@@ -16,11 +16,13 @@ EYE_COLOUR = (20, 20, 30)
 
 @dataclass(frozen=True)
 class FaceLayout:
-    """Where a face sits in the frame (pixels) and the box that holds its mouth at any opening."""
+    """Where a face sits in the frame (pixels) and the box that holds its mouth at any opening.
+    `mouth_scale` multiplies the mouth's width and opening relative to the face."""
 
     cy: float
     cx: float
     radius: float
+    mouth_scale: float = 1.0
 
     @property
     def mouth_centre(self) -> tuple[float, float]:
@@ -28,11 +30,11 @@ class FaceLayout:
 
     @property
     def mouth_half_width(self) -> float:
-        return 0.38 * self.radius
+        return 0.38 * self.mouth_scale * self.radius
 
     @property
     def mouth_max_half_height(self) -> float:
-        return 0.28 * self.radius
+        return 0.28 * self.mouth_scale * self.radius
 
     def mouth_box(self) -> list[int]:
         """[y0, x0, y1, x1] (exclusive end) covering the mouth fully open, plus one pixel."""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from klear_lightning.data.schema import AVSample
 from klear_lightning.data.shards import ShardWriter
-from klear_lightning.data.syncworld.clip import SPLITS, SyncClip, SyncWorldConfig
+from klear_lightning.data.syncworld.clip import SPLITS, SceneScale, SyncClip, SyncWorldConfig
 from klear_lightning.data.syncworld import scenes, singing, speech
 
 PARTITIONS: tuple[str, ...] = ("train", "val", "test", "ood")
@@ -136,6 +136,7 @@ def generate_syncworld(
     sample_rate: int = 16000,
     holdout: list[dict[str, str]] | None = None,
     maxcount: int = 256,
+    scene: SceneScale | None = None,
 ) -> dict[str, Any]:
     """Generate SyncWorld shards into `out/<partition>/<split>/` and a summary `out/syncworld.json`.
 
@@ -153,13 +154,15 @@ def generate_syncworld(
             with "split" and attribute values, e.g. {"split": "sound", "colour": "red", "size":
             "large", "event": "bounce"} (default: DEFAULT_HOLDOUT; [] for none).
         maxcount: clips per tar shard.
+        scene: how large faces, mouths and `sound` objects are drawn (default: SceneScale(), the
+            original drawing).
 
     Returns the summary: config, clip counts {partition: {split: n}} and "digest", a sha256 over
     every clip's video, audio and JSON record (equal digests mean equal data).
     """
     if clips_per_split < 1:
         raise ValueError(f"clips_per_split must be >= 1, got {clips_per_split}")
-    cfg = SyncWorldConfig(duration=duration, fps=fps, size=size, sample_rate=sample_rate)
+    cfg = SyncWorldConfig(duration=duration, fps=fps, size=size, sample_rate=sample_rate, scene=scene or SceneScale())
     rule = HoldoutRule(DEFAULT_HOLDOUT if holdout is None else tuple(holdout))
     chosen = check_splits(list(splits) if splits is not None else list(SPLITS))
     out = Path(out)

@@ -117,6 +117,7 @@ def make_sound_clip(rng: np.random.Generator, cfg: SyncWorldConfig, forced: dict
     obj = _random_object(rng)
     obj.update({k: v for k, v in forced.items() if k in obj})
     scale = cfg.size / 64.0
+    radius = scale * cfg.scene.object_scale  # SIZES are radii at 64 px
     floor_y = cfg.size - int(round(6 * scale))
     frames = blank_frames(cfg)
     _floor(frames, floor_y)
@@ -124,7 +125,7 @@ def make_sound_clip(rng: np.random.Generator, cfg: SyncWorldConfig, forced: dict
     objects = [obj]
     if event == "bounce":
         event_frames = _event_frames(rng, cfg, int(rng.integers(2, 4)))
-        r = SIZES[obj["size"]] * scale
+        r = SIZES[obj["size"]] * radius
         contacts = [f / cfg.fps for f in event_frames]
         room = floor_y - 2 * r - 2
         peaks = [room * float(rng.uniform(0.6, 1.0)) for _ in contacts[1:]]
@@ -137,7 +138,7 @@ def make_sound_clip(rng: np.random.Generator, cfg: SyncWorldConfig, forced: dict
         objects.append(other)
         event_frames = [int(rng.integers(cfg.num_frames // 3, 2 * cfg.num_frames // 3 + 1))]
         tc = event_frames[0] / cfg.fps
-        r1, r2 = SIZES[obj["size"]] * scale, SIZES[other["size"]] * scale
+        r1, r2 = SIZES[obj["size"]] * radius, SIZES[other["size"]] * radius
         meet = rng.uniform(r1 + 4 * scale + 2, cfg.size - r2 - 4 * scale - 2)
         v_in, v_out = rng.uniform(14, 22) * scale, rng.uniform(6, 10) * scale
         dt = times - tc
@@ -147,7 +148,7 @@ def make_sound_clip(rng: np.random.Generator, cfg: SyncWorldConfig, forced: dict
             _draw(frames[k], other, floor_y - r2, meet + r2 + gap[k], r2, COLOURS[other["colour"]])
     elif event == "flash":
         event_frames = _event_frames(rng, cfg, int(rng.integers(2, 4)))
-        r = SIZES[obj["size"]] * scale
+        r = SIZES[obj["size"]] * radius
         cy, cx = rng.uniform(r + 4, floor_y - r - 4), rng.uniform(r + 4, cfg.size - r - 4)
         glow = np.zeros(cfg.num_frames)
         for f in event_frames:

@@ -75,7 +75,7 @@ def make_singing_clip(
             "midi": midi, "note": note_name(midi), "pitch_hz": midi_to_hz(midi),
         })
         start += seconds + gap
-    face = FaceLayout(cy=cfg.size * 0.5, cx=cfg.size * 0.5, radius=cfg.size * 0.36)
+    face = FaceLayout(cy=cfg.size * 0.5, cx=cfg.size * 0.5, radius=cfg.size * cfg.scene.face_radius, mouth_scale=cfg.scene.mouth_scale)
     opening = opening_from_envelope(frame_envelope(track, cfg.sample_rate, cfg.fps, cfg.num_frames))
     frames = blank_frames(cfg)
     for k in range(cfg.num_frames):
