@@ -1,10 +1,13 @@
-"""Decoded media: the container that metrics, logging and `klear generate` exchange."""
+"""Decoded media: the container that metrics, logging and `klear generate` exchange, and its files."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile as sf
 from torch import Tensor
 
 
@@ -29,3 +32,25 @@ class MediaClip:
         if self.video is not None:
             return self.video.shape[0] / self.fps
         return 0.0
+
+
+def write_clip(clip: MediaClip, out_dir: Path, stem: str) -> list[Path]:
+    """Write `<stem>.mp4` (video, with the audio track when there is audio), `<stem>.wav` and
+    `<stem>_spectrogram.png` (when there is audio); returns the written paths."""
+    from klear_lightning.data.media import encode_av, encode_video, write_spectrogram_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    wave = clip.audio.float().numpy() if clip.audio is not None else None
+    if clip.video is not None:
+        frames = np.ascontiguousarray(clip.video.numpy())
+        data = encode_av(frames, clip.fps, wave, clip.sample_rate) if wave is not None else encode_video(frames, clip.fps)
+        path = out_dir / f"{stem}.mp4"
+        path.write_bytes(data)
+        written.append(path)
+    if wave is not None:
+        path = out_dir / f"{stem}.wav"
+        sf.write(path, np.clip(wave, -1.0, 1.0), clip.sample_rate, subtype="PCM_16")
+        written.append(path)
+        written.append(write_spectrogram_png(wave, clip.sample_rate, out_dir / f"{stem}_spectrogram.png", title=stem))
+    return written

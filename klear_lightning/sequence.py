@@ -12,10 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from klear_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """The raw clip every sample is cut / resized to (one bucket)."""
+    """The raw clip every sample is cut / resized to (one bucket).
+
+    Args:
+        duration: seconds; longer media is cut, shorter media is padded and masked.
+        fps: video frame rate the clip is retimed to.
+        height: frame height in pixels (the largest resolution bucket's).
+        width: frame width in pixels.
+        sample_rate: audio sample rate in Hz (mono).
+    """
 
     duration: float = 2.0
     fps: float = 8.0
@@ -99,10 +109,10 @@ class SequenceSpec:
 def _exact(value: float, what: str) -> int:
     n = round(value)
     if abs(value - n) > 1e-6:
-        raise ValueError(f"{what} = {value} is not a whole number")
+        raise ConfigError(f"{what}: {value} is not a whole number")
     return n
 
 
 def _divides(factor: int, n: int, what: str, by: str) -> None:
     if factor <= 0 or n % factor:
-        raise ValueError(f"{what} = {n} is not divisible by {by} = {factor}")
+        raise ConfigError(f"{what}: {n} is not divisible by {by} = {factor}")

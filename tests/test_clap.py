@@ -116,7 +116,7 @@ def _to_laion(hf_state):
 
 
 def test_laion_checkpoint_converts_into_the_transformers_model(clap_dir, tmp_path):
-    from klear_lightning.metrics.clap import load_laion_checkpoint
+    from klear_lightning.metrics.nets.clap import load_laion_checkpoint
 
     torch.manual_seed(1)
     original = transformers.ClapModel(tiny_config()).eval()

@@ -10,12 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import LightningDataModule
-
-from klear_lightning.cli import _ParseOnlyCLI, main, summary
+from klear_lightning.cli import main
+from klear_lightning.lightning_cli import bootstrap_from_config, parse_config
 from klear_lightning.logging import flatten_config
-from klear_lightning.module import KlearModule
-from klear_lightning.sequence import ClipSpec, LatentGeometry
+from klear_lightning.sequence import ClipSpec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,28 +23,26 @@ def _parse(*paths: Path):
 
 
 def _parse_args(*args: str):
-    cli = _ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=list(args), run=False,
-                        save_config_callback=None, auto_configure_optimizers=False, seed_everything_default=False)
-    return cli.config
+    return parse_config(*args).config
 
 
 @pytest.mark.parametrize("overlay", sorted(p.name for p in (CONFIGS / "ablations").glob("*.yaml")))
 def test_demo_with_each_ablation_overlay_parses(overlay):
     cfg = _parse(CONFIGS / "demo.yaml", CONFIGS / "ablations" / overlay)
     assert cfg.ablation == overlay.removesuffix(".yaml")
-    assert cfg.model.model.dim == 192 and str(cfg.data.init_args.root) == "runs/demo/syncworld"
+    assert cfg.model.net.dim == 192 and str(cfg.data.init_args.root) == "runs/demo/syncworld"
     if overlay == "dual_tower.yaml":
-        assert cfg.model.model.architecture == "dual_tower"
+        assert cfg.model.net.architecture == "dual_tower"
     if overlay == "t2av_only.yaml":
         assert cfg.model.task_weights == {"t2av": 1.0}
     # the demo's temporal RoPE scale (3) is what these two ablate
     expected_time_scale = 1.0 if overlay in ("rope_offset.yaml", "rope_time_unscaled.yaml") else 3.0
-    assert cfg.model.model.rope_time_scale == expected_time_scale
+    assert cfg.model.net.rope_time_scale == expected_time_scale
 
 
 def test_stage_configs_chain_checkpoints():
     pre = _parse(CONFIGS / "pretrain.yaml")
-    assert pre.stage == "pretrain" and pre.model.model.depth == 32 and pre.model.optim.lr == 1e-4
+    assert pre.stage == "pretrain" and pre.model.net.depth == 32 and pre.model.optim.lr == 1e-4
     assert pre.trainer.strategy.class_path.endswith("ModelParallelStrategy")
     spec = _parse(CONFIGS / "pretrain.yaml", CONFIGS / "specialize.yaml")
     assert spec.stage == "specialize" and spec.model.init_from == "runs/pretrain/checkpoints/last.ckpt"
@@ -62,13 +58,13 @@ def test_demo_stages_chain_into_one_mlflow_database():
     assert any(c.init_args.dirpath == two.model.init_from.rsplit("/", 1)[0] for c in one.trainer.callbacks
                if c.class_path.endswith("ModelCheckpoint") and c.init_args.save_last)
     assert two.trainer.logger.init_args.tracking_uri == "sqlite:///" + one.trainer.logger.init_args.run_dir + "/mlflow.db"
-    assert set(two.model.task_weights) == {"ti2av", "a2v"} and two.model.model == one.model.model
+    assert set(two.model.task_weights) == {"ti2av", "a2v"} and two.model.net == one.model.net
     assert "sound" not in two.data.init_args.train_splits
 
 
 def test_linked_fields_are_not_settable():
     with pytest.raises(SystemExit):
-        _parse_args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--model.model.video_channels", "7", "--print_config"]
+        _parse_args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--model.net.video_channels", "7", "--print_config"]
         main(_parse_args)
 
 
@@ -145,14 +141,13 @@ def _cached_keys(root: Path, partition: str, split: str) -> list[str]:
 def test_bootstrap_generates_at_clip_size_then_caches(tmp_path, capsys):
     """The demo's self-bootstrap writes only the configured splits at the clip's resolution and caches
     every train / val / test sample with the data module's codecs (the fast path the demo trains on)."""
-    from klear_lightning.cli import bootstrap_syncworld
     from klear_lightning.data.datamodule import AVDataModule
     from klear_lightning.data.shards import iter_tar, parse_sample, read_index
 
     root = tmp_path / "sw"
     cfg = _parse_args("--config", str(CONFIGS / "demo.yaml"), "--data.init_args.root", str(root),
                       "--data.init_args.train_splits", "{sound: 1.0}", "--syncworld_clips_per_split", "2")
-    bootstrap_syncworld(cfg)
+    bootstrap_from_config(cfg)
     assert sorted(p.name for p in (root / "train").iterdir()) == ["sound"]
     rec = parse_sample(next(iter_tar(read_index(root / "train", "sound")[0].url)), "first")
     assert rec.video()[0].shape[1:3] == (32, 32)

@@ -69,7 +69,7 @@ def _base(tmp: Path, data_root: Path) -> Path:
                                            "ground_truth": False}}},
             ],
         },
-        "model": {"model": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "reference"},
+        "model": {"net": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "reference"},
                   "task_weights": {"t2av": 1.0}, "optim": {"lr": 1e-3, "warmup_steps": 1}, "seed": 0},
         "data": {"class_path": "klear_lightning.data.AVDataModule", "init_args": {
             "root": str(data_root), "train_splits": {"sound": 1.0}, "clip": dict(vars(CLIP)), "batch_size": 2,
@@ -112,7 +112,7 @@ def test_sweep_killed_and_rerun(tmp_path, syncworld):
 
     # rerun, two at a time, with an arm added: dim 32 is not divisible by 5 heads, so its runs parse,
     # then fail when they build the model
-    broken = _overlay(tmp_path, "broken", {"model": {"model": {"heads": 5}}})
+    broken = _overlay(tmp_path, "broken", {"model": {"net": {"heads": 5}}})
     second = _sweep(args + ["--overlays", f"[{broken}]", "--parallel", "2"])
     assert second.returncode == 1, second.stdout + second.stderr[-3000:]
     lines = second.stdout.splitlines()

@@ -12,8 +12,9 @@ from typing import Any
 
 import lightning as L
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.callbacks.benchmark import keep_clips
-from klear_lightning.generate import write_clip
+from klear_lightning.media import write_clip
 from klear_lightning.logging import KlearMLFlowLogger
 from klear_lightning.sampling import SamplerConfig
 from klear_lightning.streams import AVBatch
@@ -45,7 +46,7 @@ class MediaLogger(L.Callback):
         for task in self.tasks:
             get_task(task)
         if clips < 1 or every_n_val_epochs < 1 or (clips_per_split is not None and clips_per_split < 1):
-            raise ValueError("MediaLogger: clips, clips_per_split and every_n_val_epochs must be >= 1")
+            raise ConfigError("MediaLogger.clips: clips, clips_per_split and every_n_val_epochs must be >= 1")
         self.clips = clips
         self.clips_per_split = clips_per_split
         self.sampler = sampler or SamplerConfig(steps=10)
