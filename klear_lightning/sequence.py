@@ -44,7 +44,16 @@ class ClipSpec:
 
 @dataclass(frozen=True)
 class LatentGeometry:
-    """Compression factors of the codecs (what `codecs` report), independent of any clip."""
+    """Compression factors of the codecs (what `codecs` report), independent of any clip.
+
+    Args:
+        video_channels: channels of a video latent.
+        video_temporal_factor: video frames per latent frame.
+        video_spatial_factor: pixels per latent position along height and width.
+        video_causal: the first frame is encoded alone (CogVideoX / Wan): 1 + (frames - 1) / factor latent frames.
+        audio_channels: channels of an audio latent.
+        audio_hop: audio samples per latent frame.
+    """
 
     video_channels: int
     video_temporal_factor: int

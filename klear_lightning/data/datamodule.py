@@ -84,10 +84,10 @@ class AVDataModule(L.LightningDataModule):
         duration_bucket: latent video frames per duration bucket (same bucket -> same batch).
         normalize: normalise latents per channel with the statistics in `root/stats/`.
         stats_samples: train samples used to compute latent statistics when `root/stats/` lacks them.
-        geometry / text_dim: the codecs' latent geometry and the caption encoder's width, declared so
-            that the model's shape is known without loading them (`klear summary` of a config whose
-            weights are not on this machine); each is checked against the codec or encoder when it is
-            loaded, and a mismatch names the field.
+        geometry: the codecs' latent geometry, declared so that the model's shape is known without
+            loading them (`klear summary` of a config whose weights are not on this machine); checked
+            against the codecs when they are loaded, a mismatch naming the field.
+        text_dim: the caption encoder's width, declared and checked the same way.
         limits: source media beyond these bounds are skipped.
         seed: seed of the training mixture and shuffling (offset per rank, worker and epoch).
     """
