@@ -55,10 +55,10 @@ def test_latent_fps_mismatch_outside_the_cli(tmp_path, field, value):
     """A module built in Python (no CLI links) whose latent rates differ from the data's would give
     aligned MixD-RoPE wrong audio times: it fails before training, naming the field."""
     base = tiny_module().model_config
-    module = tiny_module(model=base.__class__.preset(
+    module = tiny_module(net=base.__class__.preset(
         "tiny", **{**{k: getattr(base, k) for k in ("dim", "depth", "heads", "text_dim", "video_channels",
                                                      "audio_channels", "video_latent_fps", "audio_latent_fps")},
                    "rope_mode": "aligned", field: value}))
     expected = getattr(RandomAVData().sequence, field)
-    with pytest.raises(ConfigError, match=rf"^model\.model\.{field} = {value} does not match the data's {field} = {expected}"):
+    with pytest.raises(ConfigError, match=rf"^model\.net\.{field} = {value} does not match the data's {field} = {expected}"):
         _trainer(tmp_path, steps=1).fit(module, datamodule=RandomAVData())
