@@ -93,13 +93,20 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def run_function(name: str, fn: Callable[..., Any], args: list[str]) -> Any:
-    """Parse `args` into `fn`'s typed parameters (a plain parser: `--config` is a parameter here,
-    not jsonargparse's config-file option) and call it."""
+def command_parser(name: str) -> ArgumentParser:
+    """The parser of project command `name`: its function's typed parameters (a plain parser:
+    `--config` is a parameter here, not jsonargparse's config-file option)."""
+    fn = PROJECT_COMMANDS[name][1]()
     parser = ArgumentParser(prog=f"klear {name}", description=(fn.__doc__ or "").split("\n")[0], exit_on_error=False)
     parser.add_function_arguments(fn, as_positional=False)
+    return parser
+
+
+def run_function(name: str, args: list[str]) -> Any:
+    """Parse `args` for project command `name` and call its function."""
+    parser = command_parser(name)
     init = parser.instantiate_classes(parser.parse_args(args))
-    return fn(**{k: v for k, v in vars(init).items() if not k.startswith("__")})
+    return PROJECT_COMMANDS[name][1]()(**{k: v for k, v in vars(init).items() if not k.startswith("__")})
 
 
 def error_line(err: BaseException) -> str:
@@ -136,7 +143,7 @@ def run(args: list[str]) -> None:
         return
     name = args[0]
     if name in PROJECT_COMMANDS:
-        result = run_function(name, PROJECT_COMMANDS[name][1](), args[1:])
+        result = run_function(name, args[1:])
         if name == "cache":
             print(json.dumps(asdict(result), indent=1))
         if name == "sweep" and result.failed:

@@ -301,8 +301,12 @@ def test_media_logger_logs_mp4_wav_png_to_mlflow(tmp_path):
     client = MlflowClient(logger._tracking_uri)
     names = [f.path for f in client.list_artifacts(logger.run_id, "media/step_0000001/t2av")]
     assert len(client.list_artifacts(logger.run_id, "media/reference")) == 3
-    assert sorted(p.rsplit("/", 1)[1] for p in names) == ["t2av_0.mp4", "t2av_0.wav", "t2av_0_spectrogram.png"]
+    assert sorted(p.rsplit("/", 1)[1] for p in names) == ["panel.png", "t2av_0.mp4", "t2av_0.wav", "t2av_0_spectrogram.png"]
     assert any(k.startswith("val/loss_task/") for k in trainer.callback_metrics)
+    from PIL import Image
+
+    panel = Image.open(tmp_path / "media" / "step_0000001" / "t2av" / "panel.png")
+    assert panel.size[0] > 3 * panel.size[1]  # one row: frames and spectrogram, generated beside ground truth
 
 
 def test_test_and_predict_loops(tmp_path):
