@@ -61,7 +61,7 @@ def check_compatible(cfg: ModelConfig, seq: SequenceSpec) -> None:
     }
     for name, (model_value, seq_value) in pairs.items():
         if model_value != seq_value:
-            raise ValueError(f"model.{name} = {model_value} but the sequence / codecs give {seq_value}")
+            raise ConfigError(f"model.net.{name}: {model_value}, but the sequence / codecs give {seq_value}")
 
 
 def stream_tokens(seq: SequenceSpec, text_tokens: int) -> dict[str, int]:
@@ -214,7 +214,7 @@ def summarize(
     layout = layout or TrainingLayout()
     check_compatible(model_cfg, seq)
     if text_tokens <= 0:
-        raise ValueError(f"text_tokens must be > 0, got {text_tokens}")
+        raise ConfigError(f"text_tokens: must be > 0, got {text_tokens}")
     with torch.device("meta"):
         model = build_model(model_cfg)
     if not trainable_null_captions:

@@ -112,7 +112,7 @@ def test_fsdp2_two_processes_whole_path_killed_and_resumed(tmp_path):
     assert ckpt.is_dir() and (ckpt / "meta.pt").is_file(), "expected a sharded (distributed) checkpoint folder"
     assert not (tmp_path / "run" / "ckpt" / "step=4.ckpt").exists(), "killed before its step-4 checkpoint"
     media = tmp_path / "run" / "media" / "step_0000002" / "t2av"
-    assert sorted(p.suffix for p in media.iterdir()) == [".mp4", ".png", ".wav"], "validation media at step 2"
+    assert sorted(p.suffix for p in media.iterdir()) == [".mp4", ".png", ".png", ".wav"], "validation media (and the panel) at step 2"
     _torchrun(config, "--ckpt_path", str(ckpt))
     losses = _read(tmp_path / "loss")
     assert losses[0][1] != losses[1][1], "ranks must draw different noise"

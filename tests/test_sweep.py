@@ -121,8 +121,8 @@ def test_sweep_killed_and_rerun(tmp_path, syncworld):
     assert any(re.search(r"\[2/4 done, [02] left\] baseline seed 1: done in ", line) for line in lines), second.stdout
     for seed in (0, 1):
         log = runs[("broken", seed)] / "fit.log"
-        assert any(f"FAILED broken seed {seed}: fit exited with 1: {log}" in line for line in lines)
-        assert "is not divisible by model.heads = 5" in log.read_text()
+        assert any(f"FAILED broken seed {seed}: fit exited with 2: {log}" in line for line in lines)
+        assert "32 is not divisible by model.net.heads = 5" in log.read_text()
     assert "sweep study: 2 of 4 runs done, 2 failed:" in second.stdout
     assert f"klear compare --run_dir {out} --sweep study --baseline baseline" in lines[-1]
 
