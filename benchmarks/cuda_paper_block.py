@@ -68,7 +68,7 @@ DRY_RUN = Setup("cpu", dim=64, heads=2, text_dim=48, attention="packed", clip={"
 def paper_sequence(setup: Setup) -> SequenceSpec:
     """configs/pretrain.yaml's clip (with the setup's overrides) and its declared codec geometry."""
     pretrain = yaml.safe_load((CONFIGS / "pretrain.yaml").read_text())
-    data, model = pretrain["data"]["init_args"], pretrain["model"]["model"]
+    data, model = pretrain["data"]["init_args"], pretrain["model"]["net"]
     clip = ClipSpec(**{**data["clip"], **(setup.clip or {})})
     return SequenceSpec(clip, LatentGeometry(**data["geometry"]), model["video_patch"], model["audio_patch"])
 

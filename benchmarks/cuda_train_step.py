@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import write_result
 from klear_lightning.models import ModelConfig, build_model
-from klear_lightning.module import KlearModule, OptimConfig
+from klear_lightning.module import KlearModule
+from klear_lightning.optim import OptimConfig
 from klear_lightning.parallelize import ParallelConfig
 from klear_lightning.streams import AVBatch
 from klear_lightning.summary import training_flops
@@ -70,7 +71,7 @@ def bf16_matmul_peak(n: int = 8192) -> float:
 def train_step_seconds(cfg: ModelConfig, parallel: ParallelConfig) -> tuple[float, float]:
     """Median step seconds after warm-up, and peak GPU memory in GiB."""
     torch.cuda.reset_peak_memory_stats()
-    module = KlearModule(model=cfg, task_weights=PAPER_MIX, optim=OptimConfig(lr=1e-4, warmup_steps=WARMUP),
+    module = KlearModule(net=cfg, task_weights=PAPER_MIX, optim=OptimConfig(lr=1e-4, warmup_steps=WARMUP),
                          parallel=parallel, seed=0)
     timer = StepTimer()
     trainer = L.Trainer(

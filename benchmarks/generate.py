@@ -61,7 +61,7 @@ def seconds(fn, device: str, repeats: int) -> float:
 
 
 def demo_on_cpu() -> dict[str, object]:
-    from klear_lightning.cli import _parse
+    from klear_lightning.lightning_cli import instantiate_model_and_data as _parse
 
     module, data = _parse(CONFIGS / "demo.yaml")
     clip = replace(data.sequence.clip, duration=5.0)
@@ -87,7 +87,7 @@ def demo_on_cpu() -> dict[str, object]:
 
 
 def paper_step_on_gpu() -> dict[str, object]:
-    from klear_lightning.cli import _parse
+    from klear_lightning.lightning_cli import instantiate_model_and_data as _parse
 
     module, data = _parse(CONFIGS / "pretrain.yaml")  # the declared codec geometry: no weights needed
     seq = data.sequence

@@ -19,7 +19,7 @@ from benchmarks.common import timed, write_result
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext
 from klear_lightning.metrics.fd import build_fd_panns_avbench
-from klear_lightning.metrics.panns import Cnn14
+from klear_lightning.metrics.nets.cnn14 import Cnn14
 
 CLIPS = 16
 SECONDS = 8.0

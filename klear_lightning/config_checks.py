@@ -1,8 +1,9 @@
 """Checks of a parsed training config that run before anything is instantiated or trained.
 
 Each failure raises `ConfigError` whose message starts with the config field at fault, e.g.
-`model.task_weights.t2x: unknown task ...`. `check_model_matches_data` runs once the data module
-exists (codec widths are only known then).
+`model.task_weights.t2x: unknown task ...`. `check_config` runs first, `check_data_config` after the
+demo's SyncWorld bootstrap, `check_model_matches_data` once the data module exists (codec widths
+are only known then).
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from klear_lightning.checkpoint import check_checkpoint_path
+from klear_lightning.errors import ConfigError
 from klear_lightning.models.config import ATTENTION_BACKENDS
 from klear_lightning.tasks import TASKS
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the field."""
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def check_task_weights(weights: Mapping[str, float] | None, field: str = "model.
         raise ConfigError(f"{field}: all task weights are zero; at least one task must be trained")
 
 
-def check_attention_backend(backend: str | None, field: str = "model.model.attention_backend") -> None:
+def check_attention_backend(backend: str | None, field: str = "model.net.attention_backend") -> None:
     if backend is not None and backend not in ATTENTION_BACKENDS:
         raise ConfigError(f"{field}: unknown attention backend {backend!r}; choose one of {list(ATTENTION_BACKENDS)}")
 
@@ -56,17 +56,21 @@ def check_data_paths(data_args: Mapping[str, Any], prefix: str = "data.init_args
 
 
 def check_config(cfg: Any) -> None:
-    """Checks of the whole parsed LightningCLI config (a jsonargparse Namespace or a dict)."""
+    """Checks of a parsed LightningCLI config (a jsonargparse Namespace or a dict) that need no data:
+    task weights, the attention backend and the checkpoint `model.init_from` (`ckpt_path` is checked
+    by `lightning_cli.KlearCLI` as soon as it is parsed)."""
     cfg = _as_dict(cfg)
     model = cfg.get("model") or {}
     if "init_args" in model:
         model = model["init_args"]
     check_task_weights(model.get("task_weights"))
-    init_from = model.get("init_from")
-    if init_from is not None and not Path(init_from).exists():
-        raise ConfigError(f"model.init_from: checkpoint does not exist: {init_from}")
-    check_attention_backend((model.get("model") or {}).get("attention_backend"))
-    data = cfg.get("data") or {}
+    check_attention_backend((model.get("net") or {}).get("attention_backend"))
+    check_checkpoint_path(model.get("init_from"), "model.init_from")
+
+
+def check_data_config(cfg: Any) -> None:
+    """Checks of the data section of a parsed config (run once the data may have been generated)."""
+    data = _as_dict(cfg).get("data") or {}
     check_data_paths(data.get("init_args", data))
 
 
@@ -76,9 +80,9 @@ def check_model_matches_data(model_cfg: Any, sequence: Any, text_dim: int) -> No
     MixD-RoPE would place audio at the wrong times)."""
     geometry = sequence.geometry
     pairs = (
-        ("model.model.video_channels", model_cfg.video_channels, "video codec channels", geometry.video_channels),
-        ("model.model.audio_channels", model_cfg.audio_channels, "audio codec channels", geometry.audio_channels),
-        ("model.model.text_dim", model_cfg.text_dim, "text encoder dim", text_dim),
+        ("model.net.video_channels", model_cfg.video_channels, "video codec channels", geometry.video_channels),
+        ("model.net.audio_channels", model_cfg.audio_channels, "audio codec channels", geometry.audio_channels),
+        ("model.net.text_dim", model_cfg.text_dim, "text encoder dim", text_dim),
     )
     for field, ours, what, theirs in pairs:
         if ours != theirs:
@@ -87,5 +91,5 @@ def check_model_matches_data(model_cfg: Any, sequence: Any, text_dim: int) -> No
         ours, theirs = getattr(model_cfg, name), getattr(sequence, name)
         if abs(ours - theirs) > 1e-6 * max(abs(theirs), 1.0):
             raise ConfigError(
-                f"model.model.{name} = {ours} does not match the data's {name} = {theirs}; set it to {theirs}"
+                f"model.net.{name} = {ours} does not match the data's {name} = {theirs}; set it to {theirs}"
             )

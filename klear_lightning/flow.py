@@ -16,6 +16,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.streams import AVBatch, ModelInputs, ModelOutputs
 from klear_lightning.tasks import Role, TaskBatch
 
@@ -36,8 +37,14 @@ def shift_time(t: Tensor, shift: float) -> Tensor:
 
 @dataclass(frozen=True)
 class TimestepSampler:
-    """Draws training times t in [0, 1]: `uniform` (paper) or `logit_normal` (t = sigmoid(N(mean, std))),
-    then applies `shift_time(t, shift)`."""
+    """Draws training times t in [0, 1], then applies `shift_time(t, shift)`.
+
+    Args:
+        kind: `uniform` (the paper) or `logit_normal` (t = sigmoid(N(mean, std))).
+        mean: logit_normal: mean of the normal.
+        std: logit_normal: standard deviation of the normal (> 0).
+        shift: SD3's resolution shift, t' = t / (shift - (shift - 1) t); 1 = off, > 1 = noisier.
+    """
 
     kind: Literal["uniform", "logit_normal"] = "uniform"
     mean: float = 0.0
@@ -46,11 +53,11 @@ class TimestepSampler:
 
     def __post_init__(self) -> None:
         if self.kind not in TIMESTEP_KINDS:
-            raise ValueError(f"timesteps.kind must be one of {TIMESTEP_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"model.timesteps.kind: must be one of {TIMESTEP_KINDS}, got {self.kind!r}")
         if not self.std > 0:
-            raise ValueError(f"timesteps.std must be > 0, got {self.std}")
+            raise ConfigError(f"model.timesteps.std: must be > 0, got {self.std}")
         if not self.shift > 0:
-            raise ValueError(f"timesteps.shift must be > 0, got {self.shift}")
+            raise ConfigError(f"model.timesteps.shift: must be > 0, got {self.shift}")
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(n,) float32 times on the generator's device (CPU without one)."""

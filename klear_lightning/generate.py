@@ -12,36 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
+from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from klear_lightning.media import MediaClip
+from klear_lightning.errors import ConfigError
+from klear_lightning.checkpoint import check_checkpoint_path, load_for_inference
+from klear_lightning.codecs import Decoders, normalize
+from klear_lightning.lightning_cli import instantiate_model_and_data
+from klear_lightning.media import write_clip
+from klear_lightning.module import KlearModule
 from klear_lightning.sampling import SamplerConfig
 from klear_lightning.streams import AVBatch
 from klear_lightning.tasks import Role, get_task
-
-
-def write_clip(clip: MediaClip, out_dir: Path, stem: str) -> list[Path]:
-    """Write `<stem>.mp4` (video, with the audio track when there is audio), `<stem>.wav` and
-    `<stem>_spectrogram.png` (when there is audio); returns the written paths."""
-    from klear_lightning.data.media import encode_av, encode_video, write_spectrogram_png
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    wave = clip.audio.float().numpy() if clip.audio is not None else None
-    if clip.video is not None:
-        frames = np.ascontiguousarray(clip.video.numpy())
-        data = encode_av(frames, clip.fps, wave, clip.sample_rate) if wave is not None else encode_video(frames, clip.fps)
-        path = out_dir / f"{stem}.mp4"
-        path.write_bytes(data)
-        written.append(path)
-    if wave is not None:
-        path = out_dir / f"{stem}.wav"
-        sf.write(path, np.clip(wave, -1.0, 1.0), clip.sample_rate, subtype="PCM_16")
-        written.append(path)
-        written.append(write_spectrogram_png(wave, clip.sample_rate, out_dir / f"{stem}_spectrogram.png", title=stem))
-    return written
 
 
 def prompt_batch(
@@ -60,7 +43,7 @@ def prompt_batch(
     b = len(prompts)
     audio_prompts = audio_prompts or prompts
     if len(audio_prompts) != b:
-        raise ValueError(f"--audio_prompt: {len(audio_prompts)} given for {b} prompts")
+        raise ConfigError(f"audio_prompt: {len(audio_prompts)} given for {b} prompts")
     vt, vt_mask = data.text_encoder.encode(prompts)
     at, at_mask = data.text_encoder.encode(audio_prompts)
     g = seq.geometry
@@ -80,14 +63,7 @@ def prompt_batch(
     )
 
 
-def _normalise(x: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
-    if mean is None or std is None:
-        return x
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return (x - mean.to(x).reshape(shape)) / std.to(x).reshape(shape)
-
-
-def _condition_latents(data: Any, decoders: Any, media: Path, n: int) -> tuple[Tensor, Tensor]:
+def _condition_latents(data: Any, decoders: Decoders, media: Path, n: int) -> tuple[Tensor, Tensor]:
     """Decode an image or clip file, fit it to the clip geometry, encode and normalise it (repeated n times)."""
     from klear_lightning.data.media import decode_media, fit_video
 
@@ -95,16 +71,28 @@ def _condition_latents(data: Any, decoders: Any, media: Path, n: int) -> tuple[T
     dec = decode_media(media, sample_rate=clip.sample_rate)
     frames = fit_video(dec.video, clip.height, clip.width) if dec.video is not None else None
     if frames is None:
-        raise ValueError(f"{media}: has no video stream")
+        raise ConfigError(f"image / clip: {media} has no video stream")
     count = clip.frames
     frames = np.concatenate([frames, np.repeat(frames[-1:], max(0, count - len(frames)), axis=0)])[:count]
     video = data.video_codec.encode(torch.from_numpy(frames)[None]).float()
     wave = dec.audio if dec.audio is not None else np.zeros(clip.samples, np.float32)
     wave = np.pad(wave, (0, max(0, clip.samples - len(wave))))[: clip.samples]
     audio = data.audio_codec.encode(torch.from_numpy(np.ascontiguousarray(wave))[None]).float()
-    video = _normalise(video, decoders.video_mean, decoders.video_std)
-    audio = _normalise(audio, decoders.audio_mean, decoders.audio_std)
+    video = normalize(video, decoders.video_mean, decoders.video_std)
+    audio = normalize(audio, decoders.audio_mean, decoders.audio_std)
     return video.expand(n, *video.shape[1:]).clone(), audio.expand(n, *audio.shape[1:]).clone()
+
+
+def inference_module(config: Path, ckpt_path: Path, use_ema: bool = True) -> tuple[KlearModule, LightningDataModule]:
+    """KlearModule of a training config with a checkpoint's weights (EMA weights when stored and
+    `use_ema`) and its data module set up for decoding, both on CPU."""
+    check_checkpoint_path(ckpt_path, "ckpt_path")  # before the (slow) model and data set-up
+    module, data = instantiate_model_and_data(config)
+    module.configure_model()
+    load_for_inference(ckpt_path, module.model, use_ema)
+    module.eval()
+    data.setup("predict")
+    return module, data
 
 
 def generate(
@@ -137,15 +125,13 @@ def generate(
         clip: conditioning clip for v2a (its video) / a2v (its audio).
         use_ema: use the EMA weights stored in the checkpoint when present.
     """
-    from klear_lightning.cli import load_for_inference
-
     recipe = get_task(task)
     if recipe.first_frame_condition and image is None:
-        raise ValueError(f"--image is required for task {task}")
+        raise ConfigError(f"image: required for task {task}")
     needs_clip = Role.CONDITION in (recipe.video, recipe.audio)
     if needs_clip and clip is None:
-        raise ValueError(f"--clip is required for task {task}")
-    module, data = load_for_inference(config, ckpt_path, use_ema)
+        raise ConfigError(f"clip: required for task {task}")
+    module, data = inference_module(config, ckpt_path, use_ema)
     decoders = data.decoders()
     module.decoders = decoders
     n = len(prompt)

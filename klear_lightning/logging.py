@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import MLFlowLogger
 
-RUN_ID_KEY = "mlflow_run_id"
+from klear_lightning.checkpoint import RUN_ID_KEY
+
 
 
 def sqlite_uri(run_dir: str | Path) -> str:
@@ -85,17 +85,6 @@ class RunIdInCheckpoint(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 checkpoint[RUN_ID_KEY] = logger.run_id
-
-
-def run_id_from_checkpoint(path: str | Path) -> str | None:
-    """The MLflow run id stored in a checkpoint file or a sharded checkpoint directory (meta.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "meta.pt"
-    if not path.is_file():
-        return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return ckpt.get(RUN_ID_KEY)
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -9,12 +9,10 @@ so a resumed run repeats the same steps.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from dataclasses import asdict
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,13 +20,16 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
 
+from klear_lightning.checkpoint import check_weights_fit, load_model_weights
+from klear_lightning.codecs import Decoders
 from klear_lightning.config_checks import check_model_matches_data
+from klear_lightning.errors import ConfigError
 from klear_lightning.flow import FlowMatching, FlowSample, LossTerms, TimestepSampler, drop_captions, flow_loss
 from klear_lightning.media import MediaClip
+from klear_lightning.keys import SPLIT_LOSS, TASK_LOSS
 from klear_lightning.models import ModelConfig, build_model, materialize
-from klear_lightning.models.layers import write_full
+from klear_lightning.optim import OptimConfig, build_optimizer
 from klear_lightning.parallelize import ParallelConfig, parallelize
-from klear_lightning.safe_pickle import SafeFileSystemReader, load_dcp_metadata
 from klear_lightning.sampling import SamplerConfig, sample
 from klear_lightning.streams import AVBatch
 from klear_lightning.tasks import PAPER_TASKS, Role, TaskBatch, TaskSampler, get_task
@@ -36,69 +37,17 @@ from klear_lightning.tasks import PAPER_TASKS, Role, TaskBatch, TaskSampler, get
 T_BUCKETS = 4
 
 
-@dataclass
-class OptimConfig:
-    """AdamW with linear warmup, then `schedule` down to `min_lr_ratio * lr` at `total_steps`.
-
-    `total_steps` None means the trainer's estimated number of optimizer steps.
-    """
-
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    min_lr_ratio: float = 0.0
-    total_steps: int | None = None
-
-
-def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Multiplier of `cfg.lr` at optimizer step `step`."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    span = max(1, total_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    if cfg.schedule == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        shape = 1.0 - progress
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
-
-
-class Codec(Protocol):
-    def decode(self, lat: Tensor) -> Tensor: ...
-
-
-@dataclass
-class Decoders:
-    """What `generate` needs to turn normalised latents back into media.
-
-    Latents in batches are normalised per channel: z = (x - mean) / std; stats are (C,) tensors.
-    """
-
-    video_codec: Codec
-    audio_codec: Codec
-    fps: float
-    sample_rate: int
-    video_mean: Tensor | None = None
-    video_std: Tensor | None = None
-    audio_mean: Tensor | None = None
-    audio_std: Tensor | None = None
-
-
 class KlearModule(L.LightningModule):
     """Flow-matching trainer for the KLEAR single-tower (or dual-tower ablation) denoiser.
 
     Args:
-        model: the architecture (`ModelConfig`; channels, text width and latent fps are linked from
-            the data by the CLI).
+        net: the denoiser's architecture (`ModelConfig`; channels, text width and latent fps are
+            linked from the data by the CLI); the network is `KlearModule.model`.
         task_weights: relative weight per task name (see `klear_lightning.tasks.TASKS`).
         timesteps: training timestep distribution.
         independent_t: draw t per modality instead of one t per sample.
-        lambda_video, lambda_audio: per-modality loss weights.
+        lambda_video: weight of the video loss (mean squared error over generated video frames).
+        lambda_audio: weight of the audio loss (mean squared error over generated audio frames).
         caption_dropout: probability of replacing a caption by the learned null embedding.
         optim: AdamW and learning-rate schedule.
         parallel: FSDP2 / activation checkpointing / compile (used under `ModelParallelStrategy`).
@@ -112,36 +61,36 @@ class KlearModule(L.LightningModule):
 
     def __init__(
         self,
-        model: ModelConfig,
+        net: ModelConfig,
         task_weights: dict[str, float] | None = None,
-        timesteps: TimestepSampler | None = None,
+        timesteps: TimestepSampler = TimestepSampler(),
         independent_t: bool = False,
         lambda_video: float = 1.0,
         lambda_audio: float = 1.0,
         caption_dropout: float = 0.1,
-        optim: OptimConfig | None = None,
-        parallel: ParallelConfig | None = None,
-        val_sampler: SamplerConfig | None = None,
+        optim: OptimConfig = OptimConfig(),
+        parallel: ParallelConfig = ParallelConfig(),
+        val_sampler: SamplerConfig = SamplerConfig(),
         max_nonfinite: int = 8,
         init_from: str | None = None,
         predict_task: str = "t2av",
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.model_config = model
+        self.model_config = net
         self.task_sampler = TaskSampler(task_weights or {t: 1.0 for t in PAPER_TASKS})
-        self.flow = FlowMatching(timesteps=timesteps or TimestepSampler(), independent=independent_t,
-                                 audio_patch=model.audio_patch)
+        self.flow = FlowMatching(timesteps=timesteps, independent=independent_t,
+                                 audio_patch=net.audio_patch)
         self.lambda_video = lambda_video
         self.lambda_audio = lambda_audio
         if not 0.0 <= caption_dropout <= 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
+            raise ConfigError(f"model.caption_dropout: must be in [0, 1], got {caption_dropout}")
         self.caption_dropout = caption_dropout
-        self.optim = optim or OptimConfig()
-        self.parallel = parallel or ParallelConfig()
-        self.val_sampler = val_sampler or SamplerConfig()
+        self.optim = optim
+        self.parallel = parallel
+        self.val_sampler = val_sampler
         if max_nonfinite < 1:
-            raise ValueError(f"max_nonfinite must be >= 1, got {max_nonfinite}")
+            raise ConfigError(f"model.max_nonfinite: must be >= 1, got {max_nonfinite}")
         self.max_nonfinite = max_nonfinite
         self.init_from = init_from
         get_task(predict_task)
@@ -221,6 +170,12 @@ class KlearModule(L.LightningModule):
         return gathered.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state_dict = checkpoint.get("state_dict")
+        if state_dict and self.model is not None and not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            # a checkpoint of another model fails with one line naming what differs, before Lightning loads it
+            weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+            check_weights_fit(weights, self.model.state_dict(), checkpoint, self.model_config,
+                              self.trainer.ckpt_path, "ckpt_path")
         state = checkpoint.get("klear")
         if state is None:
             return
@@ -289,7 +244,7 @@ class KlearModule(L.LightningModule):
         buckets = (t.detach().float() * T_BUCKETS).long().clamp(0, T_BUCKETS - 1).tolist()
         groups: dict[str, list[float]] = defaultdict(list)
         for value, name, bucket in zip(per_sample.detach().float().tolist(), names, buckets):
-            groups[f"loss_task/{name}"].append(value)
+            groups[TASK_LOSS.format(task=name)].append(value)
             groups[f"loss_t/{bucket / T_BUCKETS:.2f}-{(bucket + 1) / T_BUCKETS:.2f}"].append(value)
         return {k: sum(v) / len(v) for k, v in groups.items()}
 
@@ -340,7 +295,7 @@ class KlearModule(L.LightningModule):
         per_sample = self.lambda_video * terms.video_per_sample + self.lambda_audio * terms.audio_per_sample
         for i, value in enumerate(per_sample.tolist()):
             split = batch.meta[i].get("split") if i < len(batch.meta) else None
-            for key in (f"loss_task/{task}", f"loss_split/{split}" if split else None):
+            for key in (TASK_LOSS.format(task=task), SPLIT_LOSS.format(split=split) if split else None):
                 if key is not None:
                     acc = self._val_groups.setdefault(key, [0.0, 0.0])
                     acc[0] += value
@@ -351,7 +306,7 @@ class KlearModule(L.LightningModule):
         the mean over its clips and every task."""
         dm = getattr(self.trainer, "datamodule", None)
         splits = sorted(set(getattr(dm, "val_splits", None) or []))
-        keys = [f"loss_task/{t}" for t in self.task_sampler.names] + [f"loss_split/{sp}" for sp in splits]
+        keys = [TASK_LOSS.format(task=t) for t in self.task_sampler.names] + [SPLIT_LOSS.format(split=sp) for sp in splits]
         sums = torch.tensor([self._val_groups.get(k, [0.0, 0.0]) for k in keys], dtype=torch.float64, device=self.device)
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum") if self.trainer.world_size > 1 else sums
         for key, (total, count) in zip(keys, sums.tolist()):
@@ -362,20 +317,13 @@ class KlearModule(L.LightningModule):
                 self.log(f"data/skipped/{reason}", float(n), rank_zero_only=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim
-        opt = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
-        )
-        total = cfg.total_steps
+        total = self.optim.total_steps
         if total is None:
             total = int(self.trainer.estimated_stepping_batches)
             if total <= 0 or total == float("inf"):
-                raise ValueError("optim.total_steps is required when trainer.max_steps is not set")
-
-        def factor(step: int) -> float:
-            return lr_factor(step, cfg, total)
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+                raise ConfigError("model.optim.total_steps: required when trainer.max_steps is not set")
+        params = (p for p in self.model.parameters() if p.requires_grad)
+        opt, schedule = build_optimizer(params, self.optim, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ------------------------------------------------------------- generation
@@ -420,8 +368,8 @@ class KlearModule(L.LightningModule):
                 "or use a datamodule that provides `decoders()`"
             )
         d = self.decoders
-        frames = d.video_codec.decode(_denorm(video.float(), d.video_mean, d.video_std)).cpu() if video is not None else None
-        waves = d.audio_codec.decode(_denorm(audio.float(), d.audio_mean, d.audio_std)).float().cpu() if audio is not None else None
+        frames = d.video(video).cpu() if video is not None else None
+        waves = d.audio(audio).cpu() if audio is not None else None
         return [
             MediaClip(
                 video=frames[i] if frames is not None else None,
@@ -433,43 +381,3 @@ class KlearModule(L.LightningModule):
             for i in range(n)
         ]
 
-
-def _denorm(x: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
-    if mean is None or std is None:
-        return x
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return x * std.to(x).reshape(shape) + mean.to(x).reshape(shape)
-
-
-def load_model_weights(path: str | Path, model: torch.nn.Module, what: str = "model.init_from") -> None:
-    """Load the denoiser's weights (keys under `model.`) from a Lightning `.ckpt` file (read with
-    weights_only) or from a sharded FSDP2 checkpoint folder (torch.distributed.checkpoint, its
-    metadata read with an allow-list) into `model`, whole or sharded (FSDP2). A sharded model never
-    holds a whole copy: the folder's shards load straight into each rank's parts, and a file is
-    memory-mapped with each rank copying only its part. `what` names the setting in errors."""
-    path = Path(path)
-    targets = model.state_dict()
-    if path.is_dir():
-        import torch.distributed.checkpoint as dcp
-
-        if not (path / ".metadata").is_file():
-            raise FileNotFoundError(f"{what}: {path} is not a sharded checkpoint (no .metadata)")
-        load_dcp_metadata(path)  # refuses a planted metadata with a clear error before torch reads it
-        state = {f"model.{k}": v for k, v in targets.items()}
-        dcp.load({"state_dict": state}, storage_reader=SafeFileSystemReader(path))  # in place
-        return
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    state = ckpt.get("state_dict", ckpt)
-    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    if not weights:
-        raise ValueError(f"{what}: {path} holds no `model.*` weights")
-    missing, unexpected = sorted(targets.keys() - weights.keys()), sorted(weights.keys() - targets.keys())
-    if missing or unexpected:
-        raise ValueError(f"{what}: {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, target in targets.items():
-        try:
-            write_full(target, weights[name])
-        except ValueError as e:
-            raise ValueError(f"{what}: {path}: model.{name}: {e}") from None

@@ -22,10 +22,11 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 class ParallelConfig:
     """How the model is laid out under `ModelParallelStrategy` (ignored by other strategies).
 
-    activation_checkpointing: recompute each block's activations in backward.
-    compile: `torch.compile` each block.
-    param_dtype: dtype of the gathered parameters in forward/backward (fp32 master weights).
-    reshard_after_forward: free each block's gathered parameters after forward (ZeRO-3).
+    Args:
+        activation_checkpointing: recompute each block's activations in backward.
+        compile: `torch.compile` each block.
+        param_dtype: dtype of the gathered parameters in forward / backward (fp32 master weights).
+        reshard_after_forward: free each block's gathered parameters after forward (ZeRO-3).
     """
 
     activation_checkpointing: bool = True

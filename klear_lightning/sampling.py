@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.flow import FrameRoles, compose_inputs, frame_broadcast, null_captions, shift_time, whole_audio_tokens
 from klear_lightning.streams import AVBatch, ModelInputs, ModelOutputs
 from klear_lightning.tasks import TaskBatch
@@ -35,8 +36,18 @@ SOLVERS = ("euler", "heun")
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """solver: euler (1 model call per step) or heun (2). shift: resolution shift of the time grid
-    (see `flow.shift_time`). seed: the initial noise is drawn on the CPU from this seed."""
+    """How generated latents are sampled from noise (validation, `klear generate`, `klear test`).
+
+    Args:
+        solver: `euler` (one model call per step) or `heun` (two).
+        steps: ODE steps from t = 0 (noise) to t = 1 (data).
+        video_guidance: classifier-free guidance scale of the video (1 = off).
+        audio_guidance: classifier-free guidance scale of the audio (1 = off).
+        modality_guidance: w in v += w (v_cond - v_isolated), v_isolated without cross-modal
+            attention (0 = off).
+        seed: the initial noise is drawn on the CPU from this seed (same seed, same samples).
+        shift: resolution shift of the time grid (see `flow.shift_time`; 1 = off).
+    """
 
     solver: Literal["euler", "heun"] = "euler"
     steps: int = 25
@@ -48,15 +59,15 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
-            raise ValueError(f"sampler.solver must be one of {SOLVERS}, got {self.solver!r}")
+            raise ConfigError(f"sampler.solver: must be one of {SOLVERS}, got {self.solver!r}")
         if self.steps < 1:
-            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"sampler.steps: must be >= 1, got {self.steps}")
         for name in ("video_guidance", "audio_guidance", "modality_guidance"):
             value = getattr(self, name)
             if not 0.0 <= value < float("inf"):
-                raise ValueError(f"sampler.{name} must be finite and >= 0, got {value}")
+                raise ConfigError(f"sampler.{name}: must be finite and >= 0, got {value}")
         if not self.shift > 0:
-            raise ValueError(f"sampler.shift must be > 0, got {self.shift}")
+            raise ConfigError(f"sampler.shift: must be > 0, got {self.shift}")
 
     @property
     def uses_uncond(self) -> bool:

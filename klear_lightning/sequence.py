@@ -12,10 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from klear_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """The raw clip every sample is cut / resized to (one bucket)."""
+    """The raw clip every sample is cut / resized to (one bucket).
+
+    Args:
+        duration: seconds; longer media is cut, shorter media is padded and masked.
+        fps: video frame rate the clip is retimed to.
+        height: frame height in pixels (the largest resolution bucket's).
+        width: frame width in pixels.
+        sample_rate: audio sample rate in Hz (mono).
+    """
 
     duration: float = 2.0
     fps: float = 8.0
@@ -34,7 +44,16 @@ class ClipSpec:
 
 @dataclass(frozen=True)
 class LatentGeometry:
-    """Compression factors of the codecs (what `codecs` report), independent of any clip."""
+    """Compression factors of the codecs (what `codecs` report), independent of any clip.
+
+    Args:
+        video_channels: channels of a video latent.
+        video_temporal_factor: video frames per latent frame.
+        video_spatial_factor: pixels per latent position along height and width.
+        video_causal: the first frame is encoded alone (CogVideoX / Wan): 1 + (frames - 1) / factor latent frames.
+        audio_channels: channels of an audio latent.
+        audio_hop: audio samples per latent frame.
+    """
 
     video_channels: int
     video_temporal_factor: int
@@ -99,10 +118,10 @@ class SequenceSpec:
 def _exact(value: float, what: str) -> int:
     n = round(value)
     if abs(value - n) > 1e-6:
-        raise ValueError(f"{what} = {value} is not a whole number")
+        raise ConfigError(f"{what}: {value} is not a whole number")
     return n
 
 
 def _divides(factor: int, n: int, what: str, by: str) -> None:
     if factor <= 0 or n % factor:
-        raise ValueError(f"{what} = {n} is not divisible by {by} = {factor}")
+        raise ConfigError(f"{what}: {n} is not divisible by {by} = {factor}")

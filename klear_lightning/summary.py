@@ -27,11 +27,15 @@ measured on a GPU:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
 from torch import nn
 
+from klear_lightning.errors import ConfigError
+from klear_lightning.lightning_cli import parse_config
 from klear_lightning.models import ModelConfig, build_model
 from klear_lightning.models.dual_tower import TOWERS, DualTower
 from klear_lightning.models.layers import StreamLayer
@@ -57,7 +61,7 @@ def check_compatible(cfg: ModelConfig, seq: SequenceSpec) -> None:
     }
     for name, (model_value, seq_value) in pairs.items():
         if model_value != seq_value:
-            raise ValueError(f"model.{name} = {model_value} but the sequence / codecs give {seq_value}")
+            raise ConfigError(f"model.net.{name}: {model_value}, but the sequence / codecs give {seq_value}")
 
 
 def stream_tokens(seq: SequenceSpec, text_tokens: int) -> dict[str, int]:
@@ -250,3 +254,44 @@ def summarize(
     lines += memory_lines(model, tokens, layout)
     lines.append(f"parameters: {total}")
     return "\n".join(lines)
+
+
+def summary(config: Path, world_size: int = 1) -> None:
+    """Print parameters per component, tokens per stream, training FLOPs and memory per rank of a training config.
+
+    The model is built on the meta device. Stream shapes come from the data module: the codecs'
+    geometry and the caption encoder's width it declares (`data.init_args.geometry`, `text_dim`; the
+    paper config does, so no weights need to be on this machine), else from its codecs. Memory per
+    rank is for FSDP2 over `world_size` ranks with the config's batch size, caption length
+    (`text_encoder.max_tokens`), EMA callback and `model.parallel` settings (those apply under
+    ModelParallelStrategy only; otherwise fp32 compute without activation checkpointing).
+
+    Args:
+        config: a training config (e.g. configs/pretrain.yaml).
+        world_size: the number of ranks the model and optimizer state are sharded over.
+    """
+    if world_size < 1:
+        raise ConfigError(f"world_size: must be >= 1, got {world_size}")
+    cli = parse_config("--config", str(config))
+    cfg = cli.config
+    init = cli.parser.instantiate_classes(Namespace(model=cfg.model, data=cfg.data))
+    module, data = init.model, init.data
+    # Counting on the meta device runs no attention: a CUDA-only backend must not stop it on a CPU machine.
+    model_cfg = replace(module.model_config, attention_backend="reference")
+    seq = data.sequence
+    data_args = cfg.data.get("init_args") or Namespace()
+    text_encoder = data_args.get("text_encoder")
+    strategy = cfg.trainer.get("strategy")
+    fsdp = "ModelParallelStrategy" in str(getattr(strategy, "class_path", strategy))
+    layout = TrainingLayout(
+        world_size=world_size,
+        batch_size=int(data_args.get("batch_size") or 1),
+        param_dtype=module.parallel.param_dtype if fsdp else "float32",  # model.parallel applies under FSDP2 only
+        activation_checkpointing=module.parallel.activation_checkpointing and fsdp,
+        ema=any(str(getattr(cb, "class_path", "")).rsplit(".", 1)[-1] == "EMA" for cb in cfg.trainer.get("callbacks") or []),
+    )
+    print(summarize(
+        model_cfg, SequenceSpec(seq.clip, seq.geometry, model_cfg.video_patch, model_cfg.audio_patch),
+        text_tokens=int(text_encoder.get("max_tokens") or 128) if text_encoder else 128, layout=layout,
+        trainable_null_captions=module.caption_dropout > 0,
+    ))

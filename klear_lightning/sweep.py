@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +34,10 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule
 
-from klear_lightning.cli import _ParseOnlyCLI, bootstrap_syncworld
-from klear_lightning.config_checks import check_config
+from klear_lightning.config_checks import check_config, check_data_config
+from klear_lightning.lightning_cli import bootstrap_from_config, parse_config
 from klear_lightning.logging import sqlite_uri
-from klear_lightning.module import KlearModule
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 LOGGER = "klear_lightning.logging.KlearMLFlowLogger"
@@ -87,10 +84,7 @@ class Outcome:
 
 def _parse(base: Path, overlay: Path | None, overrides: list[str]) -> tuple[Any, Namespace]:
     args = ["--config", str(base)] + (["--config", str(overlay)] if overlay else []) + list(overrides)
-    with warnings.catch_warnings():  # the sweep's own argv is not a training command line
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = _ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=args, run=False,
-                            save_config_callback=None, auto_configure_optimizers=False, seed_everything_default=False)
+    cli = parse_config(*args)
     return cli.parser, cli.config
 
 
@@ -349,8 +343,9 @@ def sweep(
     parsed = []
     for arm in arms:
         parser, cfg = _parse(Path(config), arm.overlay, overrides)
-        bootstrap_syncworld(cfg)  # the base data seed: every seed sees the same dataset
         check_config(cfg)
+        bootstrap_from_config(cfg)  # the base data seed: every seed sees the same dataset
+        check_data_config(cfg)
         parsed.append((Arm(str(cfg.ablation), arm.overlay), parser, cfg))
     names = [a.name for a, _, _ in parsed]
     for arm, _, _ in parsed:

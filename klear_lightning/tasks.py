@@ -14,6 +14,7 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.streams import STREAMS
 
 
@@ -63,7 +64,7 @@ def get_task(name: str) -> TaskRecipe:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}") from None
+        raise ConfigError(f"task: unknown task {name!r}; known tasks: {sorted(TASKS)}") from None
 
 
 @dataclass
@@ -93,14 +94,14 @@ class TaskSampler:
 
     def __init__(self, weights: Mapping[str, float]):
         if not weights:
-            raise ValueError("task_weights: at least one task needs a weight")
+            raise ConfigError("task_weights: at least one task needs a weight")
         for name, w in weights.items():
             get_task(name)
             if not (w >= 0.0) or w == float("inf"):
-                raise ValueError(f"task_weights.{name}: weight must be finite and >= 0, got {w}")
+                raise ConfigError(f"task_weights.{name}: weight must be finite and >= 0, got {w}")
         total = sum(weights.values())
         if total <= 0:
-            raise ValueError("task_weights: all weights are zero; at least one task must be drawn")
+            raise ConfigError("task_weights: all weights are zero; at least one task must be drawn")
         self.names = list(weights)
         self.probs = torch.tensor([weights[n] / total for n in self.names], dtype=torch.float64)
 

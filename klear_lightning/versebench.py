@@ -147,10 +147,10 @@ def generate_items(config: Path, ckpt_path: Path, items: Sequence[PromptItem], o
     """Generate every item (TI2AV with its first frame, else T2AV) and write `out/<name>.mp4` + `.wav`.
 
     The audio stream's text is the audio prompt followed by the transcript (either may be empty)."""
-    from klear_lightning.cli import load_for_inference
-    from klear_lightning.generate import _condition_latents, prompt_batch, write_clip
+    from klear_lightning.generate import _condition_latents, inference_module, prompt_batch
+    from klear_lightning.media import write_clip
 
-    module, data = load_for_inference(config, ckpt_path, use_ema)
+    module, data = inference_module(config, ckpt_path, use_ema)
     module.decoders = decoders = data.decoders()
     out.mkdir(parents=True, exist_ok=True)
     for task in ("t2av", "ti2av"):

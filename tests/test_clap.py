@@ -6,7 +6,7 @@ from tokenizers.pre_tokenizers import ByteLevel
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import resample
 from klear_lightning.metrics.base import BuildContext, MetricUnavailable
-from klear_lightning.metrics.panns import slaney_mel_filters
+from klear_lightning.metrics.nets.cnn14 import slaney_mel_filters
 from klear_lightning.metrics.suite import load_registry
 
 transformers = pytest.importorskip("transformers")

@@ -10,12 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import LightningDataModule
-
-from klear_lightning.cli import _ParseOnlyCLI, main, summary
+from klear_lightning.cli import main
+from klear_lightning.lightning_cli import bootstrap_from_config, parse_config
 from klear_lightning.logging import flatten_config
-from klear_lightning.module import KlearModule
-from klear_lightning.sequence import ClipSpec, LatentGeometry
+from klear_lightning.sequence import ClipSpec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,23 +23,21 @@ def _parse(*paths: Path):
 
 
 def _parse_args(*args: str):
-    cli = _ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=list(args), run=False,
-                        save_config_callback=None, auto_configure_optimizers=False, seed_everything_default=False)
-    return cli.config
+    return parse_config(*args).config
 
 
 @pytest.mark.parametrize("overlay", sorted(p.name for p in (CONFIGS / "ablations").glob("*.yaml")))
 def test_demo_with_each_ablation_overlay_parses(overlay):
     cfg = _parse(CONFIGS / "demo.yaml", CONFIGS / "ablations" / overlay)
     assert cfg.ablation == overlay.removesuffix(".yaml")
-    assert cfg.model.model.dim == 192 and str(cfg.data.init_args.root) == "runs/demo/syncworld"
+    assert cfg.model.net.dim == 192 and str(cfg.data.init_args.root) == "runs/demo/syncworld"
     if overlay == "dual_tower.yaml":
-        assert cfg.model.model.architecture == "dual_tower"
+        assert cfg.model.net.architecture == "dual_tower"
     if overlay == "t2av_only.yaml":
         assert cfg.model.task_weights == {"t2av": 1.0}
     # the demo's temporal RoPE scale (3) is what these two ablate
     expected_time_scale = 1.0 if overlay in ("rope_offset.yaml", "rope_time_unscaled.yaml") else 3.0
-    assert cfg.model.model.rope_time_scale == expected_time_scale
+    assert cfg.model.net.rope_time_scale == expected_time_scale
 
 
 RESEARCH = CONFIGS / "research"
@@ -57,7 +53,7 @@ def test_research_config_with_each_ablation_overlay_parses_and_changes_only_its_
     if not overlay.startswith("curriculum/"):  # one stage of the baseline's length; the curriculum splits it
         assert cfg.trainer.max_steps == base.trainer.max_steps
     changed = {k for k in ("architecture", "dim", "rope_mode", "rope_time_scale")
-               if getattr(cfg.model.model, k) != getattr(base.model.model, k)}
+               if getattr(cfg.model.net, k) != getattr(base.model.net, k)}
     expected = {"single_vs_dual_tower.yaml": {"architecture", "dim"}, "rope_offset.yaml": {"rope_mode", "rope_time_scale"},
                 "rope_time_scale_1.yaml": {"rope_time_scale"}}
     assert changed == expected.get(overlay, set())
@@ -75,13 +71,13 @@ def test_research_curriculum_has_the_baselines_total_steps_and_chains():
 def test_research_dual_tower_arm_within_five_percent_of_the_single_tower():
     from dataclasses import replace
 
-    from klear_lightning.cli import _parse as parse_modules
+    from klear_lightning.lightning_cli import instantiate_model_and_data as parse_modules
     from klear_lightning.models import ModelConfig, build_model
 
     module, data = parse_modules(RESEARCH / "baseline.yaml")
     single = module.model_config
     dual = replace(single, **_parse(RESEARCH / "baseline.yaml", RESEARCH / "ablations" / "single_vs_dual_tower.yaml")
-                   .model.model.as_dict() | {k: getattr(single, k) for k in ("video_channels", "audio_channels", "text_dim",
+                   .model.net.as_dict() | {k: getattr(single, k) for k in ("video_channels", "audio_channels", "text_dim",
                                                                             "video_latent_fps", "audio_latent_fps")})
     count = [sum(p.numel() for p in build_model(ModelConfig(**vars(c))).parameters()) for c in (single, dual)]
     assert dual.architecture == "dual_tower"
@@ -96,7 +92,7 @@ def test_research_ood_overlay_tests_the_held_out_partition():
 
 def test_stage_configs_chain_checkpoints():
     pre = _parse(CONFIGS / "pretrain.yaml")
-    assert pre.stage == "pretrain" and pre.model.model.depth == 32 and pre.model.optim.lr == 1e-4
+    assert pre.stage == "pretrain" and pre.model.net.depth == 32 and pre.model.optim.lr == 1e-4
     assert pre.trainer.strategy.class_path.endswith("ModelParallelStrategy")
     spec = _parse(CONFIGS / "pretrain.yaml", CONFIGS / "specialize.yaml")
     assert spec.stage == "specialize" and spec.model.init_from == "runs/pretrain/checkpoints/last.ckpt"
@@ -112,13 +108,13 @@ def test_demo_stages_chain_into_one_mlflow_database():
     assert any(c.init_args.dirpath == two.model.init_from.rsplit("/", 1)[0] for c in one.trainer.callbacks
                if c.class_path.endswith("ModelCheckpoint") and c.init_args.save_last)
     assert two.trainer.logger.init_args.tracking_uri == "sqlite:///" + one.trainer.logger.init_args.run_dir + "/mlflow.db"
-    assert set(two.model.task_weights) == {"ti2av", "a2v"} and two.model.model == one.model.model
+    assert set(two.model.task_weights) == {"ti2av", "a2v"} and two.model.net == one.model.net
     assert "sound" not in two.data.init_args.train_splits
 
 
 def test_linked_fields_are_not_settable():
     with pytest.raises(SystemExit):
-        _parse_args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--model.model.video_channels", "7", "--print_config"]
+        _parse_args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--model.net.video_channels", "7", "--print_config"]
         main(_parse_args)
 
 
@@ -195,14 +191,13 @@ def _cached_keys(root: Path, partition: str, split: str) -> list[str]:
 def test_bootstrap_generates_at_clip_size_then_caches(tmp_path, capsys):
     """The demo's self-bootstrap writes only the configured splits at the clip's resolution and caches
     every train / val / test sample with the data module's codecs (the fast path the demo trains on)."""
-    from klear_lightning.cli import bootstrap_syncworld
     from klear_lightning.data.datamodule import AVDataModule
     from klear_lightning.data.shards import iter_tar, parse_sample, read_index
 
     root = tmp_path / "sw"
     cfg = _parse_args("--config", str(CONFIGS / "demo.yaml"), "--data.init_args.root", str(root),
                       "--data.init_args.train_splits", "{sound: 1.0}", "--syncworld_clips_per_split", "2")
-    bootstrap_syncworld(cfg)
+    bootstrap_from_config(cfg)
     assert sorted(p.name for p in (root / "train").iterdir()) == ["sound"]
     rec = parse_sample(next(iter_tar(read_index(root / "train", "sound")[0].url)), "first")
     assert rec.video()[0].shape[1:3] == (32, 32)
@@ -216,18 +211,17 @@ def test_bootstrap_generates_at_clip_size_then_caches(tmp_path, capsys):
 def test_bootstrap_draws_the_scene_and_refuses_a_root_generated_otherwise(tmp_path):
     """`syncworld_scene` reaches the generator; a root generated with another scene or clip count is an
     error naming both, never silently trained on; the same config reuses it."""
-    from klear_lightning.cli import bootstrap_syncworld
 
     root = tmp_path / "sw"
     args = ["--config", str(CONFIGS / "demo.yaml"), "--data.init_args.root", str(root),
             "--data.init_args.train_splits", "{sound: 1.0}", "--syncworld_clips_per_split", "1"]
-    bootstrap_syncworld(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))
+    bootstrap_from_config(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))
     assert json.loads((root / "syncworld.json").read_text())["config"]["scene"]["object_scale"] == 2.0
-    bootstrap_syncworld(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))  # same: reused
+    bootstrap_from_config(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))  # same: reused
     with pytest.raises(ValueError, match="object_scale.: 1.0.*delete"):
-        bootstrap_syncworld(_parse_args(*args))
+        bootstrap_from_config(_parse_args(*args))
     with pytest.raises(ValueError, match="syncworld_clips_per_split = 2"):
-        bootstrap_syncworld(_parse_args(*args[:-1], "2", "--syncworld_scene.object_scale", "2.0"))
+        bootstrap_from_config(_parse_args(*args[:-1], "2", "--syncworld_scene.object_scale", "2.0"))
 
 
 def test_cache_subcommand_adds_latents(tmp_path, capsys):

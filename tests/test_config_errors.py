@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from klear_lightning.cli import cli_main
-from klear_lightning.config_checks import ConfigError
+from klear_lightning.errors import ConfigError
+from klear_lightning.lightning_cli import cli_main
 from test_module import RandomAVData, _trainer, tiny_module
 
 
 def _run(tmp_path, model: dict | None = None, data: dict | None = None) -> None:
     cfg = {
         "trainer": {"max_steps": 1, "logger": False, "enable_checkpointing": False, "default_root_dir": str(tmp_path)},
-        "model": {"model": {"dim": 32, "depth": 1, "heads": 2}, **(model or {})},
+        "model": {"net": {"dim": 32, "depth": 1, "heads": 2}, **(model or {})},
         "data": data or {"class_path": "test_module.RandomAVData"},
     }
     path = tmp_path / "bad.yaml"
@@ -39,14 +39,14 @@ def test_missing_data_path(tmp_path):
 
 
 def test_unknown_attention_backend(tmp_path):
-    with pytest.raises(ConfigError, match=r"^model\.model\.attention_backend: unknown attention backend 'fast'"):
-        _run(tmp_path, model={"model": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "fast"}})
+    with pytest.raises(ConfigError, match=r"^model\.net\.attention_backend: unknown attention backend 'fast'"):
+        _run(tmp_path, model={"net": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "fast"}})
 
 
 def test_codec_model_width_mismatch(tmp_path):
-    module = tiny_module(model=tiny_module().model_config.__class__.preset(
+    module = tiny_module(net=tiny_module().model_config.__class__.preset(
         "tiny", dim=32, depth=1, heads=2, text_dim=16, video_channels=8, audio_channels=4))
-    with pytest.raises(ConfigError, match=r"^model\.model\.video_channels = 8 does not match the video codec channels = 4"):
+    with pytest.raises(ConfigError, match=r"^model\.net\.video_channels = 8 does not match the video codec channels = 4"):
         _trainer(tmp_path, steps=1).fit(module, datamodule=RandomAVData())
 
 
@@ -55,10 +55,10 @@ def test_latent_fps_mismatch_outside_the_cli(tmp_path, field, value):
     """A module built in Python (no CLI links) whose latent rates differ from the data's would give
     aligned MixD-RoPE wrong audio times: it fails before training, naming the field."""
     base = tiny_module().model_config
-    module = tiny_module(model=base.__class__.preset(
+    module = tiny_module(net=base.__class__.preset(
         "tiny", **{**{k: getattr(base, k) for k in ("dim", "depth", "heads", "text_dim", "video_channels",
                                                      "audio_channels", "video_latent_fps", "audio_latent_fps")},
                    "rope_mode": "aligned", field: value}))
     expected = getattr(RandomAVData().sequence, field)
-    with pytest.raises(ConfigError, match=rf"^model\.model\.{field} = {value} does not match the data's {field} = {expected}"):
+    with pytest.raises(ConfigError, match=rf"^model\.net\.{field} = {value} does not match the data's {field} = {expected}"):
         _trainer(tmp_path, steps=1).fit(module, datamodule=RandomAVData())

@@ -87,7 +87,7 @@ def test_validation_media_are_generated_with_the_ema_weights(tmp_path, ema_first
     from klear_lightning.callbacks.benchmark import head
     from klear_lightning.callbacks.media_logger import MediaLogger
     from klear_lightning.logging import KlearMLFlowLogger
-    from klear_lightning.module import OptimConfig
+    from klear_lightning.optim import OptimConfig
     from klear_lightning.sampling import SamplerConfig
     from test_module import RandomAVData, tiny_module
 

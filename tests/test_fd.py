@@ -14,7 +14,7 @@ D = 6
 @pytest.fixture(scope="module")
 def panns_checkpoint(tmp_path_factory):
     """Randomly initialised Cnn14 saved in the official layout: {"model": state_dict}."""
-    from klear_lightning.metrics.panns import Cnn14
+    from klear_lightning.metrics.nets.cnn14 import Cnn14
 
     torch.manual_seed(0)
     model = Cnn14()
@@ -127,7 +127,7 @@ def test_fd_panns_scores_through_saved_checkpoint(panns_checkpoint):
 
 
 def test_cnn14_state_dict_has_the_official_layout():
-    from klear_lightning.metrics.panns import Cnn14
+    from klear_lightning.metrics.nets.cnn14 import Cnn14
 
     shapes = {k: tuple(v.shape) for k, v in Cnn14().state_dict().items()}
     assert shapes["spectrogram_extractor.stft.conv_real.weight"] == (257, 1, 512)
@@ -142,7 +142,7 @@ def test_cnn14_state_dict_has_the_official_layout():
 
 
 def test_cnn14_front_end_is_the_power_stft():
-    from klear_lightning.metrics.panns import Cnn14
+    from klear_lightning.metrics.nets.cnn14 import Cnn14
 
     wave = torch.randn(2, 4000)
     ours = Cnn14().spectrogram_extractor(wave)[:, 0]  # (B, T, F)
@@ -151,7 +151,7 @@ def test_cnn14_front_end_is_the_power_stft():
 
 
 def test_slaney_mel_filters_peak_at_their_centres():
-    from klear_lightning.metrics.panns import slaney_mel_filters
+    from klear_lightning.metrics.nets.cnn14 import slaney_mel_filters
 
     w = slaney_mel_filters(16000, 512, 64, 50.0, 8000.0)
     assert w.shape == (257, 64) and (w >= 0).all()
@@ -165,7 +165,7 @@ def test_slaney_mel_filters_peak_at_their_centres():
 
 
 def test_load_cnn14_rejects_another_network(tmp_path):
-    from klear_lightning.metrics.panns import load_cnn14
+    from klear_lightning.metrics.nets.cnn14 import load_cnn14
 
     path = tmp_path / "other.pth"
     torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, path)

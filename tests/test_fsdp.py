@@ -69,7 +69,7 @@ def _config(run: Path, steps: int, record: str, kill_at: int | None = None) -> d
             ],
         },
         "model": {
-            "model": {"dim": 32, "depth": 2, "heads": 2, "attention_backend": "reference"},
+            "net": {"dim": 32, "depth": 2, "heads": 2, "attention_backend": "reference"},
             "task_weights": {"t2av": 1.0, "t2v": 1.0, "ti2av": 1.0},
             "optim": {"lr": 1e-3},
             "parallel": {"activation_checkpointing": True, "param_dtype": "bfloat16"},
@@ -112,7 +112,7 @@ def test_fsdp2_two_processes_whole_path_killed_and_resumed(tmp_path):
     assert ckpt.is_dir() and (ckpt / "meta.pt").is_file(), "expected a sharded (distributed) checkpoint folder"
     assert not (tmp_path / "run" / "ckpt" / "step=4.ckpt").exists(), "killed before its step-4 checkpoint"
     media = tmp_path / "run" / "media" / "step_0000002" / "t2av"
-    assert sorted(p.suffix for p in media.iterdir()) == [".mp4", ".png", ".wav"], "validation media at step 2"
+    assert sorted(p.suffix for p in media.iterdir()) == [".mp4", ".png", ".png", ".wav"], "validation media (and the panel) at step 2"
     _torchrun(config, "--ckpt_path", str(ckpt))
     losses = _read(tmp_path / "loss")
     assert losses[0][1] != losses[1][1], "ranks must draw different noise"
@@ -131,21 +131,21 @@ def test_fsdp2_two_processes_whole_path_killed_and_resumed(tmp_path):
 
     cfg = tiny_config(dim=32, depth=2, heads=2)
     torch.manual_seed(0)
-    fresh = KlearModule(model=cfg)
+    fresh = KlearModule(net=cfg)
     fresh.configure_model()
     torch.manual_seed(0)
-    staged = KlearModule(model=cfg, init_from=str(tmp_path / "run" / "ckpt" / "step=4.ckpt"))
+    staged = KlearModule(net=cfg, init_from=str(tmp_path / "run" / "ckpt" / "step=4.ckpt"))
     staged.configure_model()
     changed = [k for k, v in fresh.model.state_dict().items() if not torch.equal(v, staged.model.state_dict()[k])]
     assert len(changed) > 10
 
     # `klear generate` / `klear test` read the sharded folder too: EMA weights from meta.pt, else the shards
-    from klear_lightning.cli import load_for_inference
+    from klear_lightning.generate import inference_module
 
     folder = tmp_path / "run" / "ckpt" / "step=4.ckpt"
     shadow = torch.load(folder / "meta.pt", weights_only=True)["callbacks"]["EMA"]["shadow"]
-    ema, _ = load_for_inference(config, folder)
-    raw, _ = load_for_inference(config, folder, use_ema=False)
+    ema, _ = inference_module(config, folder)
+    raw, _ = inference_module(config, folder, use_ema=False)
     for name, value in shadow.items():
         torch.testing.assert_close(ema.model.state_dict()[name], value, rtol=0, atol=0)
     for name, value in staged.model.state_dict().items():

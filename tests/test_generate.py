@@ -8,10 +8,11 @@ import soundfile as sf
 import torch
 import yaml
 
-from klear_lightning.cli import _parse, main
+from klear_lightning.cli import main
 from klear_lightning.data.media import decode_media, encode_av
 from klear_lightning.media import MediaClip
-from klear_lightning.generate import write_clip
+from klear_lightning.lightning_cli import instantiate_model_and_data
+from klear_lightning.media import write_clip
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +22,14 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     generate_syncworld(root / "data", clips_per_split=2, splits=["sound"])
     cfg = {
-        "model": {"model": {"dim": 32, "depth": 1, "heads": 2, "video_patch": 2, "audio_patch": 2}},
+        "model": {"net": {"dim": 32, "depth": 1, "heads": 2, "video_patch": 2, "audio_patch": 2}},
         "data": {"class_path": "klear_lightning.data.datamodule.AVDataModule",
                  "init_args": {"root": str(root / "data"), "train_splits": {"sound": 1.0}, "num_workers": 0,
                                "clip": {"duration": 1.0, "fps": 8.0, "height": 32, "width": 32}, "stats_samples": 2}},
     }
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    module, _ = _parse(config)
+    module, _ = instantiate_model_and_data(config)
     module.configure_model()
     ckpt = root / "model.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}, ckpt)
@@ -65,10 +66,12 @@ def test_generate_writes_media(trained, task):
         assert sr == 16000 and wave.shape == (16000,)
 
 
-def test_generate_requires_condition_inputs(trained):
+def test_generate_requires_condition_inputs(trained, capsys):
     _, config, ckpt, _ = trained
-    with pytest.raises(ValueError, match="--image is required for task ti2av"):
+    with pytest.raises(SystemExit) as done:
         main(["generate", "--config", str(config), "--ckpt_path", str(ckpt), "--task", "ti2av", "--prompt", "[x]"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: image: required for task ti2av"
 
 
 def test_write_clip_video_only_and_audio_only(tmp_path):
@@ -79,10 +82,10 @@ def test_write_clip_video_only_and_audio_only(tmp_path):
 
 
 def test_inference_says_when_a_checkpoint_has_no_ema_weights(trained, tmp_path, capsys):
-    from klear_lightning.cli import load_for_inference
+    from klear_lightning.generate import inference_module
 
     _, config, ckpt, _ = trained
-    module, _ = load_for_inference(config, ckpt)
+    module, _ = inference_module(config, ckpt)
     err = capsys.readouterr().err
     assert f"{ckpt} holds no EMA weights; using its training weights" in err
     weights = torch.load(ckpt, weights_only=True)["state_dict"]
@@ -91,8 +94,8 @@ def test_inference_says_when_a_checkpoint_has_no_ema_weights(trained, tmp_path, 
     shadow = {k.removeprefix("model."): v + 1.0 for k, v in weights.items()}
     with_ema = tmp_path / "ema.ckpt"
     torch.save({"state_dict": weights, "callbacks": {"EMA": {"shadow": shadow, "updates": 3}}}, with_ema)
-    module, _ = load_for_inference(config, with_ema)
+    module, _ = inference_module(config, with_ema)
     assert "EMA" not in capsys.readouterr().err
     assert all(torch.equal(p, shadow[n]) for n, p in module.model.state_dict().items())
-    load_for_inference(config, ckpt, use_ema=False)
+    inference_module(config, ckpt, use_ema=False)
     assert "EMA" not in capsys.readouterr().err

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from klear_lightning.media import MediaClip
+from klear_lightning.errors import ConfigError
 from klear_lightning.metrics.base import BuildContext, MetricUnavailable, MetricUndefined
 from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
 from klear_lightning.tasks import TASKS
@@ -47,7 +48,7 @@ def test_unknown_metric_and_bad_fields_fail_at_config_time():
 
 def test_configured_path_that_does_not_exist_is_an_error(tmp_path):
     ctx = BuildContext.create({"panns": str(tmp_path / "missing.pth")})
-    with pytest.raises(FileNotFoundError, match=r"metrics\.checkpoints\.panns"):
+    with pytest.raises(ConfigError, match=r"^metrics\.checkpoints\.panns: .*missing\.pth does not exist"):
         ctx.checkpoint("panns", "a Cnn14 checkpoint")
 
 

@@ -43,13 +43,13 @@ def with_changes(x: ModelInputs, **fields) -> ModelInputs:
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="attention_backend"):
         ModelConfig(attention_backend="ring")
-    with pytest.raises(ValueError, match="model.dim = 30 is not divisible by model.heads = 4"):
+    with pytest.raises(ValueError, match="^model.net.dim: 30 is not divisible by model.net.heads = 4"):
         ModelConfig(dim=30, heads=4)
     with pytest.raises(ValueError, match="rope_sections"):
         ModelConfig(dim=64, heads=4, rope_sections=(8, 4, 2))
     with pytest.raises(ValueError, match="rope_mode"):
         ModelConfig(rope_mode="spiral")
-    with pytest.raises(ValueError, match="model.rope_time_scale must be > 0"):
+    with pytest.raises(ValueError, match="^model.net.rope_time_scale: must be > 0"):
         ModelConfig(rope_time_scale=0.0)
     with pytest.raises(ValueError, match="architecture"):
         ModelConfig(architecture="triple_tower")

@@ -17,7 +17,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from klear_lightning.models import ModelConfig
-from klear_lightning.module import Decoders, KlearModule, OptimConfig, lr_factor
+from klear_lightning.checkpoint import CheckpointError
+from klear_lightning.codecs import Decoders
+from klear_lightning.module import KlearModule
+from klear_lightning.optim import OptimConfig, lr_factor
 from klear_lightning.sampling import SamplerConfig
 from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
 from klear_lightning.streams import AVBatch
@@ -112,7 +115,7 @@ def tiny_config(**overrides: Any) -> ModelConfig:
 
 
 def tiny_module(**overrides: Any) -> KlearModule:
-    kwargs: dict[str, Any] = dict(model=tiny_config(), optim=OptimConfig(lr=1e-3), caption_dropout=0.1)
+    kwargs: dict[str, Any] = dict(net=tiny_config(), optim=OptimConfig(lr=1e-3), caption_dropout=0.1)
     kwargs.update(overrides)
     module = KlearModule(**kwargs)
     module.configure_model()
@@ -170,7 +173,7 @@ def test_audio_frames_of_a_partial_token_are_never_supervised():
     """audio_patch 2 and a clip with 7 of 8 audio latent frames: its last token is partial, so the
     model treats it as padding (output 0); none of its frames may be in the loss, and every
     supervised frame is one the model predicts."""
-    module = tiny_module(model=tiny_config(audio_patch=2), task_weights={"t2a": 1.0, "t2av": 1.0})
+    module = tiny_module(net=tiny_config(audio_patch=2), task_weights={"t2a": 1.0, "t2av": 1.0})
     with torch.no_grad():
         for p in module.model.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -231,7 +234,7 @@ class _NanAfter(KlearModule):
 
 
 def test_nonfinite_loss_skips_update_then_stops(tmp_path):
-    module = _NanAfter(model=tiny_config(), optim=OptimConfig(lr=1e-3), max_nonfinite=3)
+    module = _NanAfter(net=tiny_config(), optim=OptimConfig(lr=1e-3), max_nonfinite=3)
     module.configure_model()
     module.nan_steps = {2}
     data = RandomAVData()
@@ -247,7 +250,7 @@ def test_nonfinite_loss_skips_update_then_stops(tmp_path):
     assert not all(torch.equal(seen[2][k], seen[3][k]) for k in seen[2])
     assert all(torch.isfinite(v).all() for v in seen[-1].values())
 
-    module = _NanAfter(model=tiny_config(), max_nonfinite=3)
+    module = _NanAfter(net=tiny_config(), max_nonfinite=3)
     module.configure_model()
     module.nan_steps = set(range(100))
     with pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
@@ -278,7 +281,7 @@ def test_init_from_previous_stage_checkpoint(tmp_path):
     nxt = tiny_module(init_from=str(path))
     for k, v in module.model.state_dict().items():
         assert torch.equal(nxt.model.state_dict()[k], v), k
-    with pytest.raises(FileNotFoundError, match="model.init_from"):
+    with pytest.raises(CheckpointError, match="^model.init_from: no checkpoint file at "):
         tiny_module(init_from=str(tmp_path / "missing.ckpt"))
 
 
@@ -298,8 +301,12 @@ def test_media_logger_logs_mp4_wav_png_to_mlflow(tmp_path):
     client = MlflowClient(logger._tracking_uri)
     names = [f.path for f in client.list_artifacts(logger.run_id, "media/step_0000001/t2av")]
     assert len(client.list_artifacts(logger.run_id, "media/reference")) == 3
-    assert sorted(p.rsplit("/", 1)[1] for p in names) == ["t2av_0.mp4", "t2av_0.wav", "t2av_0_spectrogram.png"]
+    assert sorted(p.rsplit("/", 1)[1] for p in names) == ["panel.png", "t2av_0.mp4", "t2av_0.wav", "t2av_0_spectrogram.png"]
     assert any(k.startswith("val/loss_task/") for k in trainer.callback_metrics)
+    from PIL import Image
+
+    panel = Image.open(tmp_path / "media" / "step_0000001" / "t2av" / "panel.png")
+    assert panel.size[0] > 3 * panel.size[1]  # one row: frames and spectrogram, generated beside ground truth
 
 
 def test_test_and_predict_loops(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from klear_lightning.codecs import AudioCodecConfig, VideoCodecConfig, build_audio_codec, build_video_codec, load_stats
+from klear_lightning.errors import ConfigError
 from klear_lightning.data.prepare import make_key, prepare
 from klear_lightning.data.shards import iter_tar, parse_sample, read_done_keys, read_index
 from klear_lightning.sequence import ClipSpec
@@ -124,7 +125,7 @@ def test_prepare_manifest_resumes_with_two_workers(corpus, tmp_path):
 
 
 def test_prepare_refuses_bad_arguments(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a folder nor a JSONL"):
+    with pytest.raises(ConfigError, match="^inputs: .* is neither a folder nor a JSONL"):
         prepare(tmp_path / "missing", tmp_path, "s", workers=1)
-    with pytest.raises(ValueError, match="split / partition"):
+    with pytest.raises(ConfigError, match="^split: split and partition names"):
         prepare(tmp_path, tmp_path, "bad.name", workers=1)

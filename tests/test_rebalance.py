@@ -180,7 +180,7 @@ def test_klear_fit_raises_the_weight_of_the_split_made_harder(tmp_path):
             "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger", "init_args": {"run_dir": str(run)}},
             "callbacks": [{"class_path": "klear_lightning.callbacks.rebalance.Rebalance", "init_args": {"rate": 0.5}}],
         },
-        "model": {"model": {"dim": 32, "depth": 2, "heads": 2, "audio_patch": 2},
+        "model": {"net": {"dim": 32, "depth": 2, "heads": 2, "audio_patch": 2},
                   "task_weights": {"t2a": 1.0, "t2av": 1.0}, "optim": {"lr": 3e-3, "warmup_steps": 5}},
         "data": {"class_path": "klear_lightning.data.AVDataModule", "init_args": {
             "root": str(root), "train_splits": {"sound": 1.0, "singing": 1.0}, "val_splits": ["sound", "singing"],

@@ -17,7 +17,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from klear_lightning.cli import AtomicCheckpointIO
+from klear_lightning.checkpoint import AtomicCheckpointIO
 from klear_lightning.data.cache import cache_latents
 from klear_lightning.data.syncworld import generate_syncworld
 from klear_lightning.logging import sqlite_uri
@@ -67,7 +67,7 @@ def _config(run_dir: Path, data_root: Path, kill_at: int | None) -> dict:
             "callbacks": callbacks,
         },
         "model": {
-            "model": {"dim": 32, "depth": 2, "heads": 2, "attention_backend": "reference"},
+            "net": {"dim": 32, "depth": 2, "heads": 2, "attention_backend": "reference"},
             "task_weights": {"t2av": 1.0, "t2v": 1.0, "t2a": 1.0, "ti2av": 1.0},
             "caption_dropout": 0.2,
             "optim": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},

@@ -57,7 +57,7 @@ def test_real_metadata_passes_the_allow_list(tmp_path):
 
 
 def test_init_from_refuses_a_planted_metadata(planted):
-    from klear_lightning.module import load_model_weights
+    from klear_lightning.checkpoint import load_model_weights
 
     folder, marker = planted
     with pytest.raises(UnsafeFileError, match=r"step=4\.ckpt/\.metadata: refused to unpickle global 'posix\.system'"):
@@ -72,7 +72,7 @@ def _config(tmp_path: Path) -> Path:
     cfg = {
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 1, "logger": False,
                     "enable_progress_bar": False, "default_root_dir": str(tmp_path / "run")},
-        "model": {"model": {"dim": 32, "depth": 2, "heads": 2, "attention_backend": "reference"}},
+        "model": {"net": {"dim": 32, "depth": 2, "heads": 2, "attention_backend": "reference"}},
         "data": {"class_path": "test_module.RandomAVData", "init_args": {"seed": 2}},
     }
     path = tmp_path / "cfg.yaml"
@@ -81,12 +81,13 @@ def _config(tmp_path: Path) -> Path:
 
 
 def test_generate_and_resume_refuse_a_planted_metadata(planted, tmp_path):
-    from klear_lightning.cli import cli_main, load_for_inference
+    from klear_lightning.generate import inference_module
+    from klear_lightning.lightning_cli import cli_main
 
     folder, marker = planted
     config = _config(tmp_path)
     with pytest.raises(UnsafeFileError, match=r"\.metadata: refused to unpickle"):
-        load_for_inference(config, folder)
+        inference_module(config, folder)
     for command in ("fit", "validate"):
         with pytest.raises(UnsafeFileError, match=r"\.metadata: refused to unpickle"):
             cli_main([command, "--config", str(config), "--ckpt_path", str(folder)])

@@ -44,7 +44,7 @@ def test_paper_summary_on_meta_device_is_26b():
 
 
 def test_mismatched_sequence_is_rejected():
-    with pytest.raises(ValueError, match="model.video_patch"):
+    with pytest.raises(ValueError, match="^model.net.video_patch: 1, but the sequence / codecs give 2"):
         summarize(tiny(video_patch=1), SEQ)
 
 

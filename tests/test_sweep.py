@@ -69,7 +69,7 @@ def _base(tmp: Path, data_root: Path) -> Path:
                                            "ground_truth": False}}},
             ],
         },
-        "model": {"model": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "reference"},
+        "model": {"net": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "reference"},
                   "task_weights": {"t2av": 1.0}, "optim": {"lr": 1e-3, "warmup_steps": 1}, "seed": 0},
         "data": {"class_path": "klear_lightning.data.AVDataModule", "init_args": {
             "root": str(data_root), "train_splits": {"sound": 1.0}, "clip": dict(vars(CLIP)), "batch_size": 2,
@@ -112,7 +112,7 @@ def test_sweep_killed_and_rerun(tmp_path, syncworld):
 
     # rerun, two at a time, with an arm added: dim 32 is not divisible by 5 heads, so its runs parse,
     # then fail when they build the model
-    broken = _overlay(tmp_path, "broken", {"model": {"model": {"heads": 5}}})
+    broken = _overlay(tmp_path, "broken", {"model": {"net": {"heads": 5}}})
     second = _sweep(args + ["--overlays", f"[{broken}]", "--parallel", "2"])
     assert second.returncode == 1, second.stdout + second.stderr[-3000:]
     lines = second.stdout.splitlines()
@@ -121,8 +121,8 @@ def test_sweep_killed_and_rerun(tmp_path, syncworld):
     assert any(re.search(r"\[2/4 done, [02] left\] baseline seed 1: done in ", line) for line in lines), second.stdout
     for seed in (0, 1):
         log = runs[("broken", seed)] / "fit.log"
-        assert any(f"FAILED broken seed {seed}: fit exited with 1: {log}" in line for line in lines)
-        assert "is not divisible by model.heads = 5" in log.read_text()
+        assert any(f"FAILED broken seed {seed}: fit exited with 2: {log}" in line for line in lines)
+        assert "32 is not divisible by model.net.heads = 5" in log.read_text()
     assert "sweep study: 2 of 4 runs done, 2 failed:" in second.stdout
     assert f"klear compare --run_dir {out} --sweep study --baseline baseline" in lines[-1]
 

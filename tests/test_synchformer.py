@@ -7,12 +7,18 @@ import pytest
 import torch
 
 from klear_lightning.media import MediaClip
-from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable, MetricUndefined
+from klear_lightning.metrics import (
+    REGISTRY,
+    BuildContext,
+    MetricUnavailable,
+    MetricUndefined,
+)
 from klear_lightning.metrics import synchformer as sf
+from klear_lightning.metrics.nets import synchformer as sfnet
 from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
 from klear_lightning.safe_pickle import UnsafeFileError
 
-TINY = sf.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1, image_size=32)
+TINY = sfnet.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1, image_size=32)
 
 
 def _clip(seconds: float, fps: float = 30.0, sr: int = 22050, size: int = 40) -> MediaClip:
@@ -22,7 +28,7 @@ def _clip(seconds: float, fps: float = 30.0, sr: int = 22050, size: int = 40) ->
     return MediaClip(video=frames, fps=fps, audio=audio, sample_rate=sr, meta={"key": f"c{seconds}"})
 
 
-def _save(model: sf.Synchformer, path) -> None:
+def _save(model: sfnet.Synchformer, path) -> None:
     torch.save(model.state_dict(), path)
 
 
@@ -33,7 +39,7 @@ def test_segment_and_window_counts():
     assert sf.window_segments(4.8) == 14
     assert sf.window_segments(3.84) == 11
     assert TINY.global_length == 2 + 14 * (8 + 6)
-    assert sf.SynchformerConfig().global_length == 198  # the released positional table
+    assert sfnet.SynchformerConfig().global_length == 198  # the released positional table
 
 
 def test_resample_video_picks_earlier_frames():
@@ -71,7 +77,7 @@ def test_log_mel_peak_at_tone_frequency():
 
 def test_space_attention_stays_within_a_frame():
     torch.manual_seed(0)
-    attn = sf.DividedAttention(16, 2).eval()
+    attn = sfnet.DividedAttention(16, 2).eval()
     frames, patches = 4, 3
     x = torch.randn(1, 1 + frames * patches, 16)
     y = x.clone()
@@ -88,28 +94,28 @@ def test_space_attention_stays_within_a_frame():
 
 
 def test_load_round_trip_and_strict_errors(tmp_path):
-    model = sf.Synchformer(TINY).eval()
+    model = sfnet.Synchformer(TINY).eval()
     path = tmp_path / "synchformer_state_dict.pth"
     _save(model, path)
-    loaded = sf.load_synchformer(path)
+    loaded = sfnet.load_synchformer(path)
     assert loaded.config == TINY
     v = torch.randn(1, 14, 3, 16, 32, 32)
     a = torch.randn(1, 14, 128, 66)
     with torch.no_grad():
         assert torch.allclose(loaded(v, a), model(v, a), atol=1e-5)
     torch.save({"model": model.state_dict()}, tmp_path / "train.pt")
-    assert sf.load_synchformer(tmp_path / "train.pt").config == TINY
+    assert sfnet.load_synchformer(tmp_path / "train.pt").config == TINY
     state = model.state_dict()
     state.pop("vproj.weight")
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="vproj.weight"):
-        sf.load_synchformer(tmp_path / "bad.pth")
+        sfnet.load_synchformer(tmp_path / "bad.pth")
     with pytest.raises(FileNotFoundError):
-        sf.load_synchformer(tmp_path / "missing.pth")
+        sfnet.load_synchformer(tmp_path / "missing.pth")
 
 
-def _fixed_offset_model(cls: int) -> sf.Synchformer:
-    model = sf.Synchformer(TINY).eval()
+def _fixed_offset_model(cls: int) -> sfnet.Synchformer:
+    model = sfnet.Synchformer(TINY).eval()
     with torch.no_grad():
         model.transformer.off_head.weight.zero_()
         model.transformer.off_head.bias.zero_()
@@ -164,7 +170,7 @@ def test_versebench_window_geometry():
 
 
 def test_window_must_match_positional_table():
-    model = sf.Synchformer(TINY).eval()  # 198 rows: 14 segments
+    model = sfnet.Synchformer(TINY).eval()  # 198 rows: 14 segments
     v, a = torch.randn(1, 11, 3, 16, 32, 32), torch.randn(1, 11, 128, 66)
     with pytest.raises(ValueError, match="156 tokens.*198 rows"):
         model(v, a)
@@ -175,7 +181,7 @@ def test_window_must_match_positional_table():
 
 def test_versebench_refuses_a_table_shorter_than_its_window(tmp_path):
     path = tmp_path / "sync.pth"
-    _save(sf.Synchformer(sf.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1,
+    _save(sfnet.Synchformer(sfnet.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1,
                                               image_size=32, segments=8)), path)
     with pytest.raises(MetricUnavailable, match="114 rows, the 11-segment window needs 156"):
         REGISTRY["desync_versebench"].build(BuildContext.create({"synchformer": str(path)}))
@@ -192,22 +198,22 @@ def test_parity_with_official_synchformer():
 def test_training_checkpoint_with_omegaconf_args_loads(tmp_path):
     from omegaconf import OmegaConf
 
-    model = sf.Synchformer(TINY).eval()
+    model = sfnet.Synchformer(TINY).eval()
     path = tmp_path / "24-01-04T16-39-21.pt"
     torch.save({"args": OmegaConf.create({"model": {"params": {"block_shape": [198]}}}),
                 "model": {f"module.{k}": v for k, v in model.state_dict().items()},
                 "metrics": {"accuracy_1": np.float64(0.5)}, "epoch": 3}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # what the plain weights-only reader does
-    assert sf.load_synchformer(path).config == TINY
+    assert sfnet.load_synchformer(path).config == TINY
 
 
 def test_malicious_checkpoint_is_refused_and_reported_not_computed(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "24-01-04T16-39-21.pt"
-    torch.save({"args": _Payload(str(marker)), "model": sf.Synchformer(TINY).state_dict()}, path)
+    torch.save({"args": _Payload(str(marker)), "model": sfnet.Synchformer(TINY).state_dict()}, path)
     with pytest.raises(UnsafeFileError, match=str(path)):
-        sf.load_synchformer(path)
+        sfnet.load_synchformer(path)
     suite = MetricSuite(MetricsConfig(metrics=["desync_versebench", "desync_avbench"],
                                       checkpoints={"synchformer": str(path)}, tasks=["t2av"]))
     assert set(suite.skipped) == {"desync_versebench", "desync_avbench"}

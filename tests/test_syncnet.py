@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from klear_lightning.media import MediaClip
-from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable, MetricUndefined
-from klear_lightning.metrics import face, syncnet
+from klear_lightning.metrics import (
+    REGISTRY,
+    BuildContext,
+    MetricUnavailable,
+    MetricUndefined,
+    face,
+    syncnet,
+)
+from klear_lightning.metrics.nets import s3fd
+from klear_lightning.metrics.nets import syncnet as syncnet_net
 from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
 from klear_lightning.safe_pickle import UnsafeFileError
 
@@ -77,7 +85,7 @@ def _speaking_clip(annotated: bool) -> MediaClip:
 
 
 def test_lse_metric_loads_saved_weights_and_counts_faceless_clips(tmp_path):
-    net = syncnet.SyncNet().eval()
+    net = syncnet_net.SyncNet().eval()
     torch.save(net.state_dict(), tmp_path / "syncnet_v2.model")
     with pytest.raises(MetricUnavailable, match="metrics.checkpoints.syncnet"):
         REGISTRY["lse_syncnet"].build(BuildContext.create({}))
@@ -89,7 +97,7 @@ def test_lse_metric_loads_saved_weights_and_counts_faceless_clips(tmp_path):
     clip = _speaking_clip(True)
     box = torch.tensor([12.0, 10.0, 52.0, 50.0]).expand(12, 4)
     conf, dist, _ = syncnet.score_track(
-        syncnet.load_syncnet(tmp_path / "syncnet_v2.model"), syncnet.crop_faces(clip.video, box),
+        syncnet_net.load_syncnet(tmp_path / "syncnet_v2.model"), syncnet.crop_faces(clip.video, box),
         clip.audio * 32768.0)
     assert float(out["lse_c_syncnet"]) == pytest.approx(conf, rel=1e-4)
     assert float(out["lse_d_syncnet"]) == pytest.approx(dist, rel=1e-4)
@@ -100,23 +108,23 @@ def test_lse_metric_loads_saved_weights_and_counts_faceless_clips(tmp_path):
 
 
 def test_s3fd_layout_priors_and_decode(tmp_path):
-    net = face.S3FD().eval()
+    net = s3fd.S3FD().eval()
     torch.save(net.state_dict(), tmp_path / "sfd_face.pth")
-    loaded = face.load_s3fd(tmp_path / "sfd_face.pth")
+    loaded = s3fd.load_s3fd(tmp_path / "sfd_face.pth")
     assert "L2Norm3_3.weight" in loaded.state_dict() and "vgg.33.weight" in loaded.state_dict()
     with torch.no_grad():
         loc, score, sizes = loaded(torch.randn(1, 3, 64, 96))
-    p = face.priors((64, 96), sizes)
+    p = s3fd.priors((64, 96), sizes)
     assert p.shape[0] == loc.shape[1] == score.shape[1] == sum(h * w for h, w in sizes)
     assert sizes[0] == (16, 24)  # stride 4
     assert torch.allclose(p[0], torch.tensor([2 / 96, 2 / 64, 16 / 96, 16 / 64]))
-    boxes = face.decode(torch.zeros(1, 4), p[:1])
+    boxes = s3fd.decode(torch.zeros(1, 4), p[:1])
     assert torch.allclose(boxes[0], torch.tensor([-6 / 96, -6 / 64, 10 / 96, 10 / 64]))
 
 
 def test_nms_and_track_gap_filling():
     boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], dtype=torch.float)
-    kept = face.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.3)
+    kept = s3fd.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.3)
     assert kept.tolist() == [0, 2]
 
     class Scripted(face.FaceDetector):
@@ -125,7 +133,7 @@ def test_nms_and_track_gap_filling():
             return [None if i in (1, 2) else torch.tensor([float(i), 0.0, i + 40.0, 40.0]) for i in ids]
 
     frames = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 4, 4, 3)
-    det = Scripted(net=face.S3FD())
+    det = Scripted(net=s3fd.S3FD())
     assert det.track(frames, max_missing=0.1) is None  # 2 of 10 frames missing
     track = det.track(frames, max_missing=0.2)
     assert track is not None and track.shape == (10, 4)
@@ -136,7 +144,7 @@ def test_nms_and_track_gap_filling():
 
 
 def test_detector_runs_batched_on_saved_weights(tmp_path):
-    net = face.S3FD().eval()
+    net = s3fd.S3FD().eval()
     with torch.no_grad():  # make every prior a confident face at zero offset
         for conv in net.conf:
             conv.weight.zero_()
@@ -146,11 +154,11 @@ def test_detector_runs_batched_on_saved_weights(tmp_path):
             conv.weight.zero_()
             conv.bias.zero_()
     torch.save(net.state_dict(), tmp_path / "sfd_face.pth")
-    det = face.FaceDetector(face.load_s3fd(tmp_path / "sfd_face.pth"), batch=2)
+    det = face.FaceDetector(s3fd.load_s3fd(tmp_path / "sfd_face.pth"), batch=2)
     found = det.detect(torch.zeros(3, 256, 256, 3, dtype=torch.uint8))
     assert len(found) == 3 and all(b is not None for b in found)
     assert all(torch.allclose(b, found[0]) for b in found)
-    empty = face.FaceDetector(face.load_s3fd(tmp_path / "sfd_face.pth"), threshold=1.1)
+    empty = face.FaceDetector(s3fd.load_s3fd(tmp_path / "sfd_face.pth"), threshold=1.1)
     assert empty.track(torch.zeros(2, 256, 256, 3, dtype=torch.uint8)) is None
     assert torch.equal(face.median_filter(torch.tensor([[1.0], [9.0], [2.0], [3.0]]), 3)[:, 0],
                        torch.tensor([1.0, 2.0, 3.0, 3.0]))
@@ -223,7 +231,7 @@ def test_lse_versebench_scores_scenes_and_drops_short_or_offset_clips(tmp_path, 
 
     monkeypatch.setattr(syncnet, "score_track", fake_score)
     path = tmp_path / "syncnet_v2.model"
-    torch.save(syncnet.SyncNet().state_dict(), path)
+    torch.save(syncnet_net.SyncNet().state_dict(), path)
     metric = REGISTRY["lse_versebench"].build(BuildContext.create({"syncnet": str(path)}))
     clip, short = _long_speaking_clip(10), _long_speaking_clip(7)
     metric.update([clip, short])
@@ -259,12 +267,12 @@ class _Payload:
 def test_malicious_weights_are_refused_and_reported_not_computed(tmp_path, key, name):
     marker = tmp_path / "ran"
     good = tmp_path / "syncnet_v2_good.model"
-    torch.save(syncnet.SyncNet().state_dict(), good)
+    torch.save(syncnet_net.SyncNet().state_dict(), good)
     bad = tmp_path / name
-    state = (syncnet.SyncNet() if key == "syncnet" else face.S3FD()).state_dict()
+    state = (syncnet_net.SyncNet() if key == "syncnet" else s3fd.S3FD()).state_dict()
     state["extra"] = _Payload(str(marker))
     torch.save(state, bad)
-    loader = syncnet.load_syncnet if key == "syncnet" else face.load_s3fd
+    loader = syncnet_net.load_syncnet if key == "syncnet" else s3fd.load_s3fd
     with pytest.raises(UnsafeFileError, match=str(bad)):
         loader(bad)
     checkpoints = {"syncnet": str(good), key: str(bad)}

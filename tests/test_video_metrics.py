@@ -8,8 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from klear_lightning.media import MediaClip
-from klear_lightning.metrics import REGISTRY, BuildContext, MetricUnavailable
-from klear_lightning.metrics import aesthetic, identity, motion
+from klear_lightning.metrics import (
+    REGISTRY,
+    BuildContext,
+    MetricUnavailable,
+    aesthetic,
+    identity,
+    motion,
+)
+from klear_lightning.metrics.nets import aesthetic as aesthetic_net
+from klear_lightning.metrics.nets import dino
 from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
 from klear_lightning.safe_pickle import UnsafeFileError
 
@@ -49,7 +57,7 @@ def test_motion_metric_static_is_zero_and_scales_with_resolution():
 
 
 def _dino_checkpoint(tmp_path, dim=64, depth=2, image_size=32):
-    net = identity.DinoViT(dim=dim, depth=depth, heads=1, patch=16, image_size=image_size)
+    net = dino.DinoViT(dim=dim, depth=depth, heads=1, patch=16, image_size=image_size)
     torch.nn.init.normal_(net.pos_embed, std=0.02)
     torch.nn.init.normal_(net.cls_token, std=0.02)
     state = {f"module.backbone.{k}": v for k, v in net.state_dict().items()}
@@ -61,8 +69,8 @@ def _dino_checkpoint(tmp_path, dim=64, depth=2, image_size=32):
 
 def test_dino_loads_official_layouts_and_interpolates_positions(tmp_path):
     net = _dino_checkpoint(tmp_path)
-    a = identity.load_dino(tmp_path / "dino.pth", head_dim=64)
-    b = identity.load_dino(tmp_path / "dino_plain.pth", head_dim=64)
+    a = dino.load_dino(tmp_path / "dino.pth", head_dim=64)
+    b = dino.load_dino(tmp_path / "dino_plain.pth", head_dim=64)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(a(x), net(x), atol=1e-5) and torch.allclose(b(x), net(x), atol=1e-5)
@@ -99,7 +107,7 @@ def test_aesthetic_head_and_clip_through_registry(tmp_path):
                            image_size=32, patch_size=16, projection_dim=24)
     clip = CLIPVisionModelWithProjection(cfg).eval()
     clip.save_pretrained(tmp_path / "clip")
-    head = aesthetic.AestheticHead(24).eval()
+    head = aesthetic_net.AestheticHead(24).eval()
     torch.save(head.state_dict(), tmp_path / "head.pth")
     assert [k for k in head.state_dict() if k.endswith("weight")] == [
         "layers.0.weight", "layers.2.weight", "layers.4.weight", "layers.6.weight", "layers.7.weight"]
@@ -139,17 +147,17 @@ def test_dino_parity_with_official_code():
 
 
 def test_dino_training_checkpoint_loads_and_malicious_is_refused(tmp_path):
-    net = identity.DinoViT(dim=32, depth=1, heads=2)
+    net = dino.DinoViT(dim=32, depth=1, heads=2)
     teacher = {f"backbone.{k}": v for k, v in net.state_dict().items()}
     path = tmp_path / "checkpoint.pth"
     torch.save({"teacher": teacher, "args": argparse.Namespace(arch="vit_small")}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # argparse.Namespace: what plain weights-only refuses
-    assert identity.load_dino(path).cls_token.shape == (1, 1, 32)
+    assert dino.load_dino(path).cls_token.shape == (1, 1, 32)
     marker = tmp_path / "ran"
     torch.save({"teacher": teacher, "args": _Payload(str(marker))}, path)
     with pytest.raises(UnsafeFileError, match=str(path)):
-        identity.load_dino(path)
+        dino.load_dino(path)
     suite = MetricSuite(MetricsConfig(metrics=["id_dino_cls"], checkpoints={"dino": str(path)}, tasks=["ti2v"]))
     assert "metrics.checkpoints.dino" in suite.skipped["id_dino_cls"] and str(path) in suite.skipped["id_dino_cls"]
     assert not marker.exists()
@@ -258,7 +266,7 @@ def test_aesthetic_v25_versebench_through_registry_and_malicious_head(tmp_path):
     tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                  num_attention_heads=2, image_size=56, patch_size=14)).eval()
     tower.save_pretrained(tmp_path / "siglip")
-    head = aesthetic.AestheticV25Head(32).eval()
+    head = aesthetic_net.AestheticV25Head(32).eval()
     torch.save(head.state_dict(), tmp_path / "aesthetic_predictor_v2_5.pth")
     checkpoints = {"siglip": str(tmp_path / "siglip"), "aesthetic_v25": str(tmp_path / "aesthetic_predictor_v2_5.pth")}
     metric = REGISTRY["aesthetic_v25_versebench"].build(BuildContext.create(checkpoints))
@@ -277,7 +285,7 @@ def test_aesthetic_v25_versebench_through_registry_and_malicious_head(tmp_path):
     state["extra"] = _Payload(str(marker))
     torch.save(state, tmp_path / "aesthetic_predictor_v2_5.pth")
     with pytest.raises(UnsafeFileError, match="aesthetic_predictor_v2_5.pth"):
-        aesthetic.load_aesthetic_v25_head(tmp_path / "aesthetic_predictor_v2_5.pth")
+        aesthetic_net.load_aesthetic_v25_head(tmp_path / "aesthetic_predictor_v2_5.pth")
     suite = MetricSuite(MetricsConfig(metrics=["aesthetic_v25_versebench"], checkpoints=checkpoints, tasks=["t2v"]))
     assert "metrics.checkpoints.aesthetic_v25" in suite.skipped["aesthetic_v25_versebench"]
     assert not marker.exists()

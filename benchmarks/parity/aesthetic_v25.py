@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from benchmarks.parity import ParityResult, compare, load_reference
 from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
 from klear_lightning.metrics import aesthetic
+from klear_lightning.metrics.nets import aesthetic as aesthetic_net
 
 FORMATS = ("aesthetic_predictor_v2_5.pth (the package's head state dict)",
            "SigLIP vision directory (config.json + model.safetensors), e.g. google/siglip-so400m-patch14-384")
@@ -32,7 +33,7 @@ def check() -> ParityResult:
     ref = load_reference("aesthetic_v25")
     seed = ref["seed"]
     config = SiglipVisionConfig(**ref["config"])
-    head = aesthetic.AestheticV25Head(ref["config"]["hidden_size"])
+    head = aesthetic_net.AestheticV25Head(ref["config"]["hidden_size"])
     # the official key names (`vision_model.*`, as the released SigLIP files and the package's model)
     template = {**{f"vision_model.{k}": v for k, v in SiglipVisionModel(config).state_dict().items()},
                 **{f"layers.{k}": v for k, v in head.state_dict().items()}}
@@ -45,8 +46,8 @@ def check() -> ParityResult:
         head_path = Path(tmp) / "aesthetic_predictor_v2_5.pth"
         torch.save(OrderedDict((k.removeprefix("layers."), v) for k, v in state.items() if k.startswith("layers.")),
                    head_path)
-        metric = aesthetic.AestheticV25VerseBench(aesthetic.load_siglip_vision(Path(tmp) / "siglip"),
-                                                  aesthetic.load_aesthetic_v25_head(head_path))
+        metric = aesthetic.AestheticV25VerseBench(aesthetic_net.load_siglip_vision(Path(tmp) / "siglip"),
+                                                  aesthetic_net.load_aesthetic_v25_head(head_path))
     frames = (seeded_input((2, 200, 300, 3), seed + 1) * 256).floor().clamp(max=255).to(torch.uint8)
     pixels = aesthetic.siglip_inputs(frames)
     worst, per = compare([("pixels", pixels.flatten()[::997], ref["pixels_every_997"]),

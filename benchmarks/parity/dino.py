@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.parity import ParityResult, compare, load_reference
 from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
-from klear_lightning.metrics import identity
+from klear_lightning.metrics.nets import dino
 
 FORMATS = ("dino_deitsmall16_pretrain.pth and the other released backbones (plain state dicts)",
            "DINO training checkpoint.pth (teacher weights, `backbone.` / `module.` prefixes, argparse `args`)")
@@ -25,7 +25,7 @@ FORMATS = ("dino_deitsmall16_pretrain.pth and the other released backbones (plai
 def check() -> ParityResult:
     ref = load_reference("dino")
     seed = ref["seed"]
-    template = identity.DinoViT().state_dict()
+    template = dino.DinoViT().state_dict()
     if sorted(template) != ref["keys"]:
         return ParityResult("dino_vits16", ref["official"], float("inf"), FORMATS,
                             details={"keys": "the project's key layout differs from DINO's"})
@@ -35,7 +35,7 @@ def check() -> ParityResult:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "checkpoint.pth"
         torch.save({"teacher": teacher, "epoch": 100, "args": argparse.Namespace(arch="vit_small")}, path)
-        net = identity.load_dino(path)
+        net = dino.load_dino(path)
     with torch.no_grad():
         cls = net(seeded_input((2, 3, 224, 224), seed + 1, -2.0, 2.0))
     worst, per = compare([("cls_feature", cls, ref["cls"])])

@@ -23,7 +23,8 @@ from benchmarks.parity import ParityResult, compare, skipped
 from benchmarks.parity.seeded import seeded_state_dict
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext
-from klear_lightning.metrics.panns import CHECKPOINT_FORMATS, panns_extractor
+from klear_lightning.metrics.nets.cnn14 import CHECKPOINT_FORMATS
+from klear_lightning.metrics.panns import panns_extractor
 
 EXTRACTOR = "panns_cnn14_16k"
 SEED = 0

@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.parity import ParityResult, compare, load_reference
 from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
-from klear_lightning.metrics import face
+from klear_lightning.metrics.nets import s3fd
 
 FORMATS = ("sfd_face.pth (syncnet_python's S3FD state dict)",)
 
@@ -25,15 +25,15 @@ def check() -> ParityResult:
     seed = ref["seed"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sfd_face.pth"
-        torch.save(seeded_fan_in_state_dict(face.S3FD().state_dict(), seed + 10), path)
-        net = face.load_s3fd(path)
+        torch.save(seeded_fan_in_state_dict(s3fd.S3FD().state_dict(), seed + 10), path)
+        net = s3fd.load_s3fd(path)
     x = seeded_input(tuple(ref["input"]), seed + 11, -120.0, 130.0)
     with torch.no_grad():
         loc, prob, sizes = net(x)
-    prior = face.priors(tuple(x.shape[-2:]), sizes)
+    prior = s3fd.priors(tuple(x.shape[-2:]), sizes)
     idx = torch.arange(0, prob.shape[1], 97)
     best = int(prob[0].argmax())
-    best_row = torch.cat([prob[0, best: best + 1], face.decode(loc[0, best: best + 1], prior[best: best + 1])[0]])
+    best_row = torch.cat([prob[0, best: best + 1], s3fd.decode(loc[0, best: best + 1], prior[best: best + 1])[0]])
     worst, per = compare([("face_prob", prob[0, idx], ref["face_prob_every_97"]),
                           ("box_regression", loc[0, idx], ref["loc_every_97"]),
                           ("priors", prior[idx], ref["priors_every_97"]),

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from benchmarks.parity import ParityResult, compare, load_reference
 from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
 from klear_lightning.metrics import synchformer as sf
+from klear_lightning.metrics.nets import synchformer as sfnet
 
 FORMATS = ("synchformer_state_dict.pth (av-benchmark / MMAudio state dict)",
            "Synchformer training checkpoint (e.g. 24-01-04T16-39-21.pt: weights under `model`, OmegaConf `args`)")
@@ -28,11 +29,11 @@ FORMATS = ("synchformer_state_dict.pth (av-benchmark / MMAudio state dict)",
 def seeded_checkpoint(path: Path, ref: dict) -> None:
     """Write the reference's seeded weights as an official training checkpoint."""
     d = ref["dims"]
-    cfg = sf.SynchformerConfig(dim=d["dim"], video_depth=d["depths"], audio_depth=d["depths"],
+    cfg = sfnet.SynchformerConfig(dim=d["dim"], video_depth=d["depths"], audio_depth=d["depths"],
                                global_depth=d["depths"], video_heads=d["video_heads"],
                                audio_heads=d["audio_heads"], global_heads=d["global_heads"],
                                segments=(d["table_rows_in_checkpoint"] - 2) // 14)
-    state = seeded_fan_in_state_dict(sf.Synchformer(cfg).state_dict(), ref["seed"])
+    state = seeded_fan_in_state_dict(sfnet.Synchformer(cfg).state_dict(), ref["seed"])
     args = OmegaConf.create({"model": {"params": {"transformer": {"params": {"n_layer": d["depths"]}}}}})
     torch.save({"args": args, "model": state, "epoch": 1, "model_type": "Synchformer"}, path)
 
@@ -43,7 +44,7 @@ def check() -> ParityResult:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "24-01-04T16-39-21.pt"
         seeded_checkpoint(path, ref)
-        model = sf.load_synchformer(path)
+        model = sfnet.load_synchformer(path)
     mel = seeded_input((1, 11, 1, 128, 66), seed + 2, -1.0, 1.0)[:, :, 0]
     frames = (seeded_input((110, 3, 256, 320), seed + 3) * 256).floor().clamp(max=255).to(torch.uint8)
     wave = seeded_input((110 * 640,), seed + 4, -0.5, 0.5)

@@ -16,6 +16,7 @@ import torch
 from benchmarks.parity import ParityResult, compare, load_reference
 from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
 from klear_lightning.metrics import syncnet
+from klear_lightning.metrics.nets import syncnet as syncnet_net
 
 FORMATS = ("syncnet_v2.model (syncnet_python's state dict)",)
 
@@ -25,8 +26,8 @@ def check() -> ParityResult:
     seed, frames = ref["seed"], ref["frames"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "syncnet_v2.model"
-        torch.save(seeded_fan_in_state_dict(syncnet.SyncNet().state_dict(), seed), path)
-        net = syncnet.load_syncnet(path)
+        torch.save(seeded_fan_in_state_dict(syncnet_net.SyncNet().state_dict(), seed), path)
+        net = syncnet_net.load_syncnet(path)
     images = (seeded_input((frames, 224, 224, 3), seed + 1) * 256).floor().clamp(max=255)
     audio = (seeded_input((frames * 640,), seed + 2, -1.0, 1.0) * 20000).round()
     lips = images.permute(3, 0, 1, 2)

@@ -29,6 +29,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.metrics.report import build_report, write_report
 from klear_lightning.metrics.base import MetricResult
 from klear_lightning.metrics.suite import GROUND_TRUTH, MetricsConfig, MetricSuite
@@ -83,7 +84,7 @@ class BenchmarkCallback(L.Callback):
 
     def __init__(self, metrics: MetricsConfig | None = None, every_n_val_epochs: int = 1, report_stem: str = "report") -> None:
         if every_n_val_epochs < 1:
-            raise ValueError(f"BenchmarkCallback.every_n_val_epochs must be >= 1, got {every_n_val_epochs}")
+            raise ConfigError(f"BenchmarkCallback.every_n_val_epochs: must be >= 1, got {every_n_val_epochs}")
         self.cfg = metrics or MetricsConfig()
         self.every_n_val_epochs = every_n_val_epochs
         self.report_stem = report_stem

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
 
+from klear_lightning.errors import ConfigError
+
 
 class EMA(L.Callback):
     """EMA of `pl_module.model`'s trainable parameters.
@@ -28,7 +30,7 @@ class EMA(L.Callback):
 
     def __init__(self, decay: float = 0.9999, warmup_steps: int = 0, validate_with_ema: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA.decay must be in [0, 1), got {decay}")
+            raise ConfigError(f"EMA.decay: must be in [0, 1), got {decay}")
         self.decay = decay
         self.warmup_steps = warmup_steps
         self.validate_with_ema = validate_with_ema

@@ -1,7 +1,8 @@
 """Logs generated media at validation: for a fixed set of validation clips (the first `clips`
 as they arrive, at most `clips_per_split` of each `meta["split"]` when set) and each configured
 task, `pl_module.generate` with a fixed seed, written as mp4 (with audio), wav and spectrogram png,
-and logged to MLflow under `media/step_<global step>/<task>/` (also kept in `<run_dir>/media/`).
+and logged to MLflow under `media/step_<global step>/<task>/` (also kept in `<run_dir>/media/`), with
+`panel.png`: per clip, frames and spectrogram of the generated clip beside the ground truth's.
 The same clips' ground truth (decoded from their latents) is logged once, under `media/reference/`."""
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 import lightning as L
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.callbacks.benchmark import keep_clips
-from klear_lightning.generate import write_clip
+from klear_lightning.media import MediaClip, write_clip, write_panel
 from klear_lightning.logging import KlearMLFlowLogger
 from klear_lightning.sampling import SamplerConfig
 from klear_lightning.streams import AVBatch
@@ -45,13 +47,14 @@ class MediaLogger(L.Callback):
         for task in self.tasks:
             get_task(task)
         if clips < 1 or every_n_val_epochs < 1 or (clips_per_split is not None and clips_per_split < 1):
-            raise ValueError("MediaLogger: clips, clips_per_split and every_n_val_epochs must be >= 1")
+            raise ConfigError("MediaLogger.clips: clips, clips_per_split and every_n_val_epochs must be >= 1")
         self.clips = clips
         self.clips_per_split = clips_per_split
         self.sampler = sampler or SamplerConfig(steps=10)
         self.every_n_val_epochs = every_n_val_epochs
         self._kept: list[AVBatch] = []
         self._runs = 0
+        self._reference: list[MediaClip] | None = None
 
     def on_validation_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -73,13 +76,17 @@ class MediaLogger(L.Callback):
         logger = next((lg for lg in trainer.loggers if isinstance(lg, KlearMLFlowLogger)), None)
         root = logger.run_dir / "media" if logger is not None else Path(tempfile.mkdtemp())
         step = trainer.global_step
-        if self._runs == 1 and trainer.is_global_zero:
-            reference = [c for b in self._kept for c in pl_module.reference_media(b)]
-            self._write(reference, root, "reference", "reference", logger)
+        if self._reference is None and trainer.is_global_zero:  # the kept clips are the same every time
+            self._reference = [c for b in self._kept for c in pl_module.reference_media(b)]
+            self._write(self._reference, root, "reference", "reference", logger)
         for task in self.tasks:
             clips = [c for b in self._kept for c in pl_module.generate(b, task, self.sampler)]
             if trainer.is_global_zero:
-                self._write(clips, root, f"step_{step:07d}/{task}", task, logger)
+                sub = f"step_{step:07d}/{task}"
+                self._write(clips, root, sub, task, logger)
+                panel = write_panel(clips, self._reference, root / sub / "panel.png", title=f"{task}, step {step}")
+                if logger is not None:
+                    logger.log_file(panel, f"media/{sub}")
 
     @staticmethod
     def _write(clips: list, root: Path, sub: str, stem: str, logger: KlearMLFlowLogger | None) -> None:

@@ -32,6 +32,9 @@ from typing import Any
 
 import lightning as L
 
+from klear_lightning.errors import ConfigError
+from klear_lightning.keys import VAL_SPLIT_LOSS, VAL_TASK_LOSS
+
 log = logging.getLogger(__name__)
 
 
@@ -80,8 +83,8 @@ class Rebalance(L.Callback):
 
     def __init__(
         self,
-        task_metric: str = "val/loss_task/{task}",
-        split_metric: str | None = "val/loss_split/{split}",
+        task_metric: str = VAL_TASK_LOSS,
+        split_metric: str | None = VAL_SPLIT_LOSS,
         maximize: bool = False,
         ceiling: float = 1.0,
         relative: bool = True,
@@ -90,9 +93,9 @@ class Rebalance(L.Callback):
         min_weight: float = 0.02,
     ) -> None:
         if not 0.0 < rate <= 1.0:
-            raise ValueError(f"Rebalance.rate must be in (0, 1], got {rate}")
+            raise ConfigError(f"Rebalance.rate: must be in (0, 1], got {rate}")
         if power < 0 or not 0.0 <= min_weight < 1.0:
-            raise ValueError("Rebalance: power must be >= 0 and min_weight in [0, 1)")
+            raise ConfigError("Rebalance.power: power must be >= 0 and min_weight in [0, 1)")
         self.task_metric, self.split_metric = task_metric, split_metric
         self.maximize, self.ceiling, self.relative = maximize, ceiling, relative
         self.rate, self.power, self.min_weight = rate, power, min_weight

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.flow import flow_loss
 from klear_lightning.streams import AVBatch
 from klear_lightning.tasks import TaskBatch
@@ -56,9 +57,9 @@ class SyncProbe(L.Callback):
 
     def __init__(self, times: tuple[float, ...] = (0.25, 0.5, 0.75), shift_fraction: float = 0.5, seed: int = 0) -> None:
         if not times or not all(0.0 < t < 1.0 for t in times):
-            raise ValueError(f"SyncProbe.times must be non-empty and inside (0, 1), got {times}")
+            raise ConfigError(f"SyncProbe.times: must be non-empty and inside (0, 1), got {times}")
         if not 0.0 < shift_fraction < 1.0:
-            raise ValueError(f"SyncProbe.shift_fraction must be inside (0, 1), got {shift_fraction}")
+            raise ConfigError(f"SyncProbe.shift_fraction: must be inside (0, 1), got {shift_fraction}")
         self.times = tuple(times)
         self.shift_fraction = shift_fraction
         self.seed = seed

@@ -6,7 +6,9 @@ from typing import Protocol
 
 from torch import Tensor
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.codecs.audio import AudioCodecConfig, LogMelCodec
+from klear_lightning.codecs.decoders import Decoders, denormalize, normalize
 from klear_lightning.codecs.normalization import LatentStats, StatsAccumulator, load_stats, stats_path
 from klear_lightning.codecs.text import HFTextEncoder, TextEncoderConfig, build_text_encoder
 from klear_lightning.codecs.video import PixelPatchCodec, VideoCodecConfig
@@ -45,7 +47,7 @@ def build_audio_codec(cfg: AudioCodecConfig) -> AudioCodec:
         from klear_lightning.codecs.pretrained import OobleckAudioCodec
 
         return OobleckAudioCodec(cfg.path)
-    raise ValueError(f"audio_codec.name must be 'logmel' or 'oobleck', got {cfg.name!r}")
+    raise ConfigError(f"audio_codec.name: must be 'logmel' or 'oobleck', got {cfg.name!r}")
 
 
 def build_video_codec(cfg: VideoCodecConfig) -> VideoCodec:
@@ -65,7 +67,8 @@ def latent_geometry(video: VideoCodec, audio: AudioCodec) -> LatentGeometry:
 
 
 __all__ = [
-    "AudioCodec", "AudioCodecConfig", "HFTextEncoder", "LatentStats", "LogMelCodec", "PixelPatchCodec",
+    "AudioCodec", "AudioCodecConfig", "Decoders", "HFTextEncoder", "LatentStats", "LogMelCodec", "PixelPatchCodec",
     "StatsAccumulator", "TextEncoderConfig", "VideoCodec", "VideoCodecConfig", "build_audio_codec",
-    "build_text_encoder", "build_video_codec", "latent_geometry", "load_stats", "stats_path",
+    "build_text_encoder", "build_video_codec", "denormalize", "latent_geometry", "load_stats", "normalize",
+    "stats_path",
 ]

@@ -17,14 +17,28 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from klear_lightning.errors import ConfigError
+
 LOG_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
 class AudioCodecConfig:
-    """name: "logmel" (weight-free) or "oobleck" (diffusers AutoencoderOobleck read from `path`).
-    `mel_inverse` ("nnls" | "pinv"), `nnls_iters` and `griffin_lim_iters` shape only the logmel
-    decoder: the latents (and their cache) do not depend on them."""
+    """The audio codec (waveform <-> latents).
+
+    Args:
+        name: `logmel` (weight-free log-mel with a Griffin-Lim inverse) or `oobleck` (diffusers'
+            AutoencoderOobleck read from `path`).
+        sample_rate: logmel: input sample rate in Hz (must equal data.clip.sample_rate).
+        hop: logmel: samples per latent frame (16 kHz / 320 = 50 latent frames per second).
+        n_mels: logmel: mel bands, the latent channels.
+        n_fft: logmel: STFT size (>= hop).
+        griffin_lim_iters: logmel: Griffin-Lim iterations when decoding.
+        mel_inverse: logmel decoder: `nnls` (non-negative least squares) or `pinv` mel inverse; the
+            latents (and their cache) do not depend on it.
+        nnls_iters: logmel decoder: iterations of the NNLS mel inverse.
+        path: oobleck: a local diffusers VAE folder (e.g. stable-audio-open-1.0/vae).
+    """
 
     name: str = "logmel"
     sample_rate: int = 16000
@@ -60,11 +74,11 @@ class LogMelCodec(nn.Module):
     def __init__(self, cfg: AudioCodecConfig) -> None:
         super().__init__()
         if cfg.n_fft < cfg.hop:
-            raise ValueError(f"audio codec: n_fft = {cfg.n_fft} must be >= hop = {cfg.hop}")
+            raise ConfigError(f"audio_codec.n_fft: {cfg.n_fft} must be >= audio_codec.hop = {cfg.hop}")
         if cfg.n_mels > cfg.n_fft // 2 + 1:
-            raise ValueError(f"audio codec: n_mels = {cfg.n_mels} exceeds n_fft // 2 + 1 = {cfg.n_fft // 2 + 1}")
+            raise ConfigError(f"audio_codec.n_mels: {cfg.n_mels} exceeds n_fft // 2 + 1 = {cfg.n_fft // 2 + 1}")
         if cfg.mel_inverse not in ("nnls", "pinv"):
-            raise ValueError(f"audio codec: mel_inverse must be 'nnls' or 'pinv', got {cfg.mel_inverse!r}")
+            raise ConfigError(f"audio_codec.mel_inverse: must be 'nnls' or 'pinv', got {cfg.mel_inverse!r}")
         self.cfg = cfg
         self.name = "logmel"
         self.version = f"v1-sr{cfg.sample_rate}-h{cfg.hop}-m{cfg.n_mels}-f{cfg.n_fft}"

@@ -16,6 +16,8 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from klear_lightning.errors import ConfigError
+
 
 def model_fingerprint(path: Path) -> str:
     """A short version string from the model's config and weight file sizes (identifies the weights)."""
@@ -28,10 +30,10 @@ def model_fingerprint(path: Path) -> str:
 
 def _checked_dir(path: str | None, field: str) -> Path:
     if path is None:
-        raise ValueError(f"{field} is required for a pretrained codec (a local diffusers VAE directory)")
+        raise ConfigError(f"{field}: required for a pretrained codec (a local diffusers VAE directory)")
     p = Path(path)
     if not (p / "config.json").exists():
-        raise FileNotFoundError(f"{field} = {p}: no config.json there (point it at the VAE folder, e.g. <checkout>/vae)")
+        raise ConfigError(f"{field}: {p}: no config.json there (point it at the VAE folder, e.g. <checkout>/vae)")
     return p
 
 
@@ -89,7 +91,7 @@ class DiffusersVideoCodec(nn.Module):
             self.temporal_factor = 2 ** sum(cfg.temperal_downsample)
             self.spatial_factor = 2 ** (len(cfg.dim_mult) - 1)
         else:
-            raise ValueError(f"video_codec.name must be 'pixel', 'cogvideox' or 'wan', got {kind!r}")
+            raise ConfigError(f"video_codec.name: must be 'pixel', 'cogvideox' or 'wan', got {kind!r}")
         self.vae.eval().requires_grad_(False)
         self.name, self.version, self.causal = kind, model_fingerprint(p), True
 

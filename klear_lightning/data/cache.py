@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.codecs import (
     AudioCodecConfig, StatsAccumulator, TextEncoderConfig, VideoCodecConfig, build_audio_codec, build_text_encoder,
     build_video_codec,
@@ -134,7 +135,7 @@ def cache_latents(
     shards = [(p, s.url) for p in partitions for split in splits if (root / p / split / "index.json").exists()
               for s in read_index(root / p, split)]
     if not shards:
-        raise FileNotFoundError(f"cache_latents: no shards for splits {splits} in partitions {partitions} under {root}")
+        raise ConfigError(f"splits: no shards for splits {splits} in partitions {partitions} under {root}")
     report = CacheReport(str(root), shards=len(shards))
     video = audio = None
     if workers <= 1:

@@ -21,8 +21,9 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, IterableDataset
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.codecs import (
-    AudioCodec, AudioCodecConfig, LatentStats, StatsAccumulator, TextEncoderConfig, VideoCodec, VideoCodecConfig,
+    AudioCodec, AudioCodecConfig, Decoders, LatentStats, StatsAccumulator, TextEncoderConfig, VideoCodec, VideoCodecConfig,
     build_audio_codec, build_text_encoder, build_video_codec, latent_geometry, load_stats,
 )
 from klear_lightning.codecs.text import HFTextEncoder
@@ -65,16 +66,30 @@ class AVDataModule(L.LightningDataModule):
     Args:
         root: dataset folder; latent statistics live in `root/stats/`.
         train_splits: split name -> mixture weight, read from `root/<train_partition>/`.
-        val_splits / test_splits: splits read in order from `root/<val_partition>/` / `root/<test_partition>/`.
+        val_splits: splits read in order from `root/<val_partition>/` (default: the train splits).
+        test_splits: splits read in order from `root/<test_partition>/` (default: the val splits).
+        train_partition: folder under `root` of the training shards.
+        val_partition: folder under `root` of the validation shards.
+        test_partition: folder under `root` of the test shards (`ood` for SyncWorld's held-out set).
         clip: the clip every sample is cut to (longest duration, largest resolution, fps, sample rate).
         resolutions: extra (height, width) buckets; a video is fit to the bucket nearest its aspect ratio.
+        video_codec: frames <-> latents.
+        audio_codec: waveform <-> latents.
+        text_encoder: captions -> token embeddings.
+        batch_size: training samples per batch and process.
+        val_batch_size: validation / test samples per batch (default: batch_size).
+        num_workers: loader worker processes per training process.
         epoch_samples: training samples per epoch over all ranks and workers.
+        shuffle_buffer: samples in each worker's shuffle buffer.
         duration_bucket: latent video frames per duration bucket (same bucket -> same batch).
+        normalize: normalise latents per channel with the statistics in `root/stats/`.
         stats_samples: train samples used to compute latent statistics when `root/stats/` lacks them.
-        geometry / text_dim: the codecs' latent geometry and the caption encoder's width, declared so
-            that the model's shape is known without loading them (`klear summary` of a config whose
-            weights are not on this machine); each is checked against the codec or encoder when it is
-            loaded, and a mismatch names the field.
+        geometry: the codecs' latent geometry, declared so that the model's shape is known without
+            loading them (`klear summary` of a config whose weights are not on this machine); checked
+            against the codecs when they are loaded, a mismatch naming the field.
+        text_dim: the caption encoder's width, declared and checked the same way.
+        limits: source media beyond these bounds are skipped.
+        seed: seed of the training mixture and shuffling (offset per rank, worker and epoch).
     """
 
     def __init__(
@@ -129,18 +144,18 @@ class AVDataModule(L.LightningDataModule):
 
     def _check_config(self, train_splits: dict[str, float], resolutions: Any) -> None:
         if not train_splits:
-            raise ValueError("data.train_splits is empty: give at least one split with a positive weight")
+            raise ConfigError("data.train_splits: empty; give at least one split with a positive weight")
         for name, value in (("batch_size", self.batch_size), ("val_batch_size", self.val_batch_size), ("epoch_samples", self.epoch_samples),
                             ("shuffle_buffer", self.shuffle_buffer), ("duration_bucket", self.duration_bucket)):
             if value < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {value}")
+                raise ConfigError(f"data.{name}: must be >= 1, got {value}")
         if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"data.num_workers: must be >= 0, got {self.num_workers}")
         if self.audio_codec_cfg.name == "logmel" and self.audio_codec_cfg.sample_rate != self.clip.sample_rate:
-            raise ValueError(f"data.audio_codec.sample_rate = {self.audio_codec_cfg.sample_rate} must equal data.clip.sample_rate = {self.clip.sample_rate}")
+            raise ConfigError(f"data.audio_codec.sample_rate: {self.audio_codec_cfg.sample_rate} must equal data.clip.sample_rate = {self.clip.sample_rate}")
         for r in resolutions:
             if len(r) != 2 or r[0] < 1 or r[1] < 1:
-                raise ValueError(f"data.resolutions: {r!r} is not a (height, width) pair")
+                raise ConfigError(f"data.resolutions: {r!r} is not a (height, width) pair")
 
     # ------------------------------------------------------------- codecs and geometry
     @cached_property
@@ -156,7 +171,7 @@ class AVDataModule(L.LightningDataModule):
     def audio_codec(self) -> AudioCodec:
         codec = build_audio_codec(self.audio_codec_cfg)
         if codec.sample_rate != self.clip.sample_rate:
-            raise ValueError(f"data.clip.sample_rate = {self.clip.sample_rate} differs from the audio codec's {codec.sample_rate} Hz")
+            raise ConfigError(f"data.clip.sample_rate: {self.clip.sample_rate} differs from the audio codec's {codec.sample_rate} Hz")
         self._check_declared("audio_codec", {"audio_channels": codec.channels, "audio_hop": codec.hop})
         return codec
 
@@ -189,10 +204,8 @@ class AVDataModule(L.LightningDataModule):
         """The caption encoder's width: declared (`text_dim`), else the loaded encoder's."""
         return self.declared_text_dim if self.declared_text_dim is not None else self.text_encoder.dim
 
-    def decoders(self) -> Any:
+    def decoders(self) -> Decoders:
         """What KlearModule.generate needs to turn normalised latents into media."""
-        from klear_lightning.module import Decoders
-
         def stats(s: LatentStats | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
             return (torch.tensor(s.mean), torch.tensor(s.std)) if s is not None else (None, None)
 

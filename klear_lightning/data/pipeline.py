@@ -67,7 +67,13 @@ class SkipCounter:
 
 @dataclass(frozen=True)
 class LoaderLimits:
-    """Samples beyond these are `oversize`; shorter than `min_duration` are `too_short`."""
+    """Samples beyond these are skipped as `oversize`; shorter than `min_duration` as `too_short`.
+
+    Args:
+        max_duration: longest accepted source media, in seconds.
+        max_side: largest accepted source frame side, in pixels.
+        min_duration: shortest accepted source media, in seconds.
+    """
 
     max_duration: float = 600.0
     max_side: int = 4096

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.codecs import (
     AudioCodecConfig, StatsAccumulator, TextEncoderConfig, VideoCodecConfig, build_audio_codec,
     build_text_encoder, build_video_codec, load_stats,
@@ -102,7 +103,7 @@ def find_jobs(inputs: Path) -> tuple[list[Job], list[Failure]]:
                 failures.append(Failure(where, e.reason, str(e)))
         return jobs, failures
     if not inputs.is_dir():
-        raise FileNotFoundError(f"prepare: inputs = {inputs} is neither a folder nor a JSONL manifest")
+        raise ConfigError(f"inputs: {inputs} is neither a folder nor a JSONL manifest")
     for path in sorted(p for p in inputs.rglob("*") if p.is_file() and p.suffix not in SIDECARS):
         rel = str(path.relative_to(inputs))
         try:
@@ -243,11 +244,11 @@ def prepare(
     """
     inputs, out = Path(inputs), Path(out)
     if not re.match(r"^[A-Za-z0-9_-]+$", split) or not re.match(r"^[A-Za-z0-9_-]+$", partition):
-        raise ValueError(f"split / partition names must match [A-Za-z0-9_-]+, got {split!r} / {partition!r}")
+        raise ConfigError(f"split: split and partition names must match [A-Za-z0-9_-]+, got {split!r} / {partition!r}")
     buckets = ((clip.height, clip.width), *(tuple(r) for r in (resolutions or []) if tuple(r) != (clip.height, clip.width)))
     for h, w in buckets:
         if h % 2 or w % 2:
-            raise ValueError(f"prepare: resolution {h}x{w} must be even (h264 yuv420p)")
+            raise ConfigError(f"resolutions: {h}x{w} must be even (h264 yuv420p)")
     settings = PrepareSettings(clip, buckets, min_duration, cache, video_codec, audio_codec, text_encoder)
     jobs, failures = find_jobs(inputs)
     done = read_done_keys(out / partition, split)

@@ -27,7 +27,6 @@ centre crop, CLIP mean/std); L2-normalised image embedding -> MLP -> mean over f
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,46 +36,13 @@ from torch import Tensor, nn
 
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
+from klear_lightning.metrics.nets.aesthetic import (
+    AestheticHead, AestheticV25Head, load_aesthetic_head, load_aesthetic_v25_head, load_clip_vision, load_siglip_vision,
+)
 from klear_lightning.metrics.video_prep import even_frames, normalized
-from klear_lightning.safe_pickle import load_torch_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class AestheticHead(nn.Module):
-    """improved-aesthetic-predictor MLP: embedding (B, D) -> score (B,). Dropouts keep the indices."""
-
-    def __init__(self, dim: int = 768) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
-                                    nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1),
-                                    nn.Linear(64, 16), nn.Linear(16, 1))
-
-    def forward(self, embedding: Tensor) -> Tensor:
-        return self.layers(embedding)[:, 0]
-
-
-def load_aesthetic_head(path: str | Path) -> AestheticHead:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"aesthetic head checkpoint not found: {path}")
-    state = load_torch_file(path)
-    if not isinstance(state, dict) or "layers.0.weight" not in state:
-        raise ValueError(f"{path}: not an improved-aesthetic-predictor state dict (no layers.0.weight)")
-    head = AestheticHead(state["layers.0.weight"].shape[1])
-    head.load_state_dict(state, strict=True)
-    return head.eval()
-
-
-def load_clip_vision(directory: str | Path) -> nn.Module:
-    """CLIP vision tower with projection from a local Hugging Face directory (no download)."""
-    from transformers import CLIPVisionModelWithProjection
-
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: no config.json (expected a saved CLIP model directory)")
-    return CLIPVisionModelWithProjection.from_pretrained(directory, local_files_only=True).eval()
 
 
 def clip_inputs(frames: Tensor, size: int) -> Tensor:
@@ -123,42 +89,6 @@ def build_aesthetic(ctx: BuildContext) -> ClipMetric:
     head = ctx.load("aesthetic_head", "the LAION aesthetic head (sac+logos+ava1-l14-linearMSE.pth)",
                     lambda path: load_aesthetic_head(path).to(ctx.device))
     return AestheticScore(clip, head)
-
-
-class AestheticV25Head(nn.Module):
-    """aesthetic-predictor-v2.5's MLP: normalised SigLIP embedding (B, D) -> score (B,)."""
-
-    def __init__(self, dim: int = 1152) -> None:
-        super().__init__()
-        self.scoring_head = nn.Sequential(nn.Linear(dim, 1024), nn.Dropout(0.5), nn.Linear(1024, 128),
-                                          nn.Dropout(0.5), nn.Linear(128, 64), nn.Dropout(0.5),
-                                          nn.Linear(64, 16), nn.Dropout(0.2), nn.Linear(16, 1))
-
-    def forward(self, embedding: Tensor) -> Tensor:
-        return self.scoring_head(embedding)[:, 0]
-
-
-def load_aesthetic_v25_head(path: str | Path) -> AestheticV25Head:
-    """`aesthetic_predictor_v2_5.pth` (a plain state dict) strictly, through the allow-list reader."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"aesthetic-predictor-v2.5 head not found: {path}")
-    state = load_torch_file(path)
-    if not isinstance(state, dict) or "scoring_head.0.weight" not in state:
-        raise ValueError(f"{path}: not an aesthetic-predictor-v2.5 head (no scoring_head.0.weight)")
-    head = AestheticV25Head(state["scoring_head.0.weight"].shape[1])
-    head.load_state_dict(state, strict=True)
-    return head.eval()
-
-
-def load_siglip_vision(directory: str | Path) -> nn.Module:
-    """SigLIP vision tower from a local Hugging Face directory (e.g. google/siglip-so400m-patch14-384)."""
-    from transformers import SiglipVisionModel
-
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: no config.json (expected a saved SigLIP model directory)")
-    return SiglipVisionModel.from_pretrained(directory, local_files_only=True, use_safetensors=True).eval()
 
 
 def siglip_inputs(frames: Tensor, size: int = 384) -> Tensor:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.media import MediaClip
 from klear_lightning.tasks import Role, TaskRecipe
 
@@ -138,7 +139,7 @@ class BuildContext:
             raise MetricUnavailable(f"set metrics.checkpoints.{key} to {what}")
         path = Path(value).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"metrics.checkpoints.{key}: {path} does not exist (expected {what})")
+            raise ConfigError(f"metrics.checkpoints.{key}: {path} does not exist (expected {what})")
         return path
 
     def shared(self, key: str, factory: Callable[[], T]) -> T:

@@ -49,7 +49,7 @@ from torch import Tensor
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import clip_audio
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, MetricUnavailable, register_metric
-from klear_lightning.metrics.panns import slaney_mel_filters
+from klear_lightning.metrics.nets.cnn14 import slaney_mel_filters
 from klear_lightning.safe_pickle import load_torch_file
 
 SAMPLE_RATE = 48000

@@ -119,7 +119,8 @@ class PairwiseEmbeddingDistance(ClipMetric):
 
 @register_metric("fd_panns_avbench", group="audio", description="Fréchet distance, PANNs Cnn14 16 kHz fc1 (av-benchmark)")
 def build_fd_panns_avbench(ctx: BuildContext) -> ClipMetric:
-    from klear_lightning.metrics.panns import EMBED_DIM, panns_extractor
+    from klear_lightning.metrics.nets.cnn14 import EMBED_DIM
+    from klear_lightning.metrics.panns import panns_extractor
 
     extractor = panns_extractor(ctx)
     return FrechetDistance(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import (
     REGISTRY,
@@ -89,24 +90,24 @@ class MetricsConfig:
         known = load_registry()
         for name in self.metrics:
             if name not in known:
-                raise ValueError(f"metrics.metrics: unknown metric {name!r}; known: {sorted(known)}")
+                raise ConfigError(f"metrics.metrics: unknown metric {name!r}; known: {sorted(known)}")
         if len(set(self.metrics)) != len(self.metrics):
-            raise ValueError(f"metrics.metrics: duplicate names in {self.metrics}")
+            raise ConfigError(f"metrics.metrics: duplicate names in {self.metrics}")
         for key, value in self.checkpoints.items():
             if value and not Path(value).expanduser().exists():
-                raise ValueError(f"metrics.checkpoints.{key}: {value} does not exist")
+                raise ConfigError(f"metrics.checkpoints.{key}: {value} does not exist")
         for task in self.tasks:
             get_task(task)
         if not self.tasks:
-            raise ValueError("metrics.tasks: at least one task is needed")
+            raise ConfigError("metrics.tasks: at least one task is needed")
         if self.clips_per_task < 1:
-            raise ValueError(f"metrics.clips_per_task must be >= 1, got {self.clips_per_task}")
+            raise ConfigError(f"metrics.clips_per_task: must be >= 1, got {self.clips_per_task}")
         if self.clips_per_split is not None and self.clips_per_split < 1:
-            raise ValueError(f"metrics.clips_per_split must be >= 1 or null, got {self.clips_per_split}")
+            raise ConfigError(f"metrics.clips_per_split: must be >= 1 or null, got {self.clips_per_split}")
         if self.test_clips_per_task is not None and self.test_clips_per_task < 1:
-            raise ValueError(f"metrics.test_clips_per_task must be >= 1 or null, got {self.test_clips_per_task}")
+            raise ConfigError(f"metrics.test_clips_per_task: must be >= 1 or null, got {self.test_clips_per_task}")
         if self.sampling_steps < 1:
-            raise ValueError(f"metrics.sampling_steps must be >= 1, got {self.sampling_steps}")
+            raise ConfigError(f"metrics.sampling_steps: must be >= 1, got {self.sampling_steps}")
 
 
 class MetricSuite:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from klear_lightning.errors import ConfigError
+
 ARCHITECTURES = ("single_tower", "dual_tower")
 ROPE_MODES = ("offset", "aligned")
 ATTENTION_BACKENDS = ("reference", "packed", "flash", "flex", "xformers")
@@ -32,9 +34,34 @@ class ModelConfig:
       4 d^2 instead of 18 d^2), so the blocks hold 2276 d^2 = 25.2e9, plus about 0.13e9 in
       embeddings and final layers (25.3B total).
 
-    video_channels / audio_channels / text_dim are decided by the codecs and text encoder and
-    are overridden from them. rope_sections=None uses `default_rope_sections(dim // heads)`.
-    rope_time_scale multiplies the temporal rotary coordinate of video and audio (models/rope.py).
+    In a training config this is the `model.net` block; `video_channels`, `audio_channels`,
+    `text_dim`, `video_latent_fps` and `audio_latent_fps` are linked there from the data module.
+
+    Args:
+        architecture: `single_tower` (KLEAR's MM-DiT) or `dual_tower` (the two-tower baseline).
+        dim: token width of every stream.
+        depth: joint blocks (of each tower for the dual tower).
+        heads: attention heads; the head dim dim / heads must be even.
+        mlp_ratio: MLP hidden width as a multiple of dim.
+        text_dim: caption embedding width (from the text encoder).
+        video_channels: video latent channels (from the video codec).
+        audio_channels: audio latent channels (from the audio codec).
+        video_patch: video latents are cut into video_patch x video_patch spatial patches per token.
+        audio_patch: audio latent frames per token.
+        share_text_weights: the two text streams share one set of block weights.
+        rope_mode: MixD-RoPE audio positions: `offset` (the paper: after the sample's last video
+            frame) or `aligned` (the audio token's time in video latent frames).
+        text_rope: rotate text tokens by their index (1D) instead of not at all.
+        rope_theta: RoPE base frequency.
+        rope_time_scale: multiplies the temporal rotary coordinate of video and audio (models/rope.py).
+        rope_sections: head dim split into (t, h, w) rotary sections; None uses
+            `default_rope_sections(dim // heads)`.
+        attention_backend: `reference` (dense SDPA), `packed` (CPU default), `flash`, `flex` or
+            `xformers` (CUDA).
+        video_latent_fps: video latent frames per second (from the data; aligned RoPE uses it).
+        audio_latent_fps: audio latent frames per second (from the data; aligned RoPE uses it).
+        time_freq_dim: sinusoidal features of the timestep embedding (even).
+        norm_eps: epsilon of the layer and QK norms.
     """
 
     architecture: str = "single_tower"
@@ -66,35 +93,35 @@ class ModelConfig:
         for name in ("dim", "depth", "heads", "text_dim", "video_channels", "audio_channels",
                      "video_patch", "audio_patch", "time_freq_dim"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"model.net.{name}: must be > 0, got {getattr(self, name)}")
         if self.dim % self.heads:
-            raise ValueError(f"model.dim = {self.dim} is not divisible by model.heads = {self.heads}")
+            raise ConfigError(f"model.net.dim: {self.dim} is not divisible by model.net.heads = {self.heads}")
         if self.head_dim % 2:
-            raise ValueError(f"model head dim = dim / heads = {self.head_dim} must be even for RoPE")
+            raise ConfigError(f"model.net.heads: the head dim dim / heads = {self.head_dim} must be even for RoPE")
         if self.attention_backend == "flex" and self.head_dim < 16:
-            raise ValueError(f"model.attention_backend = 'flex' needs a head dim >= 16, got {self.head_dim}")
+            raise ConfigError(f"model.net.attention_backend: 'flex' needs a head dim >= 16, got {self.head_dim}")
         if self.time_freq_dim % 2:
-            raise ValueError(f"model.time_freq_dim = {self.time_freq_dim} must be even")
+            raise ConfigError(f"model.net.time_freq_dim: must be even, got {self.time_freq_dim}")
         if self.mlp_ratio <= 0 or int(self.dim * self.mlp_ratio) <= 0:
-            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+            raise ConfigError(f"model.net.mlp_ratio: must be > 0, got {self.mlp_ratio}")
         if self.rope_theta <= 0:
-            raise ValueError(f"model.rope_theta must be > 0, got {self.rope_theta}")
+            raise ConfigError(f"model.net.rope_theta: must be > 0, got {self.rope_theta}")
         if self.rope_time_scale <= 0:
-            raise ValueError(f"model.rope_time_scale must be > 0, got {self.rope_time_scale}")
+            raise ConfigError(f"model.net.rope_time_scale: must be > 0, got {self.rope_time_scale}")
         if not (self.video_latent_fps > 0 and self.audio_latent_fps > 0):
-            raise ValueError(
-                f"model.video_latent_fps ({self.video_latent_fps}) and model.audio_latent_fps "
-                f"({self.audio_latent_fps}) must be > 0 (aligned RoPE uses their ratio)"
+            raise ConfigError(
+                f"model.net.video_latent_fps: {self.video_latent_fps} and model.net.audio_latent_fps "
+                f"{self.audio_latent_fps} must be > 0 (aligned RoPE uses their ratio)"
             )
         if self.rope_sections is not None:
             self.rope_sections = tuple(int(s) for s in self.rope_sections)  # type: ignore[assignment]
             if len(self.rope_sections) != 3 or sum(self.rope_sections) != self.head_dim:
-                raise ValueError(
-                    f"model.rope_sections = {self.rope_sections} must be three (t, h, w) sizes "
+                raise ConfigError(
+                    f"model.net.rope_sections: {self.rope_sections} must be three (t, h, w) sizes "
                     f"summing to the head dim {self.head_dim}"
                 )
             if any(s < 0 or s % 2 for s in self.rope_sections):
-                raise ValueError(f"model.rope_sections = {self.rope_sections}: each must be even and >= 0")
+                raise ConfigError(f"model.net.rope_sections: {self.rope_sections}: each must be even and >= 0")
 
     @property
     def head_dim(self) -> int:
@@ -124,7 +151,7 @@ class ModelConfig:
 
 def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"model.{field_name} = {value!r} is not one of {list(allowed)}")
+        raise ConfigError(f"model.net.{field_name}: {value!r} is not one of {list(allowed)}")
 
 
 PRESETS: dict[str, ModelConfig] = {

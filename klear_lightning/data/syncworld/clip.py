@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from klear_lightning.errors import ConfigError
+
 SPLITS: tuple[str, ...] = ("sound", "speech_single", "speech_multi", "singing")
 BACKGROUND: tuple[int, int, int] = (34, 36, 44)
 
@@ -49,15 +51,15 @@ class SyncWorldConfig:
 
     def __post_init__(self) -> None:
         if self.duration < 1.0:
-            raise ValueError(f"SyncWorldConfig.duration must be >= 1 s, got {self.duration}")
+            raise ConfigError(f"SyncWorldConfig.duration: must be >= 1 s, got {self.duration}")
         if self.fps < 4:
-            raise ValueError(f"SyncWorldConfig.fps must be >= 4, got {self.fps}")
+            raise ConfigError(f"SyncWorldConfig.fps: must be >= 4, got {self.fps}")
         if self.size < 32 or self.size % 16:
-            raise ValueError(f"SyncWorldConfig.size must be a multiple of 16 and >= 32, got {self.size}")
+            raise ConfigError(f"SyncWorldConfig.size: must be a multiple of 16 and >= 32, got {self.size}")
         if self.num_frames < 12:
-            raise ValueError(f"SyncWorldConfig: duration * fps must give at least 12 frames, got {self.num_frames}")
+            raise ConfigError(f"SyncWorldConfig.duration: duration * fps must give at least 12 frames, got {self.num_frames}")
         if self.sample_rate < 8000:
-            raise ValueError(f"SyncWorldConfig.sample_rate must be >= 8000, got {self.sample_rate}")
+            raise ConfigError(f"SyncWorldConfig.sample_rate: must be >= 8000, got {self.sample_rate}")
 
     @property
     def num_frames(self) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from klear_lightning.errors import ConfigError
 from klear_lightning.data.schema import AVSample
 from klear_lightning.data.shards import ShardWriter
 from klear_lightning.data.syncworld.clip import SPLITS, SceneScale, SyncClip, SyncWorldConfig
@@ -54,12 +55,12 @@ class HoldoutRule:
     def __post_init__(self) -> None:
         for combo in self.combos:
             if combo.get("split") not in SPLITS or len(combo) < 2:
-                raise ValueError(f"hold-out combo {combo} needs a 'split' in {SPLITS} and at least one attribute")
+                raise ConfigError(f"holdout: combination {combo} needs a 'split' in {SPLITS} and at least one attribute")
             known = ATTRIBUTES[combo["split"]]
             for name, value in combo.items():
                 if name != "split" and value not in known.get(name, ()):
-                    raise ValueError(
-                        f"hold-out combo {combo}: {name}={value!r} is not an attribute of split "
+                    raise ConfigError(
+                        f"holdout: combination {combo}: {name}={value!r} is not an attribute of split "
                         f"{combo['split']!r}; its attributes: {known}"
                     )
 
@@ -119,7 +120,7 @@ def check_splits(splits: Sequence[str]) -> list[str]:
     """The chosen splits, validated; the speech splits fail here without flite."""
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:
-        raise ValueError(f"SyncWorld splits must be a non-empty subset of {SPLITS}, got {list(splits)}")
+        raise ConfigError(f"splits: must be a non-empty subset of {SPLITS}, got {list(splits)}")
     if any(s in SPEECH_SPLITS for s in splits):
         speech.flite_binary()
     return list(splits)
@@ -161,7 +162,7 @@ def generate_syncworld(
     every clip's video, audio and JSON record (equal digests mean equal data).
     """
     if clips_per_split < 1:
-        raise ValueError(f"clips_per_split must be >= 1, got {clips_per_split}")
+        raise ConfigError(f"clips_per_split: must be >= 1, got {clips_per_split}")
     cfg = SyncWorldConfig(duration=duration, fps=fps, size=size, sample_rate=sample_rate, scene=scene or SceneScale())
     rule = HoldoutRule(DEFAULT_HOLDOUT if holdout is None else tuple(holdout))
     chosen = check_splits(list(splits) if splits is not None else list(SPLITS))
