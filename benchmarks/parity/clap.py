@@ -25,7 +25,7 @@ from benchmarks.parity.seeded import seeded_state_dict
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext
 from klear_lightning.metrics.clap import CHECKPOINT_FORMATS, clap_extractor
-from klear_lightning.metrics.panns import slaney_mel_filters
+from klear_lightning.metrics.nets.cnn14 import slaney_mel_filters
 
 EXTRACTOR = "clap_htsat"
 REFERENCE = "clap_htsat_tiny"
