@@ -3,7 +3,8 @@
 `KlearCLI` links the denoiser's input widths to the data module's codecs, runs the config checks
 (and the demo's SyncWorld bootstrap) before anything is instantiated, writes checkpoints atomically
 and logs the resolved config to MLflow. `instantiate_model_and_data` builds the model and data
-modules of a config without a trainer, for `klear summary` and `klear generate`.
+modules of a config without a trainer, for `klear summary` and `klear generate`;
+`instantiate_callbacks` builds a config's trainer callbacks, so `klear sweep` finds a bad one before any run.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, Trainer
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies import ModelParallelStrategy
 
@@ -22,6 +23,7 @@ from klear_lightning.checkpoint import AtomicCheckpointIO, check_checkpoint_path
 from klear_lightning.codecs import AudioCodecConfig, TextEncoderConfig, VideoCodecConfig
 from klear_lightning.config_checks import check_config, check_data_config
 from klear_lightning.data.syncworld.bootstrap import bootstrap_syncworld
+from klear_lightning.errors import ConfigError
 from klear_lightning.data.syncworld.clip import SceneScale
 from klear_lightning.logging import KlearMLFlowLogger, RunIdInCheckpoint, flatten_config
 from klear_lightning.module import KlearModule
@@ -239,3 +241,24 @@ def instantiate_model_and_data(config: Path) -> tuple[KlearModule, LightningData
     cli = parse_config("--config", str(config))
     init = cli.parser.instantiate_classes(Namespace(model=cli.config.model, data=cli.config.data))
     return init.model, init.data
+
+
+def instantiate_callbacks(config: Namespace) -> list[Callback]:
+    """The trainer callbacks of a parsed config, built as `klear fit` builds them. A callback whose
+    arguments are rejected raises `ConfigError("trainer.callbacks[i] (<class>): <why>")`."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--callback", type=Callback)
+    built = []
+    for i, callback in enumerate(config.trainer.callbacks or []):
+        if not isinstance(callback, Namespace):
+            built.append(callback)
+            continue
+        try:
+            built.append(parser.instantiate(parser.parse_object({"callback": callback.as_dict()})).callback)
+        except ValueError as err:
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, ConfigError):
+                cause = cause.__cause__
+            reason = str(cause) if cause is not None else str(err).splitlines()[0]
+            raise ConfigError(f"trainer.callbacks[{i}] ({callback.class_path}): {reason}") from err
+    return built

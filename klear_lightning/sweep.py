@@ -36,7 +36,7 @@ import torch
 from jsonargparse import Namespace
 
 from klear_lightning.config_checks import check_config, check_data_config
-from klear_lightning.lightning_cli import bootstrap_from_config, parse_config
+from klear_lightning.lightning_cli import bootstrap_from_config, instantiate_callbacks, parse_config
 from klear_lightning.logging import sqlite_uri
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -344,6 +344,7 @@ def sweep(
     for arm in arms:
         parser, cfg = _parse(Path(config), arm.overlay, overrides)
         check_config(cfg)
+        instantiate_callbacks(cfg)  # a bad callback argument fails here, not in every run's fit
         bootstrap_from_config(cfg)  # the base data seed: every seed sees the same dataset
         check_data_config(cfg)
         parsed.append((Arm(str(cfg.ablation), arm.overlay), parser, cfg))
