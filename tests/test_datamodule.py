@@ -319,3 +319,24 @@ def test_train_stream_resumes_exactly_from_state_dict(mixture_root, workers):
 
     with pytest.raises(ValueError, match="data.num_workers"):
         mixture(mixture_root, {"a": 1.0, "b": 1.0, "c": 1.0}, num_workers=workers + 1).load_state_dict(state)
+
+
+def _split_order(dm) -> list[str]:
+    return [m["split"] for batch in dm.test_dataloader() for m in batch.meta]
+
+
+def test_default_test_splits_are_the_val_splits_the_test_partition_has(mixture_root):
+    """SyncWorld's `ood` partition has no `speech_multi`: scoring it with the default splits reads the
+    splits it has (as `klear sweep` does for every partition); explicit splits must all exist."""
+    root = mixture_root.parent / "partial_test"
+    rng = np.random.default_rng(1)
+    for split in ("a", "c"):
+        with ShardWriter(root / "heldout", split, maxcount=4) as w:
+            for i in range(2):
+                w.write(cached_sample(f"{split}{i}", split, rng))
+    dm = mixture(mixture_root, {"a": 1.0, "b": 1.0, "c": 1.0}, num_workers=0, test_partition="heldout")
+    dm.root = root
+    assert _split_order(dm) == ["a", "a", "c", "c"]
+    dm.test_splits = ["a", "b"]
+    with pytest.raises(FileNotFoundError, match="split 'b': no shard index"):
+        _split_order(dm)

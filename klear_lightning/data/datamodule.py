@@ -32,7 +32,7 @@ from klear_lightning.data.mixture import (
     MixtureDataset, MixtureLoader, Placement, StreamPosition, WeightSchedule, lookahead, worker_init,
 )
 from klear_lightning.data.pipeline import LoaderLimits, SampleLoader, SkipCounter, bucketed_batches, load_or_skip, records
-from klear_lightning.data.shards import ShardInfo, read_index
+from klear_lightning.data.shards import INDEX, ShardInfo, read_index, split_dir
 from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
 from klear_lightning.streams import AVBatch
 
@@ -67,7 +67,8 @@ class AVDataModule(L.LightningDataModule):
         root: dataset folder; latent statistics live in `root/stats/`.
         train_splits: split name -> mixture weight, read from `root/<train_partition>/`.
         val_splits: splits read in order from `root/<val_partition>/` (default: the train splits).
-        test_splits: splits read in order from `root/<test_partition>/` (default: the val splits).
+        test_splits: splits read in order from `root/<test_partition>/` (default: those of the val splits
+            that the test partition has, e.g. SyncWorld's `ood` has no `speech_multi`; given: each must exist).
         train_partition: folder under `root` of the training shards.
         val_partition: folder under `root` of the validation shards.
         test_partition: folder under `root` of the test shards (`ood` for SyncWorld's held-out set).
@@ -126,7 +127,7 @@ class AVDataModule(L.LightningDataModule):
         self.video_codec_cfg, self.audio_codec_cfg, self.text_encoder_cfg = video_codec, audio_codec, text_encoder
         self.train_partition, self.val_partition, self.test_partition = train_partition, val_partition, test_partition
         self.val_splits = list(val_splits) if val_splits is not None else list(train_splits)
-        self.test_splits = list(test_splits) if test_splits is not None else list(self.val_splits)
+        self.test_splits = list(test_splits) if test_splits is not None else None
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.epoch_samples, self.shuffle_buffer = num_workers, epoch_samples, shuffle_buffer
         self.duration_bucket, self.normalize, self.stats_samples = duration_bucket, normalize, stats_samples
@@ -343,4 +344,8 @@ class AVDataModule(L.LightningDataModule):
         return self._ordered(self.val_partition, self.val_splits)
 
     def test_dataloader(self) -> DataLoader:
-        return self._ordered(self.test_partition, self.test_splits)
+        splits = self.test_splits
+        if splits is None:
+            folder = self.root / self.test_partition
+            splits = [s for s in self.val_splits if (split_dir(folder, s) / INDEX).is_file()] or self.val_splits
+        return self._ordered(self.test_partition, splits)
