@@ -19,6 +19,7 @@ import lightning as L
 from lightning.pytorch.loggers import MLFlowLogger
 
 from klear_lightning.checkpoint import RUN_ID_KEY
+from klear_lightning.errors import ConfigError
 
 
 
@@ -37,6 +38,9 @@ class KlearMLFlowLogger(MLFlowLogger):
         tags: run tags; the CLI adds `stage` and `ablation` from the config.
         tracking_uri: another tracking server or database, instead of `<run_dir>/mlflow.db`.
         run_id: continue this existing run (the CLI sets it from a resumed checkpoint).
+        step_offset: added to every logged step, so that a later curriculum stage logging into the
+            run of an earlier one (`klear sweep`'s staged arms) continues its step axis instead of
+            overwriting it (a stage's own global step starts at 0).
     """
 
     def __init__(
@@ -47,7 +51,10 @@ class KlearMLFlowLogger(MLFlowLogger):
         tags: dict[str, str] | None = None,
         tracking_uri: str | None = None,
         run_id: str | None = None,
+        step_offset: int = 0,
     ) -> None:
+        if step_offset < 0:
+            raise ConfigError(f"trainer.logger.init_args.step_offset: must be >= 0, got {step_offset}")
         root = Path(run_dir)
         root.mkdir(parents=True, exist_ok=True)
         # Every rank of a multi-process run builds this logger (only rank 0 logs), and MLflow creates
@@ -63,6 +70,10 @@ class KlearMLFlowLogger(MLFlowLogger):
                 run_id=run_id,
             )
         self.run_dir = root
+        self.step_offset = step_offset
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, (step or 0) + self.step_offset)
 
     def continue_run(self, run_id: str) -> None:
         """Log into an existing run instead of starting a new one (before any logging happens)."""

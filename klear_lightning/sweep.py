@@ -1,18 +1,25 @@
 """`klear sweep`: every ablation arm x seed as its own run, resumable, into one MLflow database.
 
-An arm is the base config alone (the baseline, named by its `ablation` value) or the base config
-with one overlay (named by the overlay's `ablation` value). For each arm and seed the sweep writes
-the run's whole resolved config to `<run_dir>/runs/<arm>/seed_<seed>/config.yaml` and runs, each
-in its own process, `klear fit` and then `klear test` on the final checkpoint once per scored
-partition (`test`, `ood`), all logging into one MLflow run tagged `ablation`, `seed` and `sweep`
-in `<run_dir>/mlflow.db`. Seed s sets `seed_everything`, `model.seed` and `data.init_args.seed`
+An arm is the base config alone (the baseline, named by its `ablation` value), the base config
+with one overlay (named by the overlay's `ablation` value), or a staged arm: an ordered list of
+stage overlays (a curriculum), each applied on the base config, all with one `ablation` value.
+For each arm and seed the sweep writes the run's whole resolved config to
+`<run_dir>/runs/<arm>/seed_<seed>/config.yaml` (a staged arm: one per stage, in `stage1/`,
+`stage2/`, ...) and runs, each in its own process, `klear fit` (a staged arm: one per stage, in
+order, each starting from the previous stage's final checkpoint through `model.init_from`) and
+then `klear test` on the final checkpoint once per scored partition (`test`, `ood`), all logging
+into one MLflow run tagged `ablation`, `seed` and `sweep` in `<run_dir>/mlflow.db` (a later stage
+continues the step axis of the earlier ones: its logger's `step_offset` is their final global
+steps summed). Seed s sets `seed_everything`, `model.seed` and `data.init_args.seed`
 (weights, tasks and noise, data order); the dataset itself is the base config's, generated
 once before any run when the config asks for SyncWorld and it is missing.
 
-Resuming: `<run>/state.json` records the MLflow run id and the phases that finished. Rerunning
-the same command skips finished runs, continues a killed `klear fit` from its `last.ckpt` in the
-same MLflow run (a run killed before its first checkpoint restarts in a fresh MLflow run; the
-partial one is deleted) and reruns an unfinished scoring phase. A failed run is reported with its
+Resuming: `<run>/state.json` records the MLflow run id and the phases that finished (`fit`, or
+`stage1`, `stage2`, ..., then the partitions). Rerunning the same command skips finished runs and
+finished stages, continues a killed `klear fit` from its own `last.ckpt` in the same MLflow run (a
+run killed before its first checkpoint restarts in a fresh MLflow run; the partial one is deleted;
+a later stage killed before its first checkpoint restarts that stage in the same MLflow run) and
+reruns an unfinished scoring phase. A failed run is reported with its
 log and retried by the next invocation; it never stops the others.
 """
 
@@ -45,9 +52,27 @@ CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One `klear fit` of an arm: its phase name (`fit` for a plain arm; `stage1`, `stage2`, ... for
+    a staged arm, also its folder in the run) and the overlay it adds to the base config."""
+
+    phase: str
+    overlay: Path | None  # None: the base config alone
+
+
+@dataclass(frozen=True)
 class Arm:
     name: str  # the resolved config's `ablation`
-    overlay: Path | None  # None: the base config alone
+    stages: tuple[Stage, ...]  # one `fit`, or a staged arm's stage1, stage2, ... in order
+
+    @property
+    def staged(self) -> bool:
+        return self.stages[0].phase != "fit"
+
+    def source(self, config: Path) -> str:
+        """What the arm was given as, for error messages."""
+        overlays = [str(s.overlay) for s in self.stages if s.overlay]
+        return f"[{', '.join(overlays)}]" if self.staged else overlays[0] if overlays else str(config)
 
 
 @dataclass
@@ -60,9 +85,27 @@ class Run:
     def label(self) -> str:
         return f"{self.arm.name} seed {self.seed}"
 
+    def phases(self, partitions: list[str]) -> list[str]:
+        return [s.phase for s in self.arm.stages] + partitions
+
+    def stage(self, phase: str) -> Stage | None:
+        """The stage a phase trains; None for a scoring phase."""
+        return next((s for s in self.arm.stages if s.phase == phase), None)
+
+    def stage_folder(self, stage: Stage) -> Path:
+        return self.folder / stage.phase if self.arm.staged else self.folder
+
+    def checkpoint(self, stage: Stage) -> Path:
+        return self.stage_folder(stage) / "checkpoints" / "last.ckpt"
+
     @property
     def last_checkpoint(self) -> Path:
-        return self.folder / "checkpoints" / "last.ckpt"
+        return self.checkpoint(self.arm.stages[-1])
+
+    def step_offset(self, stage: Stage) -> int:
+        """The final global steps of the stages before `stage`, summed (they have finished)."""
+        before = self.arm.stages[: self.arm.stages.index(stage)]
+        return sum(_global_step(self.checkpoint(s)) for s in before)
 
     def read_state(self) -> dict[str, Any]:
         path = self.folder / "state.json"
@@ -82,20 +125,29 @@ class Outcome:
     failure: str = ""
 
 
+def _global_step(checkpoint: Path) -> int:
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
 def _parse(base: Path, overlay: Path | None, overrides: list[str]) -> tuple[Any, Namespace]:
     args = ["--config", str(base)] + (["--config", str(overlay)] if overlay else []) + list(overrides)
     cli = parse_config(*args)
     return cli.parser, cli.config
 
 
-def _run_config(parser: Any, cfg: Namespace, run: Run, run_dir: Path, experiment: str) -> str:
-    """The run's whole config as YAML: its seed, its folder, its checkpoints, the sweep's database."""
+def _run_config(parser: Any, cfg: Namespace, run: Run, stage: Stage, run_dir: Path, experiment: str) -> str:
+    """The whole config of one stage of a run as YAML: its seed, its folder, its checkpoints, the
+    sweep's database; a later stage of a staged arm starts from the previous stage's last.ckpt."""
     cfg = cfg.clone()
     cfg.seed_everything = run.seed
     cfg.model.seed = run.seed
     if "seed" in cfg.data.init_args:
         cfg.data.init_args.seed = run.seed
-    cfg.trainer.default_root_dir = str(run.folder)
+    index = run.arm.stages.index(stage)
+    if index > 0:
+        cfg.model.init_from = str(run.checkpoint(run.arm.stages[index - 1]))
+    folder = run.stage_folder(stage)
+    cfg.trainer.default_root_dir = str(folder)
     cfg.trainer.logger = Namespace(class_path=LOGGER, init_args=Namespace(
         run_dir=str(run_dir), experiment_name=experiment, run_name=f"{run.arm.name}-seed{run.seed}",
         tags=None, tracking_uri=None, run_id=None))
@@ -106,7 +158,7 @@ def _run_config(parser: Any, cfg: Namespace, run: Run, run_dir: Path, experiment
     if not checkpoints:
         checkpoints = [Namespace(class_path=CHECKPOINT, init_args=Namespace())]
         cfg.trainer.callbacks = callbacks + checkpoints
-    checkpoints[0].init_args.dirpath = str(run.folder / "checkpoints")
+    checkpoints[0].init_args.dirpath = str(folder / "checkpoints")
     checkpoints[0].init_args.save_last = True
     return parser.dump(cfg, skip_none=False)
 
@@ -131,7 +183,6 @@ class Sweep:
         from mlflow.tracking import MlflowClient
 
         self.run_dir, self.name, self.partitions, self.parallel = run_dir, name, partitions, parallel
-        self.phases = ["fit", *partitions]
         self.client = MlflowClient(sqlite_uri(run_dir))
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
@@ -151,13 +202,15 @@ class Sweep:
             f.write(stamped + "\n")
 
     def finished(self, run: Run) -> bool:
-        return all(p in run.read_state()["done"] for p in self.phases)
+        done = run.read_state()["done"]
+        return all(p in done for p in run.phases(self.partitions))
 
     def _start_mlflow_run(self, run: Run, state: dict[str, Any]) -> str:
-        """The run's MLflow run: the one it started in when it has a checkpoint to resume from,
-        else a new one (a partial run without a checkpoint is deleted: it restarts from scratch)."""
+        """The run's MLflow run: the one it started in when it has a finished stage or a checkpoint
+        to resume from, else a new one (a partial run without either is deleted: it restarts from
+        scratch)."""
         with self.mlflow_lock:
-            if state["run_id"] and run.last_checkpoint.is_file():
+            if state["run_id"] and (state["done"] or any(run.checkpoint(s).is_file() for s in run.arm.stages)):
                 return state["run_id"]
             if state["run_id"]:
                 self.client.delete_run(state["run_id"])
@@ -166,12 +219,21 @@ class Sweep:
             return created.info.run_id
 
     def command(self, run: Run, phase: str, run_id: str) -> list[str]:
-        args = [sys.executable, "-m", "klear_lightning.cli", "fit" if phase == "fit" else "test",
-                "--config", str(run.folder / "config.yaml"), "--trainer.logger.init_args.run_id", run_id]
-        if phase != "fit":
+        """`klear fit` of a stage (from its own last.ckpt when it has one), or `klear test` of the
+        last stage's final checkpoint on partition `phase`."""
+        stage = run.stage(phase)
+        config = run.stage_folder(stage or run.arm.stages[-1]) / "config.yaml"
+        args = [sys.executable, "-m", "klear_lightning.cli", "fit" if stage else "test",
+                "--config", str(config), "--trainer.logger.init_args.run_id", run_id]
+        if run.arm.staged:
+            offset = run.step_offset(stage or run.arm.stages[-1])
+            args += ["--trainer.logger.init_args.step_offset", str(offset)]
+        if stage is None:
             args += ["--ckpt_path", str(run.last_checkpoint), "--data.init_args.test_partition", phase]
-        elif run.last_checkpoint.is_file():
-            args += ["--ckpt_path", str(run.last_checkpoint)]
+            if run.arm.staged:  # the reports next to the run's other files, as for a plain arm
+                args += ["--trainer.default_root_dir", str(run.folder)]
+        elif run.checkpoint(stage).is_file():
+            args += ["--ckpt_path", str(run.checkpoint(stage))]
         return args
 
     def _lock(self, run: Run) -> int | None:
@@ -199,19 +261,21 @@ class Sweep:
             return outcome
         try:
             state = run.read_state()
-            for phase in self.phases:
+            for phase in run.phases(self.partitions):
                 if phase in state["done"]:
                     continue
                 if self.stop.is_set():
                     outcome.failure = f"{phase} not started: the sweep was stopped"
                     return outcome
-                if phase == "fit":
-                    resume = run.last_checkpoint.is_file()
+                stage = run.stage(phase)
+                if stage is not None:
+                    checkpoint = run.checkpoint(stage)
+                    resume = checkpoint.is_file()
                     state["run_id"] = self._start_mlflow_run(run, state)
                     run.write_state(state)
-                    step = torch.load(run.last_checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"] if resume else 0
-                    self.say(f"start {run.label}" + (f" (resuming from step {step})" if resume else ""))
-                log = run.folder / f"{phase}.log"
+                    self.say(f"start {run.label}" + (f" {phase}" if run.arm.staged else "")
+                             + (f" (resuming from step {_global_step(checkpoint)})" if resume else ""))
+                log = (run.stage_folder(stage) / "fit.log") if stage else run.folder / f"{phase}.log"
                 args = self.command(run, phase, state["run_id"])
                 started = time.monotonic()
                 with log.open("a") as f:
@@ -225,6 +289,9 @@ class Sweep:
                 if code != 0:
                     outcome.failure = f"{phase} exited with {code}: {log}"
                     return outcome
+                if stage is not None and run.arm.staged:  # the MLflow params are the first stage's
+                    with self.mlflow_lock:
+                        self.client.log_artifact(state["run_id"], str(log.parent / "config.yaml"), phase)
                 state["done"].append(phase)
                 run.write_state(state)
             outcome.ok = True
@@ -279,6 +346,17 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _arm(overlay: Path | list[Path]) -> Arm:
+    """An `--overlays` item as an arm (named once its configs are parsed): one overlay, or a
+    nested list of stage overlays."""
+    if not isinstance(overlay, list):
+        return Arm("", (Stage("fit", Path(overlay)),))
+    if len(overlay) < 2:
+        raise ValueError(f"--overlays: a staged arm (a nested list) needs at least two stage overlays, got {overlay}; "
+                         "give a single overlay as a plain item")
+    return Arm("", tuple(Stage(f"stage{k}", Path(o)) for k, o in enumerate(overlay, 1)))
+
+
 @dataclass
 class SweepResult:
     runs: int
@@ -287,7 +365,7 @@ class SweepResult:
 
 def sweep(
     config: Path,
-    overlays: list[Path] | None = None,
+    overlays: list[Path | list[Path]] | None = None,
     seeds: list[int] | None = None,
     run_dir: Path = Path("runs/sweep"),
     parallel: int = 1,
@@ -301,6 +379,10 @@ def sweep(
     Args:
         config: the base config (the baseline arm, named by its `ablation` value).
         overlays: ablation overlays; each is applied on `config` and names its arm with `ablation`.
+            A nested list is a staged arm (a curriculum): its overlays are stages, each applied on
+            `config` and trained in order, each from the previous stage's final checkpoint (the sweep
+            sets `model.init_from`), the last one scored; e.g.
+            '[t2v_only.yaml, [stage1.yaml, stage2.yaml, stage3.yaml]]'.
         seeds: seeds per arm; seed s sets seed_everything, model.seed and data.init_args.seed.
         run_dir: holds mlflow.db, sweep.log and runs/<arm>/seed_<seed>/ (config, logs, checkpoints).
         parallel: runs at a time; each gets the machine's cores / parallel torch threads.
@@ -321,7 +403,8 @@ def sweep(
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
     if not baseline and not overlays:
         raise ValueError("--overlays: nothing to run (no overlays and --baseline false)")
-    for path in [config, *overlays]:
+    arms = ([Arm("", (Stage("fit", None),))] if baseline else []) + [_arm(o) for o in overlays]
+    for path in [config] + [s.overlay for arm in arms for s in arm.stages if s.overlay]:
         if not Path(path).is_file():
             raise ValueError(f"config file not found: {path}")
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
@@ -339,34 +422,42 @@ def sweep(
     except BlockingIOError:
         raise SystemExit(f"error: another klear sweep is running in {run_dir}") from None
 
-    arms = ([Arm("", None)] if baseline else []) + [Arm("", Path(o)) for o in overlays]
-    parsed = []
+    parsed: list[tuple[Arm, list[tuple[Any, Namespace]]]] = []  # per arm: (parser, config) per stage
     for arm in arms:
-        parser, cfg = _parse(Path(config), arm.overlay, overrides)
-        check_config(cfg)
-        instantiate_callbacks(cfg)  # a bad callback argument fails here, not in every run's fit
-        bootstrap_from_config(cfg)  # the base data seed: every seed sees the same dataset
-        check_data_config(cfg)
-        parsed.append((Arm(str(cfg.ablation), arm.overlay), parser, cfg))
-    names = [a.name for a, _, _ in parsed]
-    for arm, _, _ in parsed:
+        stages = []
+        for k, stage in enumerate(arm.stages):
+            parser, cfg = _parse(Path(config), stage.overlay, overrides)
+            if k > 0:
+                cfg.model.init_from = None  # set per run to the previous stage's last.ckpt (not there yet)
+            check_config(cfg)
+            instantiate_callbacks(cfg)  # a bad callback argument fails here, not in every run's fit
+            bootstrap_from_config(cfg)  # the base data seed: every seed sees the same dataset
+            check_data_config(cfg)
+            stages.append((parser, cfg))
+        ablations = list(dict.fromkeys(str(cfg.ablation) for _, cfg in stages))
+        if len(ablations) > 1:
+            raise ValueError(f"{arm.source(config)}: the stages of a staged arm must share one `ablation`, got {ablations}")
+        parsed.append((Arm(ablations[0], arm.stages), stages))
+    names = [a.name for a, _ in parsed]
+    for arm, _ in parsed:
         if not NAME.match(arm.name):
-            raise ValueError(f"{arm.overlay or config}: ablation {arm.name!r} must match {NAME.pattern} (it names a folder)")
+            raise ValueError(f"{arm.source(config)}: ablation {arm.name!r} must match {NAME.pattern} (it names a folder)")
         if names.count(arm.name) > 1:
-            raise ValueError(f"{arm.overlay or config}: ablation {arm.name!r} names two arms; give each overlay its own `ablation`")
-    experiment = _experiment(parsed[0][2])
+            raise ValueError(f"{arm.source(config)}: ablation {arm.name!r} names two arms; give each overlay its own `ablation`")
+    experiment = _experiment(parsed[0][1][0][1])
 
     runs = []
     for seed in seeds:  # seed-major: every arm's seed 0 first, so a partial sweep is already a comparison
-        for arm, parser, cfg in parsed:
+        for arm, stages in parsed:
             run = Run(arm, seed, run_dir / "runs" / arm.name / f"seed_{seed}")
-            text = _run_config(parser, cfg, run, run_dir, experiment)
-            path = run.folder / "config.yaml"
-            if path.is_file() and path.read_text() != text:
-                raise ValueError(f"{path}: this run was started with a different config; use another --run_dir "
-                                 "or restore the configs it was started with")
-            run.folder.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            for stage, (parser, cfg) in zip(arm.stages, stages):
+                text = _run_config(parser, cfg, run, stage, run_dir, experiment)
+                path = run.stage_folder(stage) / "config.yaml"
+                if path.is_file() and path.read_text() != text:
+                    raise ValueError(f"{path}: this run was started with a different config; use another --run_dir "
+                                     "or restore the configs it was started with")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
             runs.append(run)
 
     engine = Sweep(run_dir, name, experiment, partitions, parallel)

@@ -1,7 +1,9 @@
 """`klear sweep` through the real command on a tiny config: the sweep is SIGKILLed mid-run and rerun
 (with an arm added, two runs at a time): the finished run is not repeated, the killed fit resumes
 from its checkpoint in the same MLflow run, a failing arm is reported with its log and does not
-stop the others, and each run's test and ood scores land in its MLflow run."""
+stop the others, and each run's test and ood scores land in its MLflow run. A staged arm (a
+curriculum) trains its stages in order, each from the previous one's weights, killed between
+stages and rerun, into one MLflow run."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -39,6 +42,21 @@ class KillSweepOnce(L.Callback):
         if pl_module.seed == self.seed and trainer.global_step == self.step and not self.marker.exists():
             self.marker.touch()
             os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class LogStartWeights(L.Callback):
+    """Logs the sum of the model's weights when a stage starts training from step 0: the weights it
+    starts from, which `model.init_from` sets."""
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_step == 0:
+            total = sum(v.double().sum().item() for v in pl_module.model.state_dict().values())
+            trainer.logger.log_metrics({"marker/start_weight_sum": total}, step=0)
+
+
+def _weight_sum(checkpoint: Path) -> float:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    return sum(v.double().sum().item() for k, v in state.items() if k.startswith("model."))
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +168,90 @@ def test_sweep_killed_and_rerun(tmp_path, syncworld):
         first_losses[seed] = [m.value for m in history if m.step == 0][0]
         assert (runs[("baseline", seed)] / "report_ood.md").exists()
     assert first_losses[0] != first_losses[1], "the seed reaches training"
+
+
+def _stage(tmp: Path, k: int, steps: int, callbacks: list[dict], **model) -> Path:
+    """A curriculum stage overlay whose logger, checkpoint folder and `init_from` point elsewhere:
+    the sweep must move them into the run."""
+    elsewhere = str(tmp / f"elsewhere_stage{k}")
+    return _overlay(tmp, f"stage{k}", {
+        "ablation": "curriculum", "stage": f"tiny_stage{k}",
+        "trainer": {"max_steps": steps, "default_root_dir": elsewhere,
+                    "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger",
+                               "init_args": {"run_dir": elsewhere, "experiment_name": "tiny"}},
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": elsewhere, "every_n_train_steps": 2}},
+                                  {"class_path": "test_sweep.LogStartWeights"}, *callbacks]},
+        "model": {"init_from": None if k == 1 else f"{elsewhere}/last.ckpt", **model}})
+
+
+@pytest.mark.slow
+def test_staged_arm_killed_between_stages_and_rerun(tmp_path, syncworld):
+    base = _base(tmp_path, syncworld)
+    kill = {"class_path": "test_sweep.KillSweepOnce", "init_args": {"seed": 1, "step": 3, "marker": str(tmp_path / "k")}}
+    score = {"class_path": "klear_lightning.callbacks.benchmark.BenchmarkCallback", "init_args": {"metrics": {
+        "metrics": ["colour_syncworld"], "tasks": ["t2av"], "sampling_steps": 2, "ground_truth": False}}}
+    stages = [_stage(tmp_path, 1, 4, []), _stage(tmp_path, 2, 4, [kill], optim={"lr": 3e-3, "warmup_steps": 1}),
+              _stage(tmp_path, 3, 2, [score])]
+    out = tmp_path / "study"
+    args = ["--config", str(base), "--overlays", f"[[{', '.join(map(str, stages))}]]", "--baseline", "false",
+            "--seeds", "[1]", "--partitions", "[test]", "--run_dir", str(out)]
+    run = out / "runs" / "curriculum" / "seed_1"
+
+    # stage 1 finishes, the sweep is killed at the end of stage 2's step 3 (its checkpoint: step 2)
+    first = _sweep(args)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr[-3000:]
+    assert yaml.safe_load((run / "state.json").read_text())["done"] == ["stage1"]
+    assert (run / "stage2" / "checkpoints" / "last.ckpt").exists()
+
+    second = _sweep(args)
+    assert second.returncode == 0, second.stdout + second.stderr[-3000:]
+    assert "1 runs, 0 done, 1 to run" in second.stdout.splitlines()[0]
+    assert "start curriculum seed 1 stage2 (resuming from step 2)" in second.stdout
+    assert "start curriculum seed 1 stage1" not in second.stdout
+    assert yaml.safe_load((run / "state.json").read_text())["done"] == ["stage1", "stage2", "stage3", "test"]
+    assert len(_headers(run / "stage1" / "fit.log")) == 1, "a finished stage never reruns"
+    fit2 = _headers(run / "stage2" / "fit.log")
+    assert len(fit2) == 2 and "--ckpt_path" not in fit2[0]
+    assert f"--ckpt_path {run / 'stage2' / 'checkpoints' / 'last.ckpt'}" in fit2[1]
+    assert len(_headers(run / "stage3" / "fit.log")) == len(_headers(run / "test.log")) == 1
+    assert f"--ckpt_path {run / 'stage3' / 'checkpoints' / 'last.ckpt'}" in _headers(run / "test.log")[0]
+    assert (run / "report.md").exists()
+    for k in (1, 2, 3):
+        cfg = yaml.safe_load((run / f"stage{k}" / "config.yaml").read_text())
+        assert cfg["seed_everything"] == cfg["model"]["seed"] == cfg["data"]["init_args"]["seed"] == 1
+        assert cfg["stage"] == f"tiny_stage{k}"
+    assert not any(tmp_path.glob("elsewhere*")), "every stage's files go into the run folder"
+
+    client = MlflowClient(sqlite_uri(out))
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.sweep = 'study'")
+    assert len(found) == 1, "one MLflow run for the three stages and the scoring"
+    mlrun = found[0]
+    assert mlrun.info.status == "FINISHED"
+    assert (mlrun.data.tags["ablation"], mlrun.data.tags["seed"]) == ("curriculum", "1")
+    assert "test/loss" in mlrun.data.metrics and "test/t2av/colour_acc_syncworld_n" in mlrun.data.metrics
+    # each stage continues the step axis of the ones before: 4 + 4 + 2 steps
+    history = client.get_metric_history(mlrun.info.run_id, "train/loss")
+    assert sorted({m.step for m in history}) == list(range(10))
+    # stage k starts from stage k-1's final weights (the sweep's init_from, not the stage yaml's)
+    starts = {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, "marker/start_weight_sum")}
+    assert sorted(starts) == [0, 4, 8]
+    assert starts[4] == pytest.approx(_weight_sum(run / "stage1" / "checkpoints" / "last.ckpt"), rel=1e-9, abs=0)
+    assert starts[8] == pytest.approx(_weight_sum(run / "stage2" / "checkpoints" / "last.ckpt"), rel=1e-9, abs=0)
+    assert starts[4] != pytest.approx(starts[0], rel=1e-6)
+    stored = {a.path for k in (1, 2, 3) for a in client.list_artifacts(mlrun.info.run_id, f"stage{k}")}
+    assert stored == {f"stage{k}/config.yaml" for k in (1, 2, 3)}
+
+
+def test_staged_arm_checks(tmp_path, syncworld):
+    base = _base(tmp_path, syncworld)
+    one = _overlay(tmp_path, "one", {})
+    with pytest.raises(ValueError, match="a staged arm .* needs at least two stage overlays"):
+        main(["sweep", "--config", str(base), "--overlays", f"[[{one}]]", "--run_dir", str(tmp_path / "s")])
+    other = _overlay(tmp_path, "other", {})
+    with pytest.raises(ValueError, match=r"the stages of a staged arm must share one `ablation`, got \['one', 'other'\]"):
+        main(["sweep", "--config", str(base), "--overlays", f"[[{one}, {other}]]", "--run_dir", str(tmp_path / "s")])
+    assert not (tmp_path / "s" / "runs").exists()
 
 
 def test_arms_need_distinct_names_before_anything_runs(tmp_path, syncworld):
