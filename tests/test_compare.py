@@ -138,3 +138,32 @@ def test_estimate_edge_cases():
     assert (one.n, one.mean) == (1, 2.0) and math.isnan(one.low)
     flat = estimate([1.0, 1.0, 1.0])
     assert (flat.low, flat.high) == (1.0, 1.0) and flat.excludes_zero()
+
+
+def test_the_study_claims_name_its_arms_and_the_keys_klear_test_logs():
+    """configs/research/claims.yaml parses, names arms that configs/research/ defines and metric keys
+    that `klear test` logs with the research baseline's benchmark."""
+    from pathlib import Path
+
+    import yaml
+
+    from klear_lightning.compare import load_claims
+    from klear_lightning.metrics.syncworld import SyncWorldEventOffset, SyncWorldLipSync
+    from klear_lightning.metrics.wer import whisper_wer
+
+    research = Path(__file__).resolve().parents[1] / "configs" / "research"
+    claims = load_claims(research / "claims.yaml")
+    base = yaml.safe_load((research / "baseline.yaml").read_text())
+    arms = {base["ablation"]} | {yaml.safe_load(p.read_text())["ablation"] for p in (research / "ablations").rglob("*.yaml")}
+    assert {c.arm for c in claims} | {c.against for c in claims if c.against} <= arms
+    assert {c.arm for c in claims} == arms - {"baseline", "paper_tasks", "original_scene"}, "every study arm is claimed"
+    benchmark = next(c for c in base["trainer"]["callbacks"] if c["class_path"].endswith("BenchmarkCallback"))
+    tasks = benchmark["init_args"]["metrics"]["tasks"]
+    keys = {col.key for metric in (SyncWorldEventOffset, SyncWorldLipSync) for col in metric.columns}
+    keys.add(whisper_wer(None, "tiny_en").columns[0].key)  # the default Whisper (tiny.en)
+    for claim in claims:
+        if claim.metric.split("/")[1].startswith("loss"):
+            assert claim.metric in ("test/loss", "test/loss_video", "test/loss_audio"), claim
+        else:
+            prefix, task, key = claim.metric.split("/")
+            assert prefix == "test" and task in tasks and key in keys, claim
