@@ -205,6 +205,14 @@ class Sweep:
         done = run.read_state()["done"]
         return all(p in done for p in run.phases(self.partitions))
 
+    def _mark_finished(self, run: Run) -> None:
+        """A run with every phase done is FINISHED in MLflow (what `klear compare` counts), also when a
+        phase it no longer runs (e.g. a partition dropped from `--partitions`) failed in an earlier sweep."""
+        run_id = run.read_state()["run_id"]
+        if run_id and self.client.get_run(run_id).info.status != "FINISHED":
+            self.client.set_terminated(run_id, "FINISHED")
+            self.say(f"{run.label}: every phase done; its MLflow run (status was not FINISHED) marked FINISHED")
+
     def _start_mlflow_run(self, run: Run, state: dict[str, Any]) -> str:
         """The run's MLflow run: the one it started in when it has a finished stage or a checkpoint
         to resume from, else a new one (a partial run without either is deleted: it restarts from
@@ -303,6 +311,9 @@ class Sweep:
         """Run `runs` `parallel` at a time, with a progress line per finished run."""
         done = len([r for r in runs if self.finished(r)])
         todo = [r for r in runs if not self.finished(r)]
+        for run in runs:
+            if self.finished(run):
+                self._mark_finished(run)
         total = len(runs)
         self.say(f"sweep {self.name}: {total} runs, {done} done, {len(todo)} to run, {self.parallel} at a time "
                  f"with {self.threads} torch thread(s) each; logs in {self.run_dir}/runs/<arm>/seed_<seed>/")

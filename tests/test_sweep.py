@@ -169,6 +169,15 @@ def test_sweep_killed_and_rerun(tmp_path, syncworld):
         assert (runs[("baseline", seed)] / "report_ood.md").exists()
     assert first_losses[0] != first_losses[1], "the seed reaches training"
 
+    # every phase done but MLflow says FAILED (a partition no longer asked for failed in an earlier
+    # sweep): marked FINISHED, so klear compare counts the run
+    seed0 = by_key[("baseline", 0)].info.run_id
+    client.set_terminated(seed0, "FAILED")
+    third = _sweep(["--config", str(base), "--seeds", "[0, 1]", "--run_dir", str(out), "--partitions", "[test]"])
+    assert third.returncode == 0, third.stdout + third.stderr[-3000:]
+    assert "2 runs, 2 done, 0 to run" in third.stdout
+    assert client.get_run(seed0).info.status == "FINISHED"
+
 
 def _stage(tmp: Path, k: int, steps: int, callbacks: list[dict], **model) -> Path:
     """A curriculum stage overlay whose logger, checkpoint folder and `init_from` point elsewhere:
