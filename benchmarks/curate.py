@@ -41,15 +41,17 @@ class Truth:
     splice_at: float | None = None
 
 
-def write_mkv(path: Path, frames: np.ndarray, fps: int, wave: np.ndarray, sample_rate: int) -> None:
-    """uint8 (T, H, W, 3) frames + mono float audio -> Matroska with h264 and 16-bit PCM."""
+def write_mkv(path: Path, frames: np.ndarray, fps: int, wave: np.ndarray | None, sample_rate: int) -> None:
+    """uint8 (T, H, W, 3) frames + mono float audio (None: no audio stream) -> Matroska with h264
+    and 16-bit PCM."""
     with av.open(str(path), mode="w", format="matroska") as out:
         vs = out.add_stream("libx264", rate=Fraction(fps))
         vs.height, vs.width, vs.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
         vs.options = {"crf": "12", "preset": "veryfast", "x264-params": "threads=1:mbtree=0"}
         vs.thread_count = 1
-        as_ = out.add_stream("pcm_s16le", rate=sample_rate)
-        as_.layout = "mono"
+        as_ = out.add_stream("pcm_s16le", rate=sample_rate) if wave is not None else None
+        if as_ is not None:
+            as_.layout = "mono"
         for i, f in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
             frame.pts = i
@@ -57,6 +59,8 @@ def write_mkv(path: Path, frames: np.ndarray, fps: int, wave: np.ndarray, sample
                 out.mux(p)
         for p in vs.encode():
             out.mux(p)
+        if as_ is None:
+            return
         pcm = (np.clip(wave, -1.0, 1.0) * 32767).astype(np.int16)
         for start in range(0, pcm.size, 1024):
             frame = av.AudioFrame.from_ndarray(pcm[None, start : start + 1024], format="s16", layout="mono")
@@ -97,10 +101,10 @@ def room_tone(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_defect_set(out: Path, clean_per_split: int, defects_per_kind: int, seed: int = 0, duration: float = 3.0,
-                     fps: int = 16, size: int = 64) -> list[Truth]:
-    """Clean clips (`clean_per_split` per split, room tone added) and `defects_per_kind` defective copies per defect
-    kind (each from its own clip, splits in turn) as `out/*.mkv` with `<file>.json` captions;
-    `out/truth.json` lists them."""
+                     fps: int = 16, size: int = 64, splits: tuple[str, ...] = SPLITS) -> list[Truth]:
+    """Clean clips (`clean_per_split` per split, room tone added) and `defects_per_kind` defective
+    copies per defect kind (each from its own clip, `splits` in turn) as `out/*.mkv` with
+    `<file>.json` captions; `out/truth.json` lists them. The speech splits need flite."""
     from klear_lightning.data.syncworld.clip import SyncWorldConfig
     from klear_lightning.data.syncworld.generate import HoldoutRule, make_clip
 
@@ -117,17 +121,17 @@ def write_defect_set(out: Path, clean_per_split: int, defects_per_kind: int, see
         truth.append(Truth(f"{name}.mkv", clip.split, defect, splice_at))
 
     index = 0
-    for split in SPLITS:
+    for split in splits:
         for _ in range(clean_per_split):
             clip = make_clip(split, "train", index, seed, cfg, none)
             write(f"clean_{split}_{index:03d}", clip, clip.video, room_tone(clip.audio, rng), "")
             index += 1
     for defect in DEFECTS:
         for j in range(defects_per_kind):
-            split = SPLITS[j % len(SPLITS)]
+            split = splits[j % len(splits)]
             clip = make_clip(split, "train", index, seed, cfg, none)
             if defect == "splice":
-                other = make_clip(SPLITS[(j + 1) % len(SPLITS)], "train", index + 1000, seed, cfg, none)
+                other = make_clip(splits[(j + 1) % len(splits)], "train", index + 1000, seed, cfg, none)
                 video = np.concatenate([clip.video, other.video])
                 audio = room_tone(np.concatenate([clip.audio, other.audio]), rng)
                 write(f"{defect}_{split}_{index:03d}", clip, video, audio, defect, splice_at=clip.video.shape[0] / fps)
