@@ -127,3 +127,36 @@ def test_routing_and_transcripts(tmp_path):
         rec = scorer(rec)
         assert rec.split == t.split, (t.file, rec.scores, rec.heard)
         assert bool(rec.transcript) == t.split.startswith("speech"), rec.heard
+
+
+def test_synchformer_scores_long_clips_when_configured(tmp_path):
+    """With `synchformer` set, a clip long enough for its 4.8 s window is judged by it (here a
+    network whose head always says +1 s), a shorter one falls back to the cross-correlation offset
+    and says so; a file that is not a Synchformer checkpoint stops the command with one line."""
+    import torch
+
+    from klear_lightning.curate.config import CurateConfig
+    from klear_lightning.curate.records import Source
+    from klear_lightning.curate.stages import ClipScorer, split_source
+    from klear_lightning.metrics.nets import synchformer as sfnet
+
+    model = sfnet.Synchformer(sfnet.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1, image_size=32))
+    with torch.no_grad():
+        model.transformer.off_head.weight.zero_()
+        model.transformer.off_head.bias.zero_()
+        model.transformer.off_head.bias[15] = 10.0  # class 15 of linspace(-2, 2, 21) = +1.0 s
+    torch.save(model.state_dict(), tmp_path / "sync.pth")
+    long = write_defect_set(tmp_path / "long", 1, 0, seed=4, duration=5.0, fps=FPS, splits=("sound",))
+    short = write_defect_set(tmp_path / "short", 1, 0, seed=4, duration=2.0, fps=FPS, splits=("sound",))
+    cfg = CurateConfig(synchformer=str(tmp_path / "sync.pth"), transcribe=False)
+    scorer = ClipScorer(cfg)
+    [rec] = split_source(Source(str(tmp_path / "long" / long[0].file), "long", {}), cfg)
+    rec = scorer(rec)
+    assert rec.scores["av_offset_synchformer_s"] == pytest.approx(1.0) and "av_offset_synchformer_s" in rec.failed
+    [rec] = split_source(Source(str(tmp_path / "short" / short[0].file), "short", {}), cfg)
+    rec = scorer(rec)
+    assert "av_offset_xcorr_s" in rec.scores and "4.8 s" in rec.skipped["av_offset_synchformer_s"]
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "curate.yaml").write_text(f"synchformer: {tmp_path / 'bad.pth'}\n")
+    done = klear("curate", "--inputs", tmp_path / "short", "--out", tmp_path / "out", "--config", tmp_path / "curate.yaml")
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: synchformer: could not load"), done.stderr

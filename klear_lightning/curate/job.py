@@ -30,12 +30,6 @@ def _captions(record: dict[str, Any]) -> dict[str, str]:
     return {k: str(record[k]).strip() for k in CAPTION_KEYS if record.get(k)}
 
 
-def _bad(path: str, key: str, reason: str) -> ClipRecord:
-    rec = ClipRecord(key, key, path, 0.0, 0.0, 0, 1, {}, status="bad_input")
-    rec.reasons.append(reason)
-    return rec
-
-
 def find_sources(inputs: Path) -> tuple[list[Source], list[ClipRecord]]:
     """Sources from a folder (every non-sidecar file; captions from `<file>.json`, `<stem>.json` or
     `<stem>.txt` when present) or a JSONL manifest (`path` relative to it, caption fields, optional
@@ -50,7 +44,7 @@ def find_sources(inputs: Path) -> tuple[list[Source], list[ClipRecord]]:
                 path = (inputs.parent / rec["path"]).resolve()
                 sources.append(Source(str(path), rec.get("key") or make_key(str(rec["path"])), _captions(rec)))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                bad.append(_bad(f"{inputs}:{n}", f"line-{n}", f"bad_manifest_line: {e!r}"))
+                bad.append(ClipRecord.bad_input(f"{inputs}:{n}", f"line-{n}", f"bad_manifest_line: {e!r}"))
         return sources, bad
     if not inputs.is_dir():
         raise ConfigError(f"inputs: {inputs} is neither a folder nor a JSONL manifest")
@@ -66,7 +60,7 @@ def find_sources(inputs: Path) -> tuple[list[Source], list[ClipRecord]]:
             else:
                 caps = {}
         except (json.JSONDecodeError, AttributeError) as e:
-            bad.append(_bad(str(path), key, f"bad_caption_file: {side}: {e}"))
+            bad.append(ClipRecord.bad_input(str(path), key, f"bad_caption_file: {side}: {e}"))
             continue
         sources.append(Source(str(path), key, caps))
     return sources, bad
@@ -119,7 +113,7 @@ def run_ray(sources: list[Source], cfg: CurateConfig, workers: int, ray_address:
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ds = ray.data.from_items([{"json": s.to_json()} for s in sources], override_num_blocks=len(sources))
+        ds = ray.data.from_items([{"json": s.to_json()} for s in sources], override_num_blocks=min(len(sources), 10_000))
         ds = ds.flat_map(_split_rows, fn_kwargs={"cfg": cfg}, num_cpus=1)
         ds = ds.map(_ScoreRows, fn_constructor_kwargs={"cfg": cfg}, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
         for row in ds.iter_rows():
@@ -153,6 +147,25 @@ def write_outputs(records: list[ClipRecord], cfg: CurateConfig, out: Path) -> di
     return report
 
 
+def check_models(cfg: CurateConfig) -> None:
+    """Load each configured model once here, so a wrong file stops the command with one line before
+    any worker starts."""
+    if cfg.synchformer:
+        from klear_lightning.metrics.nets.synchformer import load_synchformer
+
+        try:
+            load_synchformer(Path(cfg.synchformer).expanduser())
+        except Exception as err:  # any failure to read the user's file is reported, not a traceback
+            raise ConfigError(f"synchformer: could not load {cfg.synchformer}: {str(err).strip().splitlines()[0]}") from err
+    if cfg.whisper:
+        from faster_whisper import WhisperModel
+
+        try:
+            WhisperModel(str(Path(cfg.whisper).expanduser()), device="cpu", compute_type="float32", cpu_threads=1)
+        except Exception as err:
+            raise ConfigError(f"whisper: could not load {cfg.whisper}: {str(err).strip().splitlines()[0]}") from err
+
+
 def curate(inputs: Path, out: Path, config: Path | None = None, ray_address: str | None = None,
            workers: int = 1) -> dict[str, Any]:
     """Filter, scene-split, route and transcribe raw videos into clips `klear prepare` takes.
@@ -172,6 +185,7 @@ def curate(inputs: Path, out: Path, config: Path | None = None, ray_address: str
         raise ConfigError(f"workers: must be >= 1, got {workers}")
     inputs, out = Path(inputs), Path(out)
     sources, bad = find_sources(inputs)
+    check_models(cfg)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     done = read_results(results)

@@ -29,7 +29,8 @@ class ClipRecord:
 
     heard: what Whisper heard; `transcript`: the input's transcript, else (speech splits only) `heard`.
     status: "pending" until scored, then "accepted", "rejected" (one or more filters failed) or
-    "bad_input" (the source could not be read; `reasons` says why). `scenes` is the number of
+    "bad_input" (the source could not be read; `reasons` says why). `cpu_s`: process CPU seconds
+    spent on it (its source's probe and scene split count on its first clip). `scenes` is the number of
     records its source produced (a source is finished when that many are written).
     """
 
@@ -49,6 +50,12 @@ class ClipRecord:
     split: str = ""
     transcript: str = ""
     heard: str = ""
+    cpu_s: float = 0.0
+
+    @classmethod
+    def bad_input(cls, path: str, key: str, reason: str, captions: dict[str, str] | None = None) -> ClipRecord:
+        """The one record of a source that cannot be used."""
+        return cls(key, key, path, 0.0, 0.0, 0, 1, captions or {}, status="bad_input", reasons=[reason])
 
     def fail(self, name: str, reason: str) -> None:
         self.failed.append(name)

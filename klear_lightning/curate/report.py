@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,8 @@ def build_report(records: list[ClipRecord], cfg: CurateConfig, out: Path) -> dic
         "without_caption": sorted(r.key for r in clips if "caption" in r.failed),
         "rejected_clips": [{"key": r.key, "path": r.path, "start": r.start, "end": r.end, "reasons": r.reasons}
                            for r in sorted(clips, key=lambda r: r.key) if r.status == "rejected"],
-        "config": json.loads(json.dumps(cfg.__dict__)),
+        "cpu_s": round(sum(r.cpu_s for r in records), 2),
+        "config": asdict(cfg),
     }
 
 
@@ -111,7 +112,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"- clips: {report['clips']}, accepted {report['accepted']}, rejected {report['rejected']}",
              f"- retention: {report['retention_rate']:.1%} of clips, {report['retention_rate_duration']:.1%} of duration "
              f"({report['accepted_seconds']:.1f} s kept)",
-             f"- accepted per split: {', '.join(f'{k} {v}' for k, v in report['splits'].items()) or 'none'}", "",
+             f"- accepted per split: {', '.join(f'{k} {v}' for k, v in report['splits'].items()) or 'none'}",
+             f"- CPU: {report['cpu_s']:.1f} s in the split and scoring stages", "",
              "## Filters", "", "| score | scored | dropped | only reason | threshold | histogram |", "|---|---|---|---|---|---|"]
     for name, f in report["filters"].items():
         bounds = ", ".join(f"{b:g}" for b in f["bounds"]) or "-"

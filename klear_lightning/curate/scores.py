@@ -42,8 +42,9 @@ def snr_db(audio: np.ndarray, sample_rate: int, cap_db: float = 60.0) -> float:
 
 
 def clipping_ratio(audio: np.ndarray, min_run: int = 3, level: float = 0.99) -> float:
-    """Fraction of samples in flat runs (>= `min_run` samples) at the clip's peak magnitude
-    (>= `level` x peak): hard clipping holds the waveform there, a loud but clean tone does not."""
+    """Samples in flat runs (>= `min_run` samples) at the clip's peak magnitude (>= `level` x peak),
+    as a fraction of the loud samples (>= a quarter of the peak, so pauses do not dilute it): hard
+    clipping holds the waveform there, a loud but clean tone does not."""
     mag = np.abs(audio.astype(np.float64))
     peak = mag.max() if mag.size else 0.0
     if peak <= 0:
@@ -51,7 +52,7 @@ def clipping_ratio(audio: np.ndarray, min_run: int = 3, level: float = 0.99) -> 
     at_peak = np.concatenate([[False], mag >= level * peak, [False]])
     edges = np.flatnonzero(np.diff(at_peak.astype(np.int8)))
     runs = edges[1::2] - edges[0::2]
-    return float(runs[runs >= min_run].sum() / mag.size)
+    return float(runs[runs >= min_run].sum() / np.count_nonzero(mag >= 0.25 * peak))
 
 
 def frame_differences(video: np.ndarray) -> np.ndarray:
@@ -89,15 +90,18 @@ def _zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def pixel_correlation(video: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, max_lag: int,
-                      side: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                      changes: bool = False, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Correlation of every pixel's luma series (frames resized to at most `side` px) with the
     audio's per-frame RMS envelope delayed by each lag in -max_lag..max_lag frames (a positive lag:
-    the sound comes after the picture). Returns (lags, corr (L, h, w)) over the overlapping frames."""
-    t = video.shape[0]
+    the sound comes after the picture), over the overlapping frames; with `changes`, of their
+    frame-to-frame differences instead (sharper peaks for slow movements). Returns (lags, corr (L, h, w))."""
     y = luminance(video)
     step = max(1, max(y.shape[1], y.shape[2]) // side)
     y = y[:, ::step, ::step]
-    env = envelope(audio, sample_rate, fps, t)
+    env = envelope(audio, sample_rate, fps, video.shape[0])
+    if changes:
+        y, env = np.diff(y, axis=0), np.diff(env)
+    t = y.shape[0]
     lags = np.arange(-max_lag, max_lag + 1)
     out = np.zeros((len(lags), *y.shape[1:]))
     for i, lag in enumerate(lags):
@@ -111,17 +115,20 @@ def pixel_correlation(video: np.ndarray, audio: np.ndarray, sample_rate: int, fp
 def av_offset_xcorr(video: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, max_offset_s: float,
                     top: float = 0.01) -> tuple[float, float]:
     """Audio-visual offset (s, positive = sound late) by energy/motion cross-correlation: for each lag,
-    the mean |correlation| of the best `top` fraction of pixels with the audio envelope; the offset is
-    the best lag, the confidence its score minus the median score over lags. A weight-free stand-in
-    for Synchformer on short clips whose sound follows what moves."""
+    the mean |correlation| of the best `top` fraction of pixels with the audio envelope, weighed by
+    sqrt(overlapping frames), summed over levels and frame-to-frame changes; the offset is the best
+    lag, the confidence its score minus the median over lags. A weight-free stand-in for
+    Synchformer on short clips whose sound follows what moves."""
     max_lag = max(1, int(round(max_offset_s * fps)))
-    lags, corr = pixel_correlation(video, audio, sample_rate, fps, max_lag)
-    flat = np.abs(corr.reshape(len(lags), -1))
-    k = max(8, int(top * flat.shape[1]))
-    # a correlation over fewer overlapping frames is weaker evidence: weigh by sqrt(overlap)
-    score = np.sort(flat, axis=1)[:, -k:].mean(axis=1) * np.sqrt((video.shape[0] - np.abs(lags)) / video.shape[0])
-    best = int(np.argmax(score))
-    return float(lags[best] / fps), float(score[best] - np.median(score))
+    total = np.zeros(2 * max_lag + 1)
+    for changes in (False, True):
+        lags, corr = pixel_correlation(video, audio, sample_rate, fps, max_lag, changes)
+        flat = np.abs(corr.reshape(len(lags), -1))
+        k = max(8, int(top * flat.shape[1]))
+        frames = video.shape[0] - int(changes)
+        total += np.sort(flat, axis=1)[:, -k:].mean(axis=1) * np.sqrt((frames - np.abs(lags)) / frames)
+    best = int(np.argmax(total))
+    return float(lags[best] / fps), float(total[best] - np.median(total))
 
 
 def moving_regions(video: np.ndarray, rel: float = 0.3) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,7 @@ UNAVAILABLE = {
 
 
 def _bad(source: Source, reason: str) -> ClipRecord:
-    rec = ClipRecord(source.key, source.key, source.path, 0.0, 0.0, 0, 1, source.captions, status="bad_input")
-    rec.reasons.append(reason)
-    return rec
+    return ClipRecord.bad_input(source.path, source.key, reason, source.captions)
 
 
 def scene_cuts(path: Path, threshold: float) -> list[float]:
@@ -47,6 +46,13 @@ def scene_cuts(path: Path, threshold: float) -> list[float]:
 
 def split_source(source: Source, cfg: CurateConfig) -> list[ClipRecord]:
     """The candidate clips of one input: one per scene piece, or one `bad_input` record."""
+    start = time.process_time()
+    out = _split(source, cfg)
+    out[0].cpu_s = round(time.process_time() - start, 4)
+    return out
+
+
+def _split(source: Source, cfg: CurateConfig) -> list[ClipRecord]:
     try:
         d = decode_media(Path(source.path), source.path, sample_rate=cfg.sample_rate)
     except MediaError as e:
@@ -106,12 +112,14 @@ class ClipScorer:
     def __call__(self, rec: ClipRecord) -> ClipRecord:
         if rec.status != "pending":
             return rec
+        start = time.process_time()
         try:
             self.score(rec)
         except Exception as e:  # one bad clip never stops the job
             rec.status = "bad_input"
             rec.reasons.append(f"error: {type(e).__name__}: {e}")
             log.warning("curate: %s [%s, %s]: %s", rec.path, rec.start, rec.end, e)
+        rec.cpu_s = round(rec.cpu_s + time.process_time() - start, 4)
         return rec
 
     def score(self, rec: ClipRecord) -> None:
