@@ -49,6 +49,12 @@ def _prepare() -> Callable[..., Any]:
     return prepare
 
 
+def _curate() -> Callable[..., Any]:
+    from klear_lightning.curate.job import curate
+
+    return curate
+
+
 def _cache() -> Callable[..., Any]:
     from klear_lightning.data.cache import cache_latents
 
@@ -84,6 +90,7 @@ PROJECT_COMMANDS: dict[str, tuple[str, Callable[[], Callable[..., Any]]]] = {
     "summary": ("parameters, tokens per stream and training FLOPs of a config (meta device)", _summary),
     "syncworld": ("write the SyncWorld dataset as shards", _syncworld),
     "prepare": ("turn your videos into shards", _prepare),
+    "curate": ("filter, scene-split, route and transcribe raw videos (Ray Data) for `klear prepare`", _curate),
     "cache": ("add cached latents and caption embeddings to existing shards", _cache),
     "generate": ("prompts (+ a first frame or a clip) to mp4 with audio, wav and spectrogram", _generate),
     "compare": ("arms over seeds: means with intervals, paired differences, claims (MLflow)", _compare),

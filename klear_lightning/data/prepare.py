@@ -3,7 +3,8 @@
 Inputs: a folder (every file is probed by content; captions come from a sidecar `<file>.json` with
 `video_caption`, `audio_caption`, optional `transcript`, or `<file>.txt` used for both captions) or a
 JSONL manifest (one object per line: `path` relative to the manifest, the caption fields, optional
-`key`). Output: `out/<partition>/<split>/` shards. Resumable: keys in `done_keys.txt` are skipped.
+`key`, optional `start` / `end` in seconds: that time range of the file, as `klear curate` writes).
+Output: `out/<partition>/<split>/` shards. Resumable: keys in `done_keys.txt` are skipped.
 Each bad file is listed with its reason in `out/<partition>/<split>/prepare_report.json`.
 """
 
@@ -16,7 +17,7 @@ import multiprocessing
 import re
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from klear_lightning.codecs import (
     AudioCodecConfig, StatsAccumulator, TextEncoderConfig, VideoCodecConfig, build_audio_codec,
     build_text_encoder, build_video_codec, load_stats,
 )
-from klear_lightning.data.media import MediaError, decode_media, fit_video, nearest_resolution, retime
+from klear_lightning.data.media import Decoded, MediaError, decode_media, fit_video, nearest_resolution, retime
 from klear_lightning.data.schema import AVSample, SampleError, embedding_name, latent_name, stream_texts
 from klear_lightning.data.shards import ShardWriter, read_done_keys, split_dir
 from klear_lightning.sequence import ClipSpec
@@ -40,9 +41,13 @@ SIDECARS = (".json", ".txt", ".jsonl")
 
 @dataclass
 class Job:
+    """One file to prepare; `start` / `end` (s) select a time range of it (`klear curate`'s clips)."""
+
     path: str
     key: str
     captions: dict[str, str]
+    start: float = 0.0
+    end: float | None = None
 
 
 @dataclass
@@ -96,8 +101,11 @@ def find_jobs(inputs: Path) -> tuple[list[Job], list[Failure]]:
             try:
                 rec = json.loads(line)
                 path = (inputs.parent / rec["path"]).resolve()
-                jobs.append(Job(str(path), rec.get("key") or make_key(str(rec["path"])), _captions(rec, where)))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                start, end = float(rec.get("start", 0.0)), (float(rec["end"]) if rec.get("end") is not None else None)
+                if start < 0 or (end is not None and end <= start):
+                    raise ValueError(f"time range start {start} / end {end} is empty or negative")
+                jobs.append(Job(str(path), rec.get("key") or make_key(str(rec["path"])), _captions(rec, where), start, end))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 failures.append(Failure(where, "bad_manifest_line", f"{where}: {e!r}"))
             except SampleError as e:
                 failures.append(Failure(where, e.reason, str(e)))
@@ -121,6 +129,17 @@ def find_jobs(inputs: Path) -> tuple[list[Job], list[Failure]]:
         except json.JSONDecodeError as e:
             failures.append(Failure(str(path), "bad_caption_file", f"{path}: caption sidecar is not JSON: {e}"))
     return jobs, failures
+
+
+def _time_range(d: Decoded, start: float, end: float | None, name: str) -> Decoded:
+    """The frames shown and the samples played from `start` to `end` (s; None: to the end)."""
+    t = d.frame_times - d.frame_times[0]
+    keep = (t >= start - 1e-6) & (t < (np.inf if end is None else end) - 1e-6)
+    first = int(round(start * d.sample_rate))
+    audio = d.audio[first : None if end is None else int(round(end * d.sample_rate))]
+    if not keep.any() or audio.size == 0:
+        raise SampleError("too_short", f"{name}: nothing between {start} s and {end} s")
+    return replace(d, video=d.video[keep], frame_times=d.frame_times[keep], audio=audio)
 
 
 class Preparer:
@@ -147,6 +166,8 @@ class Preparer:
             raise SampleError(e.reason, str(e)) from e
         if d.video is None or d.audio is None:
             raise SampleError("missing_stream", f"{job.path}: needs both video and audio, has {'video' if d.video is not None else 'audio'} only")
+        if job.start > 0 or job.end is not None:
+            d = _time_range(d, job.start, job.end, job.path)
         seconds = min(c.duration, d.audio.shape[0] / c.sample_rate, float(d.frame_times[-1] - d.frame_times[0]) + 1.0 / max(d.fps, 1e-3))
         frames = self._frames(seconds)
         if seconds < self.s.min_duration or frames < 1:

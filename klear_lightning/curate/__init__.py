@@ -1,0 +1,1 @@
+"""`klear curate`: the data pipeline from raw videos to split-routed, transcribed clips (Ray Data)."""

