@@ -20,8 +20,8 @@ import torch
 from benchmarks.common import timed, write_result
 from klear_lightning.models import ModelConfig, build_model
 from klear_lightning.models.attention import make_backend
-from klear_lightning.models.inputs import InputShape, random_inputs
 from klear_lightning.models.denoiser import joint_attention
+from klear_lightning.models.inputs import InputShape, random_inputs
 from klear_lightning.streams import STREAMS
 from klear_lightning.tasks import PAPER_TASKS, TaskBatch, TaskSampler
 

@@ -16,8 +16,8 @@ import torch
 from benchmarks.common import matmul_flops_per_second, timed, write_result
 from klear_lightning.models import ModelConfig
 from klear_lightning.models.attention import make_backend, plan_attention
-from klear_lightning.models.layers import Rows
 from klear_lightning.models.denoiser import JointAttention
+from klear_lightning.models.layers import Rows
 from klear_lightning.models.mmdit import JointBlock
 from klear_lightning.models.rope import StreamShapes, rope_angles, rope_table, stream_positions
 from klear_lightning.streams import STREAMS

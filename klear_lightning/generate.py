@@ -16,9 +16,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from klear_lightning.errors import ConfigError
 from klear_lightning.checkpoint import check_checkpoint_path, load_for_inference
 from klear_lightning.codecs import Decoders, normalize
+from klear_lightning.errors import ConfigError
 from klear_lightning.lightning_cli import instantiate_model_and_data
 from klear_lightning.media import write_clip
 from klear_lightning.module import KlearModule

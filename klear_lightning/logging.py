@@ -10,7 +10,6 @@ continues the same MLflow run.
 from __future__ import annotations
 
 import fcntl
-
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from klear_lightning.checkpoint import RUN_ID_KEY
 from klear_lightning.errors import ConfigError
-
 
 
 def sqlite_uri(run_dir: str | Path) -> str:

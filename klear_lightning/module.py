@@ -25,8 +25,8 @@ from klear_lightning.codecs import Decoders
 from klear_lightning.config_checks import check_model_matches_data
 from klear_lightning.errors import ConfigError
 from klear_lightning.flow import FlowMatching, FlowSample, LossTerms, TimestepSampler, drop_captions, flow_loss
-from klear_lightning.media import MediaClip
 from klear_lightning.keys import SPLIT_LOSS, TASK_LOSS
+from klear_lightning.media import MediaClip
 from klear_lightning.models import ModelConfig, build_model, materialize
 from klear_lightning.optim import OptimConfig, build_optimizer
 from klear_lightning.parallelize import ParallelConfig, parallelize

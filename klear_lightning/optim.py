@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warmup, then `schedule` down to `min_lr_ratio * lr` at `total_steps`.
 

@@ -18,7 +18,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParallelConfig:
     """How the model is laid out under `ModelParallelStrategy` (ignored by other strategies).
 

@@ -27,7 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from klear_lightning.errors import ConfigError
-from klear_lightning.flow import FrameRoles, compose_inputs, frame_broadcast, null_captions, shift_time, whole_audio_tokens
+from klear_lightning.flow import (
+    FrameRoles,
+    compose_inputs,
+    frame_broadcast,
+    null_captions,
+    shift_time,
+    whole_audio_tokens,
+)
 from klear_lightning.streams import AVBatch, ModelInputs, ModelOutputs
 from klear_lightning.tasks import TaskBatch
 

@@ -90,7 +90,7 @@ def training_flops(model: nn.Module, tokens: dict[str, int]) -> dict[str, float]
             layer: StreamLayer = block.layer(s)
             fwd += (_matmul(layer) - _matmul(layer.ada)) * n[s] + _matmul(layer.ada) * rows[s]
         if isinstance(model, DualTower):
-            for tower, streams in TOWERS.items():
+            for streams in TOWERS.values():
                 attention += 4 * sum(n[s] for s in streams) ** 2 * cfg.dim
             for m, cross in block.cross.items():
                 other = "audio" if m == "video" else "video"

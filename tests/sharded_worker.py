@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
+from klear_lightning.checkpoint import load_model_weights
 from klear_lightning.models import ModelConfig, build_model, materialize
 from klear_lightning.models.inputs import InputShape, random_inputs
-from klear_lightning.checkpoint import load_model_weights
 from klear_lightning.parallelize import ParallelConfig, parallelize
 from klear_lightning.summary import sharded_bytes
 from klear_lightning.tasks import TaskBatch

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
+from metric_doubles import test_metrics  # noqa: F401 (fixture)
 from torch.utils.data import DataLoader
 
 from klear_lightning.callbacks.benchmark import BenchmarkCallback
@@ -12,7 +13,6 @@ from klear_lightning.metrics.suite import MetricsConfig
 from klear_lightning.sampling import SamplerConfig
 from klear_lightning.streams import AVBatch
 from klear_lightning.tasks import Role, get_task
-from metric_doubles import test_metrics  # noqa: F401 (fixture)
 
 
 def make_batch(indices: list[int]) -> AVBatch:

@@ -7,10 +7,10 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from test_module import RandomAVData, _trainer, tiny_config, tiny_module
 
 from klear_lightning.checkpoint import CheckpointError, check_checkpoint_path, load_model_weights, read_checkpoint
 from klear_lightning.models import ModelConfig, build_model
-from test_module import RandomAVData, _trainer, tiny_config, tiny_module
 
 
 def _klear_checkpoint(path, cfg: ModelConfig) -> None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from klear_lightning.cli import main
 from klear_lightning.lightning_cli import bootstrap_from_config, parse_config
 from klear_lightning.logging import flatten_config

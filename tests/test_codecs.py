@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from klear_lightning.codecs import (
-    AudioCodecConfig, StatsAccumulator, TextEncoderConfig, VideoCodecConfig, build_audio_codec, build_text_encoder,
-    build_video_codec, latent_geometry, load_stats,
+    AudioCodecConfig,
+    StatsAccumulator,
+    TextEncoderConfig,
+    VideoCodecConfig,
+    build_audio_codec,
+    build_text_encoder,
+    build_video_codec,
+    latent_geometry,
+    load_stats,
 )
 from klear_lightning.codecs.audio import spectral_distance
 from klear_lightning.codecs.text import minilm_path

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from test_module import RandomAVData, _trainer, tiny_module
 
 from klear_lightning.errors import ConfigError
 from klear_lightning.lightning_cli import cli_main
-from test_module import RandomAVData, _trainer, tiny_module
 
 
 def _run(tmp_path, model: dict | None = None, data: dict | None = None) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from test_shards import make_sample
 
 from klear_lightning.codecs import AudioCodecConfig, VideoCodecConfig, build_audio_codec, build_video_codec
 from klear_lightning.codecs.text import TextEncoderConfig
@@ -18,8 +19,6 @@ from klear_lightning.data.pipeline import LoaderLimits
 from klear_lightning.data.schema import embedding_name, latent_name
 from klear_lightning.data.shards import ShardWriter, iter_tar, npy_bytes, read_index
 from klear_lightning.sequence import ClipSpec
-
-from test_shards import make_sample
 
 VIDEO = build_video_codec(VideoCodecConfig())
 AUDIO = build_audio_codec(AudioCodecConfig())

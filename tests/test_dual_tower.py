@@ -2,12 +2,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from model_checks import assert_packed_matches_reference
 
 from klear_lightning.models import ModelConfig, build_model
 from klear_lightning.models.dual_tower import DualTower
 from klear_lightning.models.inputs import InputShape, random_inputs
 from klear_lightning.tasks import TaskBatch
-from model_checks import assert_packed_matches_reference
 
 SHAPE = InputShape(video_frames=3, video_hw=(4, 4), audio_frames=12, text_tokens=5)
 MIX = ["t2v", "t2a", "t2av", "ti2v", "ti2av", "v2a", "a2v"]

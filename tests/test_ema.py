@@ -83,13 +83,13 @@ def test_validation_media_are_generated_with_the_ema_weights(tmp_path, ema_first
     """Under a real Trainer, whatever the callback order: the clip MediaLogger writes at validation
     is the EMA weights' generation, not the training weights' (the two differ here)."""
     import soundfile as sf
+    from test_module import RandomAVData, tiny_module
 
     from klear_lightning.callbacks.benchmark import head
     from klear_lightning.callbacks.media_logger import MediaLogger
     from klear_lightning.logging import KlearMLFlowLogger
     from klear_lightning.optim import OptimConfig
     from klear_lightning.sampling import SamplerConfig
-    from test_module import RandomAVData, tiny_module
 
     sampler = SamplerConfig(steps=2)
     ema = EMA(decay=0.5)

@@ -10,9 +10,8 @@ import yaml
 
 from klear_lightning.cli import main
 from klear_lightning.data.media import decode_media, encode_av
-from klear_lightning.media import MediaClip
 from klear_lightning.lightning_cli import instantiate_model_and_data
-from klear_lightning.media import write_clip
+from klear_lightning.media import MediaClip, write_clip
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from klear_lightning.data.media import (
-    MediaError, decode_flac, decode_media, encode_av, encode_flac, encode_video, fit_video, resample_audio, retime,
+    MediaError,
+    decode_flac,
+    decode_media,
+    encode_av,
+    encode_flac,
+    encode_video,
+    fit_video,
+    resample_audio,
+    retime,
     write_spectrogram_png,
 )
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
+from metric_doubles import AVPair, MeanPeak, test_metrics  # noqa: F401 (fixture)
 
-from klear_lightning.media import MediaClip
 from klear_lightning.errors import ConfigError
+from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext, MetricUnavailable, MetricUndefined
 from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
 from klear_lightning.tasks import TASKS
-from metric_doubles import AVPair, MeanPeak, test_metrics  # noqa: F401 (fixture)
 
 
 def audio_clip(peak: float, video: bool = False) -> MediaClip:

@@ -2,15 +2,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from model_checks import assert_packed_matches_reference
 
+from klear_lightning.flow import null_captions
 from klear_lightning.models import ModelConfig, build_model
 from klear_lightning.models.embed import patchify_audio, patchify_video, shared_rows, unpatchify_audio, unpatchify_video
 from klear_lightning.models.inputs import InputShape, random_inputs
-from klear_lightning.flow import null_captions
 from klear_lightning.models.layers import Rows, StreamLayer, _Rows, modulate
 from klear_lightning.streams import ModelInputs
 from klear_lightning.tasks import TaskBatch
-from model_checks import assert_packed_matches_reference
 
 SHAPE = InputShape(video_frames=3, video_hw=(4, 4), audio_frames=12, text_tokens=5)
 MIX = ["t2v", "t2a", "t2av", "ti2v", "ti2av", "v2a", "a2v"]

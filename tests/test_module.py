@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from klear_lightning.models import ModelConfig
 from klear_lightning.checkpoint import CheckpointError
 from klear_lightning.codecs import Decoders
+from klear_lightning.models import ModelConfig
 from klear_lightning.module import KlearModule
 from klear_lightning.optim import OptimConfig, lr_factor
 from klear_lightning.sampling import SamplerConfig

@@ -1,9 +1,9 @@
 import torch
+from test_flow import make_batch
 
 from klear_lightning.flow import FlowMatching, flow_loss
 from klear_lightning.models import ModelConfig, build_model
 from klear_lightning.tasks import TaskBatch
-from test_flow import make_batch
 
 
 def test_tiny_model_overfits_one_batch():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from klear_lightning.codecs import AudioCodecConfig, VideoCodecConfig, build_audio_codec, build_video_codec, load_stats
-from klear_lightning.errors import ConfigError
 from klear_lightning.data.prepare import make_key, prepare
 from klear_lightning.data.shards import iter_tar, parse_sample, read_done_keys, read_index
+from klear_lightning.errors import ConfigError
 from klear_lightning.sequence import ClipSpec
 
 

@@ -155,12 +155,12 @@ def test_klear_fit_raises_the_weight_of_the_split_made_harder(tmp_path):
     raw-loss rule would not find it: it is the split that improves least."""
     import yaml
     from mlflow.tracking import MlflowClient
+    from test_resume import _klear
 
     from klear_lightning.data.cache import cache_latents
     from klear_lightning.data.syncworld import generate_syncworld
     from klear_lightning.logging import sqlite_uri
     from klear_lightning.sequence import ClipSpec
-    from test_resume import _klear
 
     clip = ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000)
     root, run = tmp_path / "syncworld", tmp_path / "run"

@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
+from metric_doubles import test_metrics  # noqa: F401 (fixture)
 
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.report import build_report, report_markdown, write_report
 from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
-from metric_doubles import test_metrics  # noqa: F401 (fixture)
 
 
 def clip(peak: float, video: bool = False) -> MediaClip:

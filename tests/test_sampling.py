@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from test_flow import make_batch
 from torch import nn
 
 from klear_lightning.flow import FrameRoles, compose_inputs, null_captions
@@ -9,7 +10,6 @@ from klear_lightning.models import ModelConfig, build_model
 from klear_lightning.sampling import SamplerConfig, sample
 from klear_lightning.streams import AVBatch, ModelInputs, ModelOutputs
 from klear_lightning.tasks import TaskBatch
-from test_flow import make_batch
 
 
 def tiny_model() -> nn.Module:

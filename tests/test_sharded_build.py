@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from sharded_worker import tiny
 
 from klear_lightning.models import build_model
-from sharded_worker import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 3

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 import yaml
+from test_module import tiny_config
 from torch.distributed.checkpoint.api import CheckpointException
 
 from klear_lightning.safe_pickle import SafeFileSystemReader, UnsafeFileError, load_dcp_metadata
-from test_module import tiny_config
 
 
 class _Exploit:

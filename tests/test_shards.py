@@ -3,11 +3,10 @@ import tarfile
 
 import numpy as np
 import pytest
+from test_media import smooth_frames
 
 from klear_lightning.data.schema import AVSample, SampleError, embedding_name, latent_name
 from klear_lightning.data.shards import ShardWriter, iter_tar, parse_sample, read_done_keys, read_index
-
-from test_media import smooth_frames
 
 
 def make_sample(key: str, split: str = "sound", seconds: float = 1.0, **meta) -> AVSample:

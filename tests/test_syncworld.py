@@ -21,8 +21,8 @@ from klear_lightning.data.syncworld import (
     make_clip,
 )
 from klear_lightning.data.syncworld.captions import note_name, pitch_word
-from klear_lightning.data.syncworld.scenes import MATERIAL_ADJECTIVE, object_pitch
 from klear_lightning.data.syncworld.measure import audio_onsets, lip_sync, visual_events
+from klear_lightning.data.syncworld.scenes import MATERIAL_ADJECTIVE, object_pitch
 
 HAS_FLITE = shutil.which("flite") is not None
 

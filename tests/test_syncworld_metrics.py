@@ -13,8 +13,6 @@ from scipy.signal import resample
 
 from klear_lightning.data.shards import iter_tar, parse_sample, read_index
 from klear_lightning.data.syncworld import generate_syncworld
-from klear_lightning.media import MediaClip
-from klear_lightning.metrics.base import REGISTRY, BuildContext, MetricUndefined
 from klear_lightning.data.syncworld.measure import (
     estimate_f0,
     event_lag,
@@ -22,6 +20,8 @@ from klear_lightning.data.syncworld.measure import (
     sequence_similarity,
     visual_events,
 )
+from klear_lightning.media import MediaClip
+from klear_lightning.metrics.base import REGISTRY, BuildContext, MetricUndefined
 from klear_lightning.metrics.syncworld import (
     SyncWorldColourAdherence,
     SyncWorldEventOffset,

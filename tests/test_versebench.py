@@ -13,10 +13,9 @@ import yaml
 from tokenizers.pre_tokenizers import ByteLevel
 
 from klear_lightning.cli import main
-from klear_lightning.lightning_cli import instantiate_model_and_data as _parse
 from klear_lightning.data.media import encode_video
+from klear_lightning.lightning_cli import instantiate_model_and_data as _parse
 from klear_lightning.versebench import read_prompts
-
 
 
 def _speech_backend() -> str | None:

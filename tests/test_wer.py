@@ -5,10 +5,10 @@ import jiwer
 import pytest
 import torch
 
+from klear_lightning.data.syncworld.speech import synthesise
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext, MetricUndefined
 from klear_lightning.metrics.suite import load_registry
-from klear_lightning.data.syncworld.speech import synthesise
 from klear_lightning.metrics.wer import (
     normalize_english,
     sensevoice_wer,

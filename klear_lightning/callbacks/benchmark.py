@@ -30,8 +30,8 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 
 from klear_lightning.errors import ConfigError
-from klear_lightning.metrics.report import build_report, write_report
 from klear_lightning.metrics.base import MetricResult
+from klear_lightning.metrics.report import build_report, write_report
 from klear_lightning.metrics.suite import GROUND_TRUTH, MetricsConfig, MetricSuite
 from klear_lightning.sampling import SamplerConfig
 from klear_lightning.streams import AVBatch

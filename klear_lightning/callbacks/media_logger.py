@@ -13,10 +13,10 @@ from typing import Any
 
 import lightning as L
 
-from klear_lightning.errors import ConfigError
 from klear_lightning.callbacks.benchmark import keep_clips
-from klear_lightning.media import MediaClip, write_clip, write_panel
+from klear_lightning.errors import ConfigError
 from klear_lightning.logging import KlearMLFlowLogger
+from klear_lightning.media import MediaClip, write_clip, write_panel
 from klear_lightning.sampling import SamplerConfig
 from klear_lightning.streams import AVBatch
 from klear_lightning.tasks import get_task

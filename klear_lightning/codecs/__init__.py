@@ -6,12 +6,12 @@ from typing import Protocol
 
 from torch import Tensor
 
-from klear_lightning.errors import ConfigError
 from klear_lightning.codecs.audio import AudioCodecConfig, LogMelCodec
 from klear_lightning.codecs.decoders import Decoders, denormalize, normalize
 from klear_lightning.codecs.normalization import LatentStats, StatsAccumulator, load_stats, stats_path
 from klear_lightning.codecs.text import HFTextEncoder, TextEncoderConfig, build_text_encoder
 from klear_lightning.codecs.video import PixelPatchCodec, VideoCodecConfig
+from klear_lightning.errors import ConfigError
 from klear_lightning.sequence import LatentGeometry
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from klear_lightning.errors import ConfigError
 from klear_lightning.codecs.pretrained import model_fingerprint
+from klear_lightning.errors import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 

@@ -20,14 +20,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from klear_lightning.errors import ConfigError
 from klear_lightning.codecs import (
-    AudioCodecConfig, StatsAccumulator, TextEncoderConfig, VideoCodecConfig, build_audio_codec, build_text_encoder,
+    AudioCodecConfig,
+    StatsAccumulator,
+    TextEncoderConfig,
+    VideoCodecConfig,
+    build_audio_codec,
+    build_text_encoder,
     build_video_codec,
 )
 from klear_lightning.data.pipeline import LoaderLimits, SampleLoader
 from klear_lightning.data.schema import SampleError, embedding_name
 from klear_lightning.data.shards import iter_tar, npy_bytes, parse_sample, read_index
+from klear_lightning.errors import ConfigError
 from klear_lightning.sequence import ClipSpec
 
 

@@ -21,18 +21,42 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, IterableDataset
 
-from klear_lightning.errors import ConfigError
 from klear_lightning.codecs import (
-    AudioCodec, AudioCodecConfig, Decoders, LatentStats, StatsAccumulator, TextEncoderConfig, VideoCodec, VideoCodecConfig,
-    build_audio_codec, build_text_encoder, build_video_codec, latent_geometry, load_stats,
+    AudioCodec,
+    AudioCodecConfig,
+    Decoders,
+    LatentStats,
+    StatsAccumulator,
+    TextEncoderConfig,
+    VideoCodec,
+    VideoCodecConfig,
+    build_audio_codec,
+    build_text_encoder,
+    build_video_codec,
+    latent_geometry,
+    load_stats,
 )
 from klear_lightning.codecs.text import HFTextEncoder
 from klear_lightning.data.collate import LatentSample
 from klear_lightning.data.mixture import (
-    MixtureDataset, MixtureLoader, Placement, StreamPosition, WeightSchedule, lookahead, worker_init,
+    MixtureDataset,
+    MixtureLoader,
+    Placement,
+    StreamPosition,
+    WeightSchedule,
+    lookahead,
+    worker_init,
 )
-from klear_lightning.data.pipeline import LoaderLimits, SampleLoader, SkipCounter, bucketed_batches, load_or_skip, records
+from klear_lightning.data.pipeline import (
+    LoaderLimits,
+    SampleLoader,
+    SkipCounter,
+    bucketed_batches,
+    load_or_skip,
+    records,
+)
 from klear_lightning.data.shards import INDEX, ShardInfo, read_index, split_dir
+from klear_lightning.errors import ConfigError
 from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
 from klear_lightning.streams import AVBatch
 
@@ -287,7 +311,7 @@ class AVDataModule(L.LightningDataModule):
         return load_stats(self.root, codec.name, codec.version)
 
     def setup(self, stage: str | None = None) -> None:
-        self.sequence  # every resolution bucket must tile with the codecs before any data is read
+        _ = self.sequence  # every resolution bucket must tile with the codecs before any data is read
         self.video_stats, self.audio_stats = self._stats(self.video_codec), self._stats(self.audio_codec)
         if self.normalize and (self.video_stats is None or self.audio_stats is None):
             self._compute_stats()

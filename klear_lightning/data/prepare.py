@@ -25,14 +25,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from klear_lightning.errors import ConfigError
 from klear_lightning.codecs import (
-    AudioCodecConfig, StatsAccumulator, TextEncoderConfig, VideoCodecConfig, build_audio_codec,
-    build_text_encoder, build_video_codec, load_stats,
+    AudioCodecConfig,
+    StatsAccumulator,
+    TextEncoderConfig,
+    VideoCodecConfig,
+    build_audio_codec,
+    build_text_encoder,
+    build_video_codec,
+    load_stats,
 )
 from klear_lightning.data.media import Decoded, MediaError, decode_media, fit_video, nearest_resolution, retime
 from klear_lightning.data.schema import AVSample, SampleError, embedding_name, latent_name, stream_texts
 from klear_lightning.data.shards import ShardWriter, read_done_keys, split_dir
+from klear_lightning.errors import ConfigError
 from klear_lightning.sequence import ClipSpec
 
 log = logging.getLogger(__name__)
@@ -278,7 +284,7 @@ def prepare(
     report.already_done = len(jobs) - len(todo)
     accs: dict[str, StatsAccumulator] = {}
     with ShardWriter(out / partition, split, maxcount=maxcount) as writer:
-        for job, sample, failure in tqdm(_results(todo, split, settings, workers), total=len(todo), desc=f"prepare {split}"):
+        for _job, sample, failure in tqdm(_results(todo, split, settings, workers), total=len(todo), desc=f"prepare {split}"):
             if failure is not None:
                 report.failed.append(failure)
                 log.warning("skipped %s", failure.message)

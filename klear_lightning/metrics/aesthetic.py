@@ -27,7 +27,6 @@ centre crop, CLIP mean/std); L2-normalised image embedding -> MLP -> mean over f
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,12 @@ from torch import Tensor, nn
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
 from klear_lightning.metrics.nets.aesthetic import (
-    AestheticHead, AestheticV25Head, load_aesthetic_head, load_aesthetic_v25_head, load_clip_vision, load_siglip_vision,
+    AestheticHead,
+    AestheticV25Head,
+    load_aesthetic_head,
+    load_aesthetic_v25_head,
+    load_clip_vision,
+    load_siglip_vision,
 )
 from klear_lightning.metrics.video_prep import even_frames, normalized
 

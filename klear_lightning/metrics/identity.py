@@ -22,7 +22,6 @@ the mean over generated frames of cos(CLS(frame), CLS(reference frame 0)), then 
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange

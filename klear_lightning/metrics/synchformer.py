@@ -35,7 +35,12 @@ from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import clip_audio, resample
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, MetricUnavailable, register_metric
 from klear_lightning.metrics.nets.synchformer import (
-    AUDIO_TOKENS, MEL_FRAMES, SEGMENT_FRAMES, VIDEO_TOKENS, Synchformer, load_synchformer,
+    AUDIO_TOKENS,
+    MEL_FRAMES,
+    SEGMENT_FRAMES,
+    VIDEO_TOKENS,
+    Synchformer,
+    load_synchformer,
 )
 from klear_lightning.metrics.video_prep import normalized, resample_video
 

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jiwer

@@ -16,8 +16,15 @@ from torch import Tensor, nn
 
 from klear_lightning.models.attention import AttentionBackend, AttentionPlan, plan_attention
 from klear_lightning.models.config import ModelConfig
+from klear_lightning.models.denoiser import (
+    Denoiser,
+    JointAttention,
+    joint_attention,
+    layer_key,
+    query_streams,
+    stream_layers,
+)
 from klear_lightning.models.layers import QKNorm, Rows, StreamLayer, init_param, joint_qkv
-from klear_lightning.models.denoiser import Denoiser, JointAttention, joint_attention, layer_key, query_streams, stream_layers
 from klear_lightning.models.rope import apply_rope
 from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
 

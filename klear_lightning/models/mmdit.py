@@ -6,7 +6,14 @@ from torch import Tensor, nn
 
 from klear_lightning.models.attention import AttentionBackend
 from klear_lightning.models.config import ModelConfig
-from klear_lightning.models.denoiser import Denoiser, JointAttention, joint_attention, layer_key, query_streams, stream_layers
+from klear_lightning.models.denoiser import (
+    Denoiser,
+    JointAttention,
+    joint_attention,
+    layer_key,
+    query_streams,
+    stream_layers,
+)
 from klear_lightning.models.layers import Rows, StreamLayer, joint_qkv
 from klear_lightning.streams import STREAMS, ModelInputs, ModelOutputs
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from klear_lightning.errors import ConfigError
 from klear_lightning.data.schema import AVSample
 from klear_lightning.data.shards import ShardWriter
-from klear_lightning.data.syncworld.clip import SPLITS, SceneScale, SyncClip, SyncWorldConfig
 from klear_lightning.data.syncworld import scenes, singing, speech
+from klear_lightning.data.syncworld.clip import SPLITS, SceneScale, SyncClip, SyncWorldConfig
+from klear_lightning.errors import ConfigError
 
 PARTITIONS: tuple[str, ...] = ("train", "val", "test", "ood")
 SPEECH_SPLITS: tuple[str, ...] = ("speech_single", "speech_multi")

@@ -8,12 +8,14 @@ directory).
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from klear_lightning.safe_pickle import load_torch_file
+
 from klear_lightning.metrics.nets.layers import Mlp, attend
+from klear_lightning.safe_pickle import load_torch_file
 
 
 class Attention(nn.Module):

@@ -6,11 +6,12 @@ its prior boxes, box decoding, non-maximum suppression and loader.
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from klear_lightning.safe_pickle import load_torch_file
 
+from klear_lightning.safe_pickle import load_torch_file
 
 MIN_SIZES = (16, 32, 64, 128, 256, 512)
 

@@ -12,13 +12,14 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
-from klear_lightning.safe_pickle import load_torch_file
-from klear_lightning.metrics.nets.layers import Mlp, attend
 
+from klear_lightning.metrics.nets.layers import Mlp, attend
+from klear_lightning.safe_pickle import load_torch_file
 
 SEGMENT_FRAMES = 16
 

@@ -6,7 +6,9 @@ and its loader.
 from __future__ import annotations
 
 from pathlib import Path
+
 from torch import Tensor, nn
+
 from klear_lightning.safe_pickle import load_torch_file
 
 
