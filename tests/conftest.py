@@ -1,8 +1,11 @@
+"""Fixtures shared by tests/unit and tests/integration; helpers that are not fixtures live in tests/helpers/."""
+
 import os
 
 import pytest
 import torch
 
+# Before anything imports transformers / mlflow: no network, no system-metrics thread.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
@@ -12,3 +15,21 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def test_metrics(monkeypatch):
+    """Register peak_test, gap_test, av_test and weights_test (unconfigured) for one test."""
+    import klear_lightning.metrics.suite as suite_module
+    from klear_lightning.metrics import base
+    from klear_lightning.metrics.base import register_metric
+    from tests.helpers.metric_doubles import AVPair, MeanAbsGap, MeanPeak, needs_weights
+
+    registry = dict(suite_module.load_registry())
+    monkeypatch.setattr(base, "REGISTRY", registry)
+    monkeypatch.setattr(suite_module, "REGISTRY", registry)
+    register_metric("peak_test", group="audio", description="test")(lambda ctx: MeanPeak())
+    register_metric("gap_test", group="audio", description="test")(lambda ctx: MeanAbsGap())
+    register_metric("av_test", group="av", description="test")(lambda ctx: AVPair())
+    register_metric("weights_test", group="video", description="test")(needs_weights)
+    return registry

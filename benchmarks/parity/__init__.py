@@ -11,7 +11,7 @@ One module per extractor (`benchmarks/parity/<name>.py`) exposes `check() -> Par
   those numbers (`reference` then names the official code, its version and the recipe);
 - where neither is possible, `check()` returns a result with `skipped` saying why and naming the package.
 
-Tests call the same `check()` (`tests/test_metric_parity.py`); `python -m benchmarks metric_parity`
+Tests call the same `check()` (`tests/unit/test_parity_audio.py`, `test_synchformer.py`, `test_video_metrics.py`); `python -m benchmarks metric_parity`
 runs them all and writes `benchmarks/results/metric_parity.json`.
 """
 

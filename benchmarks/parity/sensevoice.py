@@ -1,7 +1,7 @@
 """SenseVoiceSmall (`wer_sensevoice_versebench`): the project runs FunASR's own model code, as Verse-Bench
 does, so there is no re-implemented network to compare; what the project adds (Verse-Bench's
-normalisation, per-utterance mean, the speech routing) is tested in tests/test_wer.py and
-tests/test_versebench.py. Running FunASR here is not possible: `funasr` installs from PyPI, but its
+normalisation, per-utterance mean, the speech routing) is tested in tests/unit/test_wer.py and
+tests/integration/test_versebench.py. Running FunASR here is not possible: `funasr` installs from PyPI, but its
 front end imports torchaudio at run time, and PyPI's torchaudio wheels are CUDA builds that fail to load
 against torch 2.13 CPU. This check reports that instead of a number.
 """

@@ -1,0 +1,60 @@
+"""Lightning callbacks that configs of subprocess tests name by class path (`tests.helpers.callbacks.X`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process at the end of global step `step` (before that step's checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class LossRecorder(L.Callback):
+    """Appends (global step, loss) of every step on this rank to `<path>.rank<r>.jsonl`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with open(f"{self.path}.rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps([trainer.global_step, float(outputs["loss"])]) + "\n")
+
+
+class KillOnceAt(L.Callback):
+    """SIGKILLs its own process at the end of global step `step` (before that step's checkpoint),
+    once: `<marker>.rank<r>` records it, so the same command resumed runs through."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step = step
+        self.marker = marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        done = Path(f"{self.marker}.rank{trainer.global_rank}")
+        if trainer.global_step == self.step and not done.exists():
+            done.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillSweepOnce(L.Callback):
+    """SIGKILLs its whole process group (the sweep and every run it started) at the end of step
+    `step` of the run with model seed `seed`, once (a marker file remembers)."""
+
+    def __init__(self, seed: int, step: int, marker: str) -> None:
+        self.seed, self.step, self.marker = seed, step, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.seed == self.seed and trainer.global_step == self.step and not self.marker.exists():
+            self.marker.touch()
+            os.killpg(os.getpgid(0), signal.SIGKILL)
