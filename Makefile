@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 KLEAR := $(VENV)/bin/klear
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo lint test bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,7 +26,13 @@ demo: setup system-deps
 	$(KLEAR) fit --config configs/demo.yaml
 	$(KLEAR) fit --config configs/demo.yaml --config configs/demo_specialize.yaml
 
-test: setup system-deps
+# ruff first (fail fast), then one pytest run over tests/unit and tests/integration; the summary ends with a
+# line per directory (outcomes and summed test time), written by tests/conftest.py.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup system-deps lint
 	WDS_SECURE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup system-deps

@@ -1,6 +1,7 @@
 """Fixtures shared by tests/unit and tests/integration; helpers that are not fixtures live in tests/helpers/."""
 
 import os
+from collections import Counter, defaultdict
 
 import pytest
 import torch
@@ -33,3 +34,20 @@ def test_metrics(monkeypatch):
     register_metric("av_test", group="av", description="test")(lambda ctx: AVPair())
     register_metric("weights_test", group="video", description="test")(needs_weights)
     return registry
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per test directory (unit, integration): outcomes and the summed duration of its tests."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    seconds: dict[str, float] = defaultdict(float)
+    for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            parts = nodeid.split("/")
+            if len(parts) < 3 or parts[0] != "tests":
+                continue
+            counts[parts[1]][outcome] += 1
+            seconds[parts[1]] += getattr(report, "duration", 0.0)
+    for directory in sorted(counts):
+        outcomes = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts[directory].items()))
+        terminalreporter.write_line(f"tests/{directory}: {outcomes}; {seconds[directory]:.0f} s summed test time")
