@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from klear_lightning.logging import sqlite_uri
+from klear_lightning.errors import ConfigError
 
 LEVEL = 0.95
 INTERVAL_NOTE = ("mean [95 % confidence interval] over seeds (n): Student t, two-sided, n - 1 degrees of freedom; "
@@ -116,19 +116,24 @@ def _num(x: float) -> str:
 
 def load_claims(path: Path) -> list[Claim]:
     """Claims from a YAML list of {arm, metric, expect: higher|lower, description, against (optional)}."""
-    items = yaml.safe_load(Path(path).read_text())
+    if not Path(path).is_file():
+        raise ConfigError(f"claims: no file at {path}")
+    try:
+        items = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"claims: {path} is not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(items, list):
-        raise ValueError(f"--claims {path}: expected a YAML list of claims")
+        raise ConfigError(f"claims: {path}: expected a YAML list of claims")
     claims = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise ValueError(f"--claims {path}: item {i} is not a mapping")
+            raise ConfigError(f"claims: {path}: item {i} is not a mapping")
         missing = {"arm", "metric", "expect", "description"} - set(item)
         unknown = set(item) - {"arm", "metric", "expect", "description", "against"}
         if missing or unknown:
-            raise ValueError(f"--claims {path}: item {i}: " + (f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}"))
+            raise ConfigError(f"claims: {path}: item {i}: " + (f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}"))
         if item["expect"] not in DIRECTIONS:
-            raise ValueError(f"--claims {path}: item {i}: expect must be one of {list(DIRECTIONS)}, got {item['expect']!r}")
+            raise ConfigError(f"claims: {path}: item {i}: expect must be one of {list(DIRECTIONS)}, got {item['expect']!r}")
         claims.append(Claim(**{k: str(v) for k, v in item.items()}))
     return claims
 
@@ -144,7 +149,7 @@ def collect(tracking_uri: str, metrics: list[str], experiment: str | None = None
     else:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            raise ValueError(f"--experiment: no MLflow experiment named {experiment!r} at {tracking_uri}")
+            raise ConfigError(f"experiment: no MLflow experiment named {experiment!r} at {tracking_uri}")
         ids = [exp.experiment_id]
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in (("stage", stage), ("sweep", sweep)) if v)
     runs = client.search_runs(ids, filter_string=query, order_by=["attributes.start_time DESC"], max_results=50000)
@@ -170,7 +175,8 @@ def collect(tracking_uri: str, metrics: list[str], experiment: str | None = None
     if not arms:
         where = f"experiment {experiment!r}" if experiment else tracking_uri
         filters = ", ".join(f"{k} {v!r}" for k, v in (("stage", stage), ("sweep", sweep)) if v)
-        raise ValueError(f"no finished runs in {where}" + (f" with {filters}" if filters else ""))
+        field = next((k for k, v in (("sweep", sweep), ("stage", stage), ("experiment", experiment)) if v), "run_dir")
+        raise ConfigError(f"{field}: no finished runs in {where}" + (f" with {filters}" if filters else ""))
     return Collected(dict(sorted(arms.items())), left_out, replaced)
 
 
@@ -347,15 +353,21 @@ def compare(
         maximize: metrics where higher is better (the tables' arrows); the rest are lower-is-better.
         out: folder for comparison.md, comparison.json and comparison.png.
     """
-    uri = tracking_uri or sqlite_uri(run_dir)
+    if tracking_uri is None and not (Path(run_dir) / "mlflow.db").is_file():
+        raise ConfigError(f"run_dir: no mlflow.db in {run_dir} (give the run directory of the runs, or --tracking_uri)")
     claim_list = load_claims(claims) if claims else []
     metrics = list(dict.fromkeys(list(metrics or []) + [c.metric for c in claim_list]))
     if not metrics:
-        raise ValueError("--metrics: give at least one metric (or --claims)")
+        raise ConfigError("metrics: give at least one metric (or --claims)")
     higher = set(maximize or [])
     unknown = higher - set(metrics)
     if unknown:
-        raise ValueError(f"--maximize names metrics not in --metrics: {sorted(unknown)}")
+        raise ConfigError(f"maximize: names metrics not in --metrics: {sorted(unknown)}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} is a file, not a folder")
+    from klear_lightning.logging import sqlite_uri  # imports Lightning: only once the arguments passed their checks
+
+    uri = tracking_uri or sqlite_uri(run_dir)
     collected = collect(uri, metrics, experiment, stage, sweep)
     verdicts = [judge(c, collected.arms, baseline) for c in claim_list]
     source = tracking_uri or str(Path(run_dir) / "mlflow.db")  # as given: no absolute local path in the output

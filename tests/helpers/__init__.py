@@ -17,7 +17,25 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def run_klear(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """`klear <args>` through the real entry point in a fresh Python process."""
+    """`klear <args>` in a fresh Python process, with tests.helpers importable by its configs."""
     code = "from klear_lightning.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+KLEAR = Path(sys.executable).with_name("klear")  # the installed entry point
+
+
+def klear(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed `klear` entry point run in `cwd` (KLEAR_DEBUG unset unless `env` sets it)."""
+    environ = {k: v for k, v in os.environ.items() if k != "KLEAR_DEBUG"} | (env or {})
+    return subprocess.run([str(KLEAR), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
+
+
+def only_error_line(done: subprocess.CompletedProcess) -> str:
+    """The `error:` line of a failed command: status 2, no traceback, exactly one such line."""
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-2000:]
+    return errors[0]

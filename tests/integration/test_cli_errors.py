@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from klear_lightning.cli import LIGHTNING_COMMANDS, PROJECT_COMMANDS
-from tests.helpers import ROOT
+from tests.helpers import ROOT, klear, only_error_line
 
-KLEAR = Path(sys.executable).with_name("klear")
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
-def klear(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k != "KLEAR_DEBUG"} | (env or {})
-    return subprocess.run([str(KLEAR), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
 
 
-def only_error_line(done: subprocess.CompletedProcess) -> str:
-    """The `error:` line of a failed command: status 2, no traceback, exactly one such line."""
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr, done.stderr[-2000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr[-2000:]
-    return errors[0]
 
 
 def test_help_lists_every_command_with_one_line(tmp_path):

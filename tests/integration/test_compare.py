@@ -1,5 +1,6 @@
 """`klear compare` over seeds, on synthetic MLflow runs with known values: means, Student t intervals
-(one checked by hand), differences paired by seed, claim verdicts, the three output files."""
+(one checked by hand), differences paired by seed, claim verdicts, the three output files; every user
+error is one `error: <field>: ...` line with status 2 through the real entry point."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from klear_lightning.cli import main
 from klear_lightning.compare import estimate
 from klear_lightning.logging import sqlite_uri
+from tests.helpers import klear, only_error_line
 
 T_975_2DOF = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables: 4.303)
 
@@ -122,14 +124,36 @@ def test_single_runs_and_filters(runs, tmp_path):
     md = (out / "comparison.md").read_text()
     assert "| baseline | 0 | 100 (1) |" in md
     assert "## Claims" not in md
-    with pytest.raises(ValueError, match="no finished runs in .* with stage 'nope'"):
-        main(["compare", "--run_dir", str(runs), "--stage", "nope", "--metrics", "[m]", "--out", str(out)])
 
 
-def test_bad_claims_file_is_named(tmp_path):
-    claims = _claims(tmp_path / "c.yaml", [{"arm": "a", "metric": "m", "expect": "up", "description": "d"}])
-    with pytest.raises(ValueError, match="item 0: expect must be one of"):
-        main(["compare", "--run_dir", str(tmp_path), "--claims", str(claims), "--out", str(tmp_path / "o")])
+def _bad_input(tmp_path, runs):
+    """(arguments after `klear compare`, the error line expected), one per kind of user error."""
+    bad_expect = _claims(tmp_path / "expect.yaml", [{"arm": "a", "metric": "m", "expect": "up", "description": "d"}])
+    missing_key = _claims(tmp_path / "missing.yaml", [{"arm": "a", "metric": "m", "expect": "higher"}])
+    (tmp_path / "broken.yaml").write_text("- arm: [a\n")
+    (tmp_path / "a_file").write_text("")
+    run = ["--run_dir", str(runs)]
+    return {
+        "no_database": (["--run_dir", str(tmp_path), "--metrics", "[m]"], f"error: run_dir: no mlflow.db in {tmp_path} "),
+        "no_metric": ([*run], "error: metrics: give at least one metric (or --claims)"),
+        "maximize": ([*run, "--metrics", "[m]", "--maximize", "[n]"], "error: maximize: names metrics not in --metrics: ['n']"),
+        "no_runs": ([*run, "--metrics", "[m]", "--stage", "nope"], "error: stage: no finished runs in "),
+        "experiment": ([*run, "--metrics", "[m]", "--experiment", "nope"], "error: experiment: no MLflow experiment named 'nope'"),
+        "claims_missing": ([*run, "--claims", str(tmp_path / "none.yaml")], f"error: claims: no file at {tmp_path / 'none.yaml'}"),
+        "claims_yaml": ([*run, "--claims", str(tmp_path / "broken.yaml")], f"error: claims: {tmp_path / 'broken.yaml'} is not valid YAML"),
+        "claims_expect": ([*run, "--claims", str(bad_expect)], f"error: claims: {bad_expect}: item 0: expect must be one of"),
+        "claims_keys": ([*run, "--claims", str(missing_key)], f"error: claims: {missing_key}: item 0: missing ['description']"),
+        "out_is_file": ([*run, "--metrics", "[m]", "--out", str(tmp_path / "a_file")], "error: out: "),
+        "argument": ([*run, "--metrics", "[m]", "--nope", "1"], "error: --nope: unrecognized argument"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["no_database", "no_metric", "maximize", "no_runs", "experiment", "claims_missing",
+                                  "claims_yaml", "claims_expect", "claims_keys", "out_is_file", "argument"])
+def test_user_errors_are_one_line_through_the_entry_point(runs, tmp_path, kind):
+    args, expected = _bad_input(tmp_path, runs)[kind]
+    line = only_error_line(klear("compare", *args, cwd=tmp_path))
+    assert line.startswith(expected), line
 
 
 def test_estimate_edge_cases():
