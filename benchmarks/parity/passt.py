@@ -22,7 +22,8 @@ from benchmarks.parity import ParityResult, compare, load_reference, skipped
 from benchmarks.parity.seeded import seeded_state_dict
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext
-from klear_lightning.metrics.passt import CHECKPOINT_FORMATS, PaSST, versebench_kl, versebench_probabilities
+from klear_lightning.metrics.nets.passt import CHECKPOINT_FORMATS, PaSST
+from klear_lightning.metrics.passt import versebench_kl, versebench_probabilities
 
 EXTRACTOR = "passt_s"
 REFERENCE = "passt_s"

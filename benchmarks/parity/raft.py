@@ -18,7 +18,8 @@ import torch
 
 from benchmarks.parity import ParityResult, compare, load_reference
 from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
-from klear_lightning.metrics import motion, raft
+from klear_lightning.metrics import motion
+from klear_lightning.metrics.nets import raft
 
 FORMATS = ("raft-things.pth and the other princeton-vl RAFT (large) files: DataParallel state dicts",)
 

@@ -65,7 +65,8 @@ class VerseBenchKL(ClipMetric):
     @torch.inference_mode()
     def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
         from klear_lightning.metrics.audio_prep import clip_audio
-        from klear_lightning.metrics.passt import SAMPLE_RATE, versebench_kl, versebench_probabilities
+        from klear_lightning.metrics.nets.passt import SAMPLE_RATE
+        from klear_lightning.metrics.passt import versebench_kl, versebench_probabilities
 
         assert reference is not None
         for gen, ref in zip(generated, reference):
@@ -81,7 +82,7 @@ class VerseBenchKL(ClipMetric):
 
 @register_metric("kl_passt_versebench", group="audio", description="Verse-Bench KL: PaSST AudioSet distributions, reference vs generated")
 def build_kl_passt(ctx: BuildContext) -> ClipMetric:
-    from klear_lightning.metrics.passt import load_passt
+    from klear_lightning.metrics.nets.passt import load_passt
 
     return VerseBenchKL(ctx.load("passt", "the PaSST weights (passt-s-f128-p16-s10-ap.476-swa.pt)",
                                  lambda path: load_passt(path).to(ctx.device)))

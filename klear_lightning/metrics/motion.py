@@ -1,7 +1,7 @@
 """Motion score: mean optical-flow magnitude between consecutive frames.
 
 - `motion_raft_versebench` (the paper's MS; Verse-Bench's `raft_inferencer.py` with
-  `evaluate_raft_video`): RAFT (large, `raft-things.pth`, see `metrics.raft`) on every pair of
+  `evaluate_raft_video`): RAFT (large, `raft-things.pth`, see `metrics.nets.raft`) on every pair of
   consecutive frames at the clip's own frame rate. Each frame is halved (both sides, bilinear, back
   to 8-bit) until neither side exceeds 640 px, then padded to multiples of 8 by edge replication
   (split evenly, as its `InputPadder`); 20 refinements; the pair's score is the mean absolute flow
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
-from klear_lightning.metrics.raft import RAFT, load_raft
+from klear_lightning.metrics.nets.raft import RAFT, load_raft
 
 VERSEBENCH_MAX_SIDE = 640
 VERSEBENCH_ITERS = 20

@@ -86,7 +86,7 @@ def test_passt_and_versebench_kl_match_verse_bench_code():
 
 
 def test_passt_malicious_checkpoint_is_refused_naming_the_file(tmp_path):
-    from klear_lightning.metrics.passt import load_passt
+    from klear_lightning.metrics.nets.passt import load_passt
 
     marker = tmp_path / "pwned"
     path = tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt"

@@ -227,7 +227,7 @@ def test_versebench_motion_resize_and_padding():
 
 def test_motion_raft_versebench_through_registry_and_malicious_weights(tmp_path, monkeypatch):
     from benchmarks.parity.seeded import seeded_fan_in_state_dict
-    from klear_lightning.metrics import raft
+    from klear_lightning.metrics.nets import raft
 
     net = raft.RAFT()
     path = tmp_path / "raft-things.pth"
