@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.base import BuildContext, ClipMetric, Column, register_metric
-from klear_lightning.metrics.nets.dino import DinoViT, load_dino, load_dinov3
+from klear_lightning.metrics.nets.dino import load_dino, load_dinov3
 from klear_lightning.metrics.video_prep import normalized
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,24 +42,27 @@ def dino_inputs(frames: Tensor, size: int = 224) -> Tensor:
     return normalized(frames, size, IMAGENET_MEAN, IMAGENET_STD)
 
 
-class IdentityConsistency(ClipMetric):
+class CosineToReferenceFrame(ClipMetric):
+    """Mean over every generated frame of the cosine between its feature and the reference clip's first
+    frame's feature, then over clips. Subclasses say how a batch of frames becomes features (`embed`)."""
+
     modalities = ("video",)
     needs_reference = True
-    columns = (Column("id_dino_cls", "ID", higher_is_better=True),)
-    protocol = ("DINO ViT CLS feature (final norm), 224 px centre crop; mean cosine of every "
-                "generated frame to the reference clip's first frame")
 
-    def __init__(self, net: DinoViT, batch: int = 16) -> None:
+    def __init__(self, net: nn.Module, batch: int = 16) -> None:
         super().__init__()
         self.net = net
         self.batch = batch
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
+    def embed(self, frames: Tensor, device: torch.device) -> Tensor:
+        """uint8 (T, H, W, 3) frames -> (T, D) features."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def features(self, frames: Tensor) -> Tensor:
         device = next(self.net.parameters()).device
-        return torch.cat([self.net(dino_inputs(frames[s: s + self.batch]).to(device)).cpu()
-                          for s in range(0, frames.shape[0], self.batch)])
+        return torch.cat([self.embed(frames[s : s + self.batch], device).cpu() for s in range(0, frames.shape[0], self.batch)])
 
     def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
         assert reference is not None
@@ -74,6 +77,15 @@ class IdentityConsistency(ClipMetric):
     def compute(self) -> Tensor:
         self.require(self.n >= 1, "no clips scored")
         return self.total / self.n
+
+
+class IdentityConsistency(CosineToReferenceFrame):
+    columns = (Column("id_dino_cls", "ID", higher_is_better=True),)
+    protocol = ("DINO ViT CLS feature (final norm), 224 px centre crop; mean cosine of every "
+                "generated frame to the reference clip's first frame")
+
+    def embed(self, frames: Tensor, device: torch.device) -> Tensor:
+        return self.net(dino_inputs(frames).to(device))
 
 
 @register_metric("id_dino_cls", group="video", description="DINO CLS cosine to the reference image")
@@ -90,39 +102,13 @@ def dinov3_inputs(frames: Tensor, size: int = 224) -> Tensor:
     return (x - torch.tensor(IMAGENET_MEAN)[None, :, None, None]) / torch.tensor(IMAGENET_STD)[None, :, None, None]
 
 
-class IdentityDinov3VerseBench(ClipMetric):
-    modalities = ("video",)
-    needs_reference = True
+class IdentityDinov3VerseBench(CosineToReferenceFrame):
     columns = (Column("id_dinov3_versebench", "ID", higher_is_better=True),)
     protocol = ("Verse-Bench ID: DINOv3 last hidden state, token [-2] (as its pipeline code indexes), frames "
                 "resized to 224 x 224; mean cosine of every generated frame to the reference image")
 
-    def __init__(self, net: nn.Module, batch: int = 16) -> None:
-        super().__init__()
-        self.net = net
-        self.batch = batch
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-
-    @torch.no_grad()
-    def features(self, frames: Tensor) -> Tensor:
-        device = next(self.net.parameters()).device
-        return torch.cat([self.net(pixel_values=dinov3_inputs(frames[s: s + self.batch]).to(device))
-                          .last_hidden_state[:, VERSEBENCH_TOKEN].cpu()
-                          for s in range(0, frames.shape[0], self.batch)])
-
-    def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
-        assert reference is not None
-        for gen, ref in zip(generated, reference):
-            if ref.video is None or ref.video.shape[0] == 0:
-                raise ValueError(f"{self.name}: reference clip {ref.meta.get('key', '?')} has no frames")
-            assert gen.video is not None
-            target = self.features(ref.video[:1])
-            self.total += F.cosine_similarity(self.features(gen.video), target, dim=-1).mean().double()
-            self.n += 1
-
-    def compute(self) -> Tensor:
-        self.require(self.n >= 1, "no clips scored")
-        return self.total / self.n
+    def embed(self, frames: Tensor, device: torch.device) -> Tensor:
+        return self.net(pixel_values=dinov3_inputs(frames).to(device)).last_hidden_state[:, VERSEBENCH_TOKEN]
 
 
 @register_metric("id_dinov3_versebench", group="video",

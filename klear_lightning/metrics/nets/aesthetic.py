@@ -25,26 +25,38 @@ class AestheticHead(nn.Module):
         return self.layers(embedding)[:, 0]
 
 
-def load_aesthetic_head(path: str | Path) -> AestheticHead:
+def _load_head(path: str | Path, head: type[nn.Module], first: str, what: str) -> nn.Module:
+    """A head's plain state dict, strictly, through the allow-list reader; its input width is read from
+    the weights of its first layer (`first`)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"aesthetic head checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     state = load_torch_file(path)
-    if not isinstance(state, dict) or "layers.0.weight" not in state:
-        raise ValueError(f"{path}: not an improved-aesthetic-predictor state dict (no layers.0.weight)")
-    head = AestheticHead(state["layers.0.weight"].shape[1])
-    head.load_state_dict(state, strict=True)
-    return head.eval()
+    if not isinstance(state, dict) or first not in state:
+        raise ValueError(f"{path}: not an {what} state dict (no {first})")
+    model = head(state[first].shape[1])
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
-def load_clip_vision(directory: str | Path) -> nn.Module:
-    """CLIP vision tower with projection from a local Hugging Face directory (no download)."""
-    from transformers import CLIPVisionModelWithProjection
+def _load_vision(model_class: str, directory: str | Path, what: str, **kwargs) -> nn.Module:
+    """A transformers vision tower from a saved local directory (no download)."""
+    import transformers
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: no config.json (expected a saved CLIP model directory)")
-    return CLIPVisionModelWithProjection.from_pretrained(directory, local_files_only=True).eval()
+        raise FileNotFoundError(f"{directory}: no config.json (expected a saved {what} model directory)")
+    return getattr(transformers, model_class).from_pretrained(directory, local_files_only=True, **kwargs).eval()
+
+
+def load_aesthetic_head(path: str | Path) -> AestheticHead:
+    """`sac+logos+ava1-l14-linearMSE.pth` (improved-aesthetic-predictor)."""
+    return _load_head(path, AestheticHead, "layers.0.weight", "improved-aesthetic-predictor head")
+
+
+def load_clip_vision(directory: str | Path) -> nn.Module:
+    """CLIP vision tower with projection from a local Hugging Face directory."""
+    return _load_vision("CLIPVisionModelWithProjection", directory, "CLIP")
 
 
 class AestheticV25Head(nn.Module):
@@ -61,23 +73,10 @@ class AestheticV25Head(nn.Module):
 
 
 def load_aesthetic_v25_head(path: str | Path) -> AestheticV25Head:
-    """`aesthetic_predictor_v2_5.pth` (a plain state dict) strictly, through the allow-list reader."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"aesthetic-predictor-v2.5 head not found: {path}")
-    state = load_torch_file(path)
-    if not isinstance(state, dict) or "scoring_head.0.weight" not in state:
-        raise ValueError(f"{path}: not an aesthetic-predictor-v2.5 head (no scoring_head.0.weight)")
-    head = AestheticV25Head(state["scoring_head.0.weight"].shape[1])
-    head.load_state_dict(state, strict=True)
-    return head.eval()
+    """`aesthetic_predictor_v2_5.pth` (aesthetic-predictor-v2.5)."""
+    return _load_head(path, AestheticV25Head, "scoring_head.0.weight", "aesthetic-predictor-v2.5 head")
 
 
 def load_siglip_vision(directory: str | Path) -> nn.Module:
     """SigLIP vision tower from a local Hugging Face directory (e.g. google/siglip-so400m-patch14-384)."""
-    from transformers import SiglipVisionModel
-
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: no config.json (expected a saved SigLIP model directory)")
-    return SiglipVisionModel.from_pretrained(directory, local_files_only=True, use_safetensors=True).eval()
+    return _load_vision("SiglipVisionModel", directory, "SigLIP", use_safetensors=True)
