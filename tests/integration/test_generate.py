@@ -6,32 +6,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import yaml
 
 from klear_lightning.cli import main
 from klear_lightning.data.media import decode_media, encode_av
-from klear_lightning.lightning_cli import instantiate_model_and_data
 from klear_lightning.media import MediaClip, write_clip
+from tests.helpers.checkpoints import tiny_syncworld_checkpoint
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from klear_lightning.data.syncworld import generate_syncworld
-
     root = tmp_path_factory.mktemp("gen")
-    generate_syncworld(root / "data", clips_per_split=2, splits=["sound"])
-    cfg = {
-        "model": {"net": {"dim": 32, "depth": 1, "heads": 2, "video_patch": 2, "audio_patch": 2}},
-        "data": {"class_path": "klear_lightning.data.datamodule.AVDataModule",
-                 "init_args": {"root": str(root / "data"), "train_splits": {"sound": 1.0}, "num_workers": 0,
-                               "clip": {"duration": 1.0, "fps": 8.0, "height": 32, "width": 32}, "stats_samples": 2}},
-    }
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    module, _ = instantiate_model_and_data(config)
-    module.configure_model()
-    ckpt = root / "model.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}, ckpt)
+    config, ckpt = tiny_syncworld_checkpoint(root)
     frames = np.zeros((8, 40, 48, 3), np.uint8)
     frames[..., 0] = 200
     clip = root / "cond.mp4"

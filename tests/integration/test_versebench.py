@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import yaml
 from tokenizers.pre_tokenizers import ByteLevel
 
 from klear_lightning.cli import main
 from klear_lightning.data.media import encode_video
-from klear_lightning.lightning_cli import instantiate_model_and_data as _parse
 from klear_lightning.versebench import read_prompts
+from tests.helpers.checkpoints import tiny_syncworld_checkpoint
 
 
 def _speech_backend() -> str | None:
@@ -59,24 +58,11 @@ def _png(frame: np.ndarray) -> bytes:
 def bench(tmp_path_factory):
     import transformers
 
-    from klear_lightning.data.syncworld import generate_syncworld
     from klear_lightning.data.syncworld.clip import SyncWorldConfig
     from klear_lightning.data.syncworld.generate import HoldoutRule, make_clip
 
     root = tmp_path_factory.mktemp("versebench")
-    generate_syncworld(root / "data", clips_per_split=2, splits=["sound"])
-    cfg = {
-        "model": {"net": {"dim": 32, "depth": 1, "heads": 2, "video_patch": 2, "audio_patch": 2}},
-        "data": {"class_path": "klear_lightning.data.datamodule.AVDataModule",
-                 "init_args": {"root": str(root / "data"), "train_splits": {"sound": 1.0}, "num_workers": 0,
-                               "clip": {"duration": 1.0, "fps": 8.0, "height": 32, "width": 32}, "stats_samples": 2}},
-    }
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    module, _ = _parse(config)
-    module.configure_model()
-    ckpt = root / "model.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}, ckpt)
+    config, ckpt = tiny_syncworld_checkpoint(root)
 
     # The prompt folder, in Verse-Bench's layout, from SyncWorld test clips.
     world = SyncWorldConfig(duration=2.0, fps=8, size=32)
