@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tokenizers.pre_tokenizers import ByteLevel
 
+from benchmarks.parity.clap import write_tokenizer
 from klear_lightning.cli import main
 from klear_lightning.data.media import encode_video
 from klear_lightning.versebench import read_prompts
@@ -80,9 +80,7 @@ def bench(tmp_path_factory):
     # Extractor weights: a tiny transformers CLAP.
     torch.manual_seed(0)
     clap = root / "clap"
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(ByteLevel.alphabet()))}
-    transformers.RobertaTokenizer(vocab=vocab, merges=[]).save_pretrained(clap)
+    write_tokenizer(clap)
     transformers.ClapModel(transformers.ClapConfig(
         text_config=dict(vocab_size=300, hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=37,
                          max_position_embeddings=80),

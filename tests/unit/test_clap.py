@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from tokenizers.pre_tokenizers import ByteLevel
 
+from benchmarks.parity.clap import transformers_to_laion, write_tokenizer
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import resample
 from klear_lightning.metrics.base import BuildContext, MetricUnavailable
@@ -25,9 +25,7 @@ def tiny_config():
 def clap_dir(tmp_path_factory):
     """A randomly initialised CLAP saved as a transformers directory with a byte-level tokenizer."""
     directory = tmp_path_factory.mktemp("clap")
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(ByteLevel.alphabet()))}
-    transformers.RobertaTokenizer(vocab=vocab, merges=[]).save_pretrained(directory)
+    write_tokenizer(directory)
     torch.manual_seed(0)
     transformers.ClapModel(tiny_config()).save_pretrained(directory)
     return directory
@@ -85,31 +83,9 @@ def test_clap_unconfigured_names_the_field():
 
 def _to_laion(hf_state):
     """Write a transformers CLAP state dict in the original LAION layout (laion_clap's CLAP module:
-    audio_branch = HTSAT_Swin_Transformer, text_branch = RobertaModel, nn.Sequential projections)."""
-    out = {}
-    qkv = {}
-    for key, value in hf_state.items():
-        if key.endswith("token_type_ids"):
-            continue
-        if key.startswith("text_model."):
-            out["text_branch." + key[len("text_model."):]] = value
-        elif key.startswith(("text_projection.", "audio_projection.")):
-            out[key.replace(".linear1.", ".0.").replace(".linear2.", ".2.")] = value
-        elif key.startswith("audio_model.audio_encoder."):
-            k = "audio_branch." + key[len("audio_model.audio_encoder."):]
-            k = k.replace("batch_norm.", "bn0.").replace("layernorm_before", "norm1").replace("layernorm_after", "norm2")
-            k = k.replace("attention.output.dense", "attn.proj").replace("attention.self.relative_position", "attn.relative_position")
-            k = k.replace("intermediate.dense", "mlp.fc1").replace(".output.dense", ".mlp.fc2")
-            for part in ("query", "key", "value"):
-                if f"attention.self.{part}." in k:
-                    qkv.setdefault(k.replace(f"attention.self.{part}.", "attn.qkv."), {})[part] = value
-                    break
-            else:
-                out[k] = value
-        else:
-            out[key] = value
-    for k, parts in qkv.items():
-        out[k] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    audio_branch = HTSAT_Swin_Transformer, text_branch = RobertaModel, nn.Sequential projections), with
+    the tensors LAION has and transformers does not, `module.`-prefixed as LAION's training saves it."""
+    out = transformers_to_laion(hf_state)
     # tensors LAION has and transformers does not
     out["audio_branch.spectrogram_extractor.stft.conv_real.weight"] = torch.randn(513, 1, 1024)
     out["audio_branch.spectrogram_extractor.stft.conv_imag.weight"] = torch.randn(513, 1, 1024)
