@@ -23,8 +23,8 @@ from klear_lightning.checkpoint import AtomicCheckpointIO, check_checkpoint_path
 from klear_lightning.codecs import AudioCodecConfig, TextEncoderConfig, VideoCodecConfig
 from klear_lightning.config_checks import check_config, check_data_config
 from klear_lightning.data.syncworld.bootstrap import bootstrap_syncworld
-from klear_lightning.errors import ConfigError
 from klear_lightning.data.syncworld.clip import SceneScale
+from klear_lightning.errors import ConfigError
 from klear_lightning.logging import KlearMLFlowLogger, RunIdInCheckpoint, flatten_config
 from klear_lightning.module import KlearModule
 from klear_lightning.safe_pickle import load_dcp_metadata

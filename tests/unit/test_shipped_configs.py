@@ -10,8 +10,9 @@ import pytest
 from klear_lightning.config_checks import check_config
 from klear_lightning.errors import ConfigError
 from klear_lightning.lightning_cli import instantiate_callbacks, parse_config
+from tests.helpers import ROOT
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = ROOT / "configs"
 RESEARCH = CONFIGS / "research"
 
 
