@@ -16,20 +16,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
 
 
-def run_klear(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """`klear <args>` in a fresh Python process, with tests.helpers importable by its configs."""
-    code = "from klear_lightning.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
 KLEAR = Path(sys.executable).with_name("klear")  # the installed entry point
 
 
-def klear(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """The installed `klear` entry point run in `cwd` (KLEAR_DEBUG unset unless `env` sets it)."""
-    environ = {k: v for k, v in os.environ.items() if k != "KLEAR_DEBUG"} | (env or {})
-    return subprocess.run([str(KLEAR), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
+def klear(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`klear <args>` through the installed entry point in a fresh process, run in `cwd`, with
+    `subprocess_env()` (KLEAR_DEBUG unset unless `env` sets it)."""
+    environ = {k: v for k, v in subprocess_env().items() if k != "KLEAR_DEBUG"} | (env or {})
+    return subprocess.run([str(KLEAR), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
 
 
 def only_error_line(done: subprocess.CompletedProcess) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from klear_lightning.cli import main
 from klear_lightning.lightning_cli import bootstrap_from_config, parse_config
 from klear_lightning.logging import flatten_config
 from klear_lightning.sequence import ClipSpec
-from tests.helpers import ROOT
+from tests.helpers import ROOT, klear
 
 CONFIGS = ROOT / "configs"
 
@@ -136,18 +134,11 @@ def _summary_commands_in_docs() -> list[str]:
     return sorted({line for line in lines if line.startswith("klear summary ")})
 
 
-def _klear_command(command: str) -> subprocess.CompletedProcess:
-    """`command` (starting with `klear`) run with the installed `klear` entry point from the repository root."""
-    klear = Path(sys.executable).parent / "klear"
-    return subprocess.run([str(klear), *shlex.split(command)[1:]], cwd=CONFIGS.parent, capture_output=True,
-                          text=True, timeout=600)
-
-
 @pytest.mark.slow
 def test_klear_summary_of_the_paper_config_without_any_weights_or_data():
     """The paper config names codec and caption-encoder folders that are not on this machine: the
     summary still works (declared geometry), through the real `klear` command, and counts ~26B."""
-    done = _klear_command("klear summary --config configs/pretrain.yaml")
+    done = klear("summary", "--config", "configs/pretrain.yaml", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"parameters: \d+", last), last
@@ -160,7 +151,7 @@ def test_the_summary_commands_the_docs_show_work():
     commands = _summary_commands_in_docs()
     assert "klear summary --config configs/pretrain.yaml" in commands
     for command in commands:
-        done = _klear_command(command)
+        done = klear(*shlex.split(command)[1:], timeout=600)
         assert done.returncode == 0, f"{command}: {done.stderr[-3000:]}"
         assert done.stdout.strip().splitlines()[-1].startswith("parameters: "), command
 
@@ -168,7 +159,7 @@ def test_the_summary_commands_the_docs_show_work():
 @pytest.mark.slow
 def test_klear_summary_memory_per_rank_of_the_paper_config():
     """`--world_size 128`: memory lines per rank, the peak just before the parameter count."""
-    done = _klear_command("klear summary --config configs/pretrain.yaml --world_size 128")
+    done = klear("summary", "--config", "configs/pretrain.yaml", "--world_size", "128", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     n = int(lines[-1].removeprefix("parameters: "))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import run_klear
+from tests.helpers import klear
 
 
 def _harder_video(root, partition: str, split: str, mix: float, seed: int) -> None:
@@ -66,7 +66,7 @@ def test_klear_fit_raises_the_weight_of_the_split_made_harder(tmp_path):
             "clip": dict(vars(clip)), "batch_size": 8, "num_workers": 0, "epoch_samples": 64, "seed": 1}},
     }
     (run / "cfg.yaml").write_text(yaml.safe_dump(config))
-    done = run_klear(["fit", "--config", str(run / "cfg.yaml")])
+    done = klear("fit", "--config", str(run / "cfg.yaml"))
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(sqlite_uri(run))
     run_id = client.search_runs([client.get_experiment_by_name("klear").experiment_id])[0].info.run_id

@@ -18,7 +18,7 @@ from klear_lightning.data.cache import cache_latents
 from klear_lightning.data.syncworld import generate_syncworld
 from klear_lightning.logging import sqlite_uri
 from klear_lightning.sequence import ClipSpec
-from tests.helpers import run_klear
+from tests.helpers import klear
 
 STEPS = 8  # epochs of 6 batches (2 workers x 3); the checkpoint at step 3 is mid-epoch, on worker 1's turn
 CLIP = ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000)
@@ -81,14 +81,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, syncworld):
     for d, kill in ((ref_dir, None), (kill_dir, 5)):
         d.mkdir()
         (d / "cfg.yaml").write_text(yaml.safe_dump(_config(d, syncworld, kill)))
-    done = run_klear(["fit", "--config", str(ref_dir / "cfg.yaml")])
+    done = klear("fit", "--config", str(ref_dir / "cfg.yaml"))
     assert done.returncode == 0, done.stderr[-3000:]
-    killed = run_klear(["fit", "--config", str(kill_dir / "cfg.yaml")])
+    killed = klear("fit", "--config", str(kill_dir / "cfg.yaml"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     stream = torch.load(kill_dir / "ckpt" / "last.ckpt", weights_only=True)["AVDataModule"]
     assert (stream["epoch"], stream["consumed"]) == (0, 3)
     (kill_dir / "cfg.yaml").write_text(yaml.safe_dump(_config(kill_dir, syncworld, None)))
-    resumed = run_klear(["fit", "--config", str(kill_dir / "cfg.yaml"), "--ckpt_path", "last"])
+    resumed = klear("fit", "--config", str(kill_dir / "cfg.yaml"), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     n_ref, ref = _losses(ref_dir)
