@@ -19,9 +19,10 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 KLEAR = Path(sys.executable).with_name("klear")  # the installed entry point
 
 
-def klear(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def klear(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """`klear <args>` through the installed entry point in a fresh process, run in `cwd`, with
-    `subprocess_env()` (KLEAR_DEBUG unset unless `env` sets it)."""
+    `subprocess_env()` (KLEAR_DEBUG unset unless `env` sets it). The timeout only guards against a hang:
+    a 40-step `klear fit` took over 300 s on two cores shared with other work."""
     environ = {k: v for k, v in subprocess_env().items() if k != "KLEAR_DEBUG"} | (env or {})
     return subprocess.run([str(KLEAR), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
 
