@@ -58,3 +58,13 @@ class KillSweepOnce(L.Callback):
         if pl_module.seed == self.seed and trainer.global_step == self.step and not self.marker.exists():
             self.marker.touch()
             os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class LogStartWeights(L.Callback):
+    """Logs the sum of the model's weights when a stage starts training from step 0: the weights it
+    starts from, which `model.init_from` sets."""
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_step == 0:
+            total = sum(v.double().sum().item() for v in pl_module.model.state_dict().values())
+            trainer.logger.log_metrics({"marker/start_weight_sum": total}, step=0)

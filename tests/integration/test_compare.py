@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from klear_lightning.cli import main
 from klear_lightning.compare import estimate
 from klear_lightning.logging import sqlite_uri
-from tests.helpers import klear, only_error_line
+from tests.helpers import ROOT, klear, only_error_line
 
 T_975_2DOF = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables: 4.303)
 
@@ -167,7 +167,6 @@ def test_estimate_edge_cases():
 def test_the_study_claims_name_its_arms_and_the_keys_klear_test_logs():
     """configs/research/claims.yaml parses, names arms that configs/research/ defines and metric keys
     that `klear test` logs with the research baseline's benchmark."""
-    from pathlib import Path
 
     import yaml
 
@@ -175,7 +174,7 @@ def test_the_study_claims_name_its_arms_and_the_keys_klear_test_logs():
     from klear_lightning.metrics.syncworld import SyncWorldEventOffset, SyncWorldLipSync
     from klear_lightning.metrics.wer import whisper_wer
 
-    research = Path(__file__).resolve().parents[1] / "configs" / "research"
+    research = ROOT / "configs" / "research"
     claims = load_claims(research / "claims.yaml")
     base = yaml.safe_load((research / "baseline.yaml").read_text())
     arms = {base["ablation"]} | {yaml.safe_load(p.read_text())["ablation"] for p in (research / "ablations").rglob("*.yaml")}

@@ -31,14 +31,6 @@ STEPS = 4  # checkpoints at steps 2 and 4; the kill comes at the end of step 3
 
 
 
-class LogStartWeights(L.Callback):
-    """Logs the sum of the model's weights when a stage starts training from step 0: the weights it
-    starts from, which `model.init_from` sets."""
-
-    def on_train_start(self, trainer, pl_module):
-        if trainer.global_step == 0:
-            total = sum(v.double().sum().item() for v in pl_module.model.state_dict().values())
-            trainer.logger.log_metrics({"marker/start_weight_sum": total}, step=0)
 
 
 def _weight_sum(checkpoint: Path) -> float:
@@ -177,14 +169,14 @@ def _stage(tmp: Path, k: int, steps: int, callbacks: list[dict], **model) -> Pat
                                "init_args": {"run_dir": elsewhere, "experiment_name": "tiny"}},
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": elsewhere, "every_n_train_steps": 2}},
-                                  {"class_path": "test_sweep.LogStartWeights"}, *callbacks]},
+                                  {"class_path": "tests.helpers.callbacks.LogStartWeights"}, *callbacks]},
         "model": {"init_from": None if k == 1 else f"{elsewhere}/last.ckpt", **model}})
 
 
 @pytest.mark.slow
 def test_staged_arm_killed_between_stages_and_rerun(tmp_path, syncworld):
     base = _base(tmp_path, syncworld)
-    kill = {"class_path": "test_sweep.KillSweepOnce", "init_args": {"seed": 1, "step": 3, "marker": str(tmp_path / "k")}}
+    kill = {"class_path": "tests.helpers.callbacks.KillSweepOnce", "init_args": {"seed": 1, "step": 3, "marker": str(tmp_path / "k")}}
     score = {"class_path": "klear_lightning.callbacks.benchmark.BenchmarkCallback", "init_args": {"metrics": {
         "metrics": ["colour_syncworld"], "tasks": ["t2av"], "sampling_steps": 2, "ground_truth": False}}}
     stages = [_stage(tmp_path, 1, 4, []), _stage(tmp_path, 2, 4, [kill], optim={"lr": 3e-3, "warmup_steps": 1}),
