@@ -7,8 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from klear_lightning.curate.config import CurateConfig
 from klear_lightning.curate.records import ClipRecord
 

@@ -68,8 +68,8 @@ def test_accepted_clips_prepare_as_they_are(one_worker, tmp_path):
     lines = [json.loads(line) for line in (one_worker / "accepted.jsonl").read_text().splitlines()]
     spliced = [ln for ln in lines if Path(ln["path"]).name.startswith("splice")]
     assert len(spliced) == 2 and spliced[1]["start"] == pytest.approx(2.0, abs=1.5 / FPS)
-    from klear_lightning.data.prepare import prepare
     from klear_lightning.data.media import decode_media
+    from klear_lightning.data.prepare import prepare
     from klear_lightning.data.shards import iter_tar
     from klear_lightning.sequence import ClipSpec
 
