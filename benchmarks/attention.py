@@ -95,15 +95,24 @@ def main() -> dict:
     ideal = _flops(cfg, BATCH * n, BATCH * n * n) / _flops(cfg, valid_rows, pairs)
     attention_speedup = attention_times["reference"] / attention_times["packed"]
     result = {
-        "config": "small", "batch": BATCH, "tokens_per_sample": n, "tasks": names,
+        "config": "small",
+        "batch": BATCH,
+        "tokens_per_sample": n,
+        "tasks": names,
         "valid_token_fraction": valid_rows / (BATCH * n),
-        "reference_s": reference, "packed_s": packed, "packed_speedup": speedup, "target": 2.0,
+        "reference_s": reference,
+        "packed_s": packed,
+        "packed_speedup": speedup,
+        "target": 2.0,
         "ideal_speedup": ideal,
-        "attention_reference_s": attention_times["reference"], "attention_packed_s": attention_times["packed"],
-        "attention_speedup": attention_speedup, "attention_ideal_speedup": BATCH * n * n / pairs,
+        "attention_reference_s": attention_times["reference"],
+        "attention_packed_s": attention_times["packed"],
+        "attention_speedup": attention_speedup,
+        "attention_ideal_speedup": BATCH * n * n / pairs,
     }
     return write_result(
-        "attention", result,
+        "attention",
+        result,
         f"packed_speedup {speedup:.2f}x (model fwd+bwd: reference {reference:.2f} s, packed {packed:.2f} s; "
         f"FLOP bound {ideal:.2f}x; attention alone {attention_speedup:.2f}x of bound "
         f"{BATCH * n * n / pairs:.2f}x; B={BATCH}, N={n}, {valid_rows / (BATCH * n):.0%} valid; target >= 2.0)",

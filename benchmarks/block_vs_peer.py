@@ -54,17 +54,27 @@ def main() -> dict:
     c = {s: torch.randn(BATCH, d) for s in STREAMS}
     row = {s: Rows(torch.arange(BATCH).repeat_interleave(n), run=n) for s, n in TOKENS.items()}
     shapes = StreamShapes((FRAMES, *GRID), TOKENS["audio"], TOKENS["video_text"], TOKENS["audio_text"])
-    pos = stream_positions(shapes, torch.full((BATCH,), FRAMES), cfg.rope_mode, cfg.video_latent_fps,
-                           cfg.audio_latent_fps, cfg.audio_patch, False, cfg.rope_time_scale)
-    rotation = torch.cat([
-        rope_table(rope_angles(pos[s].reshape(-1, 3), cfg.sections, cfg.rope_theta), torch.device("cpu"))
-        for s in STREAMS
-    ])
+    pos = stream_positions(
+        shapes,
+        torch.full((BATCH,), FRAMES),
+        cfg.rope_mode,
+        cfg.video_latent_fps,
+        cfg.audio_latent_fps,
+        cfg.audio_patch,
+        False,
+        cfg.rope_time_scale,
+    )
+    rotation = torch.cat(
+        [
+            rope_table(rope_angles(pos[s].reshape(-1, 3), cfg.sections, cfg.rope_theta), torch.device("cpu"))
+            for s in STREAMS
+        ]
+    )
     total = sum(TOKENS.values())
     offsets = torch.tensor([0, *TOKENS.values()]).cumsum(0) * BATCH
-    flat = torch.cat([
-        offsets[i] + torch.arange(BATCH * n).view(BATCH, n) for i, n in enumerate(TOKENS.values())
-    ], dim=1)
+    flat = torch.cat(
+        [offsets[i] + torch.arange(BATCH * n).view(BATCH, n) for i, n in enumerate(TOKENS.values())], dim=1
+    )
     valid = torch.ones(BATCH, total, dtype=torch.bool)
     backend = make_backend("packed")
     attention = JointAttention(plan_attention(valid, valid, dense=False, q_flat=flat, k_flat=flat), rotation, rotation)
@@ -94,13 +104,21 @@ def main() -> dict:
     peer_flops = BATCH * (6 * per_token * total + 12 * total**2 * d)
     ratio = ours_s / peer_s
     result = {
-        "config": "small", "batch": BATCH, "tokens": TOKENS, "total_tokens": total,
-        "ours_s": ours_s, "peer_s": peer_s, "block_time_ratio": ratio, "target": 1.0,
-        "peer_fraction_of_matmul_peak": peer_flops / peer_s / peak, "matmul_peak_flops_per_s": peak,
+        "config": "small",
+        "batch": BATCH,
+        "tokens": TOKENS,
+        "total_tokens": total,
+        "ours_s": ours_s,
+        "peer_s": peer_s,
+        "block_time_ratio": ratio,
+        "target": 1.0,
+        "peer_fraction_of_matmul_peak": peer_flops / peer_s / peak,
+        "matmul_peak_flops_per_s": peak,
         "peer": "diffusers.models.attention.JointTransformerBlock(qk_norm='rms_norm')",
     }
     return write_result(
-        "block_vs_peer", result,
+        "block_vs_peer",
+        result,
         f"block_time_ratio {ratio:.2f} (ours {ours_s * 1e3:.0f} ms, SD3 peer {peer_s * 1e3:.0f} ms, fwd+bwd, "
         f"width {d}, {total} tokens, B={BATCH}; target <= 1.0)",
     )

@@ -37,7 +37,10 @@ from klear_lightning.metrics.suite import MetricsConfig, MetricSuite
 CLIPS = 20  # per split and partition: the demo's test partition (160 train clips per split // 8)
 SEED = 0
 GEOMETRY = SyncWorldConfig(duration=2.0, fps=8, size=32, sample_rate=16000)
-PARTITIONS = {"test": ("sound", "speech_single", "speech_multi", "singing"), "ood": ("sound", "speech_single", "singing")}
+PARTITIONS = {
+    "test": ("sound", "speech_single", "speech_multi", "singing"),
+    "ood": ("sound", "speech_single", "singing"),
+}
 METRICS = ["sync_offset_syncworld", "lipsync_syncworld", "speaker_turns_syncworld", "colour_syncworld",
            "pitch_syncworld", "wer_whisper_seedtts"]  # fmt: skip
 # Audio decoders tried (same latents: 64 log-mel channels at 50 Hz): today's default first.

@@ -61,8 +61,17 @@ class Setup:
 
 
 GPU = Setup("cuda", dim=3328, heads=26, text_dim=3584, attention="flash")
-DRY_RUN = Setup("cpu", dim=64, heads=2, text_dim=48, attention="packed", clip={"duration": 1.28, "fps": 13.28125, "height": 96, "width": 160, "sample_rate": 16000},
-                max_depth=2, warmup=1, steps=1)
+DRY_RUN = Setup(
+    "cpu",
+    dim=64,
+    heads=2,
+    text_dim=48,
+    attention="packed",
+    clip={"duration": 1.28, "fps": 13.28125, "height": 96, "width": 160, "sample_rate": 16000},
+    max_depth=2,
+    warmup=1,
+    steps=1,
+)
 
 
 def paper_sequence(setup: Setup) -> SequenceSpec:
@@ -75,10 +84,18 @@ def paper_sequence(setup: Setup) -> SequenceSpec:
 
 def model_config(setup: Setup, seq: SequenceSpec, depth: int) -> ModelConfig:
     return ModelConfig.preset(
-        "paper", dim=setup.dim, heads=setup.heads, depth=depth, text_dim=setup.text_dim,
-        video_channels=seq.geometry.video_channels, audio_channels=seq.geometry.audio_channels,
-        video_patch=seq.video_patch, audio_patch=seq.audio_patch, video_latent_fps=seq.video_latent_fps,
-        audio_latent_fps=seq.audio_latent_fps, attention_backend=setup.attention,
+        "paper",
+        dim=setup.dim,
+        heads=setup.heads,
+        depth=depth,
+        text_dim=setup.text_dim,
+        video_channels=seq.geometry.video_channels,
+        audio_channels=seq.geometry.audio_channels,
+        video_patch=seq.video_patch,
+        audio_patch=seq.audio_patch,
+        video_latent_fps=seq.video_latent_fps,
+        audio_latent_fps=seq.audio_latent_fps,
+        attention_backend=setup.attention,
     )
 
 
@@ -152,7 +169,9 @@ def run_layout(setup: Setup, cfg: ModelConfig, seq: SequenceSpec, mesh, checkpoi
         torch.cuda.reset_peak_memory_stats()
     with torch.device("meta"):
         model = build_model(cfg)
-    parallelize(model, ParallelConfig(activation_checkpointing=checkpointing, compile=True, param_dtype="bfloat16"), mesh)
+    parallelize(
+        model, ParallelConfig(activation_checkpointing=checkpointing, compile=True, param_dtype="bfloat16"), mesh
+    )
     materialize(model, setup.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x = inputs(cfg, seq, setup.device)
@@ -184,10 +203,17 @@ def measure(setup: Setup) -> dict[str, object]:
     peak = bf16_matmul_flops_per_second(setup.device, 8192 if setup.device == "cuda" else 512)
     mesh = init_device_mesh(setup.device, (1,), mesh_dim_names=("data_parallel",))
     result: dict[str, object] = {
-        "clip": {"duration": seq.clip.duration, "height": seq.clip.height, "width": seq.clip.width}, "device": torch.cuda.get_device_name() if setup.device == "cuda" else "cpu (dry run)",
-        "dim": cfg.dim, "heads": cfg.heads, "head_dim": cfg.head_dim, "depth": depth, "tasks": MIX,
-        "tokens_per_sample": present_tokens(seq), "model_flops_per_step": flops,
-        "bf16_matmul_peak_flops_per_s": peak, "attention_backend": cfg.attention_backend,
+        "clip": {"duration": seq.clip.duration, "height": seq.clip.height, "width": seq.clip.width},
+        "device": torch.cuda.get_device_name() if setup.device == "cuda" else "cpu (dry run)",
+        "dim": cfg.dim,
+        "heads": cfg.heads,
+        "head_dim": cfg.head_dim,
+        "depth": depth,
+        "tasks": MIX,
+        "tokens_per_sample": present_tokens(seq),
+        "model_flops_per_step": flops,
+        "bf16_matmul_peak_flops_per_s": peak,
+        "attention_backend": cfg.attention_backend,
     }
     for name, checkpointing in (("compile_checkpointing", True), ("compile", False)):
         try:
@@ -197,9 +223,11 @@ def measure(setup: Setup) -> dict[str, object]:
             continue
         est = estimate(cfg, seq, checkpointing)["peak"] / GIB
         result[name] = {
-            **timing, "flops_per_s": flops / timing["step_s"],
+            **timing,
+            "flops_per_s": flops / timing["step_s"],
             "fraction_of_bf16_matmul_peak": flops / timing["step_s"] / peak,
-            "estimated_peak_memory_gib": est, "measured_over_estimated_memory": timing["peak_memory_gib"] / est,
+            "estimated_peak_memory_gib": est,
+            "measured_over_estimated_memory": timing["peak_memory_gib"] / est,
         }
     fractions = [v["fraction_of_bf16_matmul_peak"] for v in result.values() if isinstance(v, dict) and "step_s" in v]
     result["fraction_of_bf16_matmul_peak"] = max(fractions) if fractions else None
@@ -224,8 +252,10 @@ def main(argv: list[str] | None = None) -> dict[str, object] | None:
     finally:
         dist.destroy_process_group()
     if dry:
-        print(f"cuda_paper_block: dry run on CPU passed (depth {result['depth']}, "
-              f"fraction {result['fraction_of_bf16_matmul_peak']:.3f} of CPU bf16 matmul)")
+        print(
+            f"cuda_paper_block: dry run on CPU passed (depth {result['depth']}, "
+            f"fraction {result['fraction_of_bf16_matmul_peak']:.3f} of CPU bf16 matmul)"
+        )
         return result
     fraction = result["fraction_of_bf16_matmul_peak"]
     write_result("cuda_paper_block", result, f"fraction_of_bf16_matmul_peak={fraction} on {result['device']}")

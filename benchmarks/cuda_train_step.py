@@ -33,10 +33,14 @@ def random_batch(indices: list[int]) -> AVBatch:
     b = len(indices)
     ones = lambda n: torch.ones(b, n, dtype=torch.bool)  # noqa: E731
     return AVBatch(
-        video=torch.randn(b, VIDEO_C, FRAMES, SIDE, SIDE, generator=g), video_mask=ones(FRAMES),
-        audio=torch.randn(b, AUDIO_C, AUDIO_T, generator=g), audio_mask=ones(AUDIO_T),
-        video_text=torch.randn(b, TEXT, 384, generator=g), video_text_mask=ones(TEXT),
-        audio_text=torch.randn(b, TEXT, 384, generator=g), audio_text_mask=ones(TEXT),
+        video=torch.randn(b, VIDEO_C, FRAMES, SIDE, SIDE, generator=g),
+        video_mask=ones(FRAMES),
+        audio=torch.randn(b, AUDIO_C, AUDIO_T, generator=g),
+        audio_mask=ones(AUDIO_T),
+        video_text=torch.randn(b, TEXT, 384, generator=g),
+        video_text_mask=ones(TEXT),
+        audio_text=torch.randn(b, TEXT, 384, generator=g),
+        audio_text_mask=ones(TEXT),
         meta=[{} for _ in indices],
     )
 
@@ -71,13 +75,21 @@ def bf16_matmul_peak(n: int = 8192) -> float:
 def train_step_seconds(cfg: ModelConfig, parallel: ParallelConfig) -> tuple[float, float]:
     """Median step seconds after warm-up, and peak GPU memory in GiB."""
     torch.cuda.reset_peak_memory_stats()
-    module = KlearModule(net=cfg, task_weights=PAPER_MIX, optim=OptimConfig(lr=1e-4, warmup_steps=WARMUP),
-                         parallel=parallel, seed=0)
+    module = KlearModule(
+        net=cfg, task_weights=PAPER_MIX, optim=OptimConfig(lr=1e-4, warmup_steps=WARMUP), parallel=parallel, seed=0
+    )
     timer = StepTimer()
     trainer = L.Trainer(
-        accelerator="cuda", devices=1, strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
-        precision="32-true", max_steps=STEPS, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator="cuda",
+        devices=1,
+        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
+        precision="32-true",
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     loader = DataLoader(range(10_000), batch_size=BATCH, collate_fn=random_batch)
     trainer.fit(module, loader)
@@ -89,9 +101,19 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("cuda_train_step: skipped (no CUDA device)")
         return
-    cfg = ModelConfig(dim=1024, depth=8, heads=16, text_dim=384, video_channels=VIDEO_C, audio_channels=AUDIO_C,
-                      video_patch=2, audio_patch=1, attention_backend="flash",
-                      video_latent_fps=3.0, audio_latent_fps=43.0)
+    cfg = ModelConfig(
+        dim=1024,
+        depth=8,
+        heads=16,
+        text_dim=384,
+        video_channels=VIDEO_C,
+        audio_channels=AUDIO_C,
+        video_patch=2,
+        audio_patch=1,
+        attention_backend="flash",
+        video_latent_fps=3.0,
+        audio_latent_fps=43.0,
+    )
     with torch.device("meta"):
         meta_model = build_model(cfg)
     tokens = {"video": FRAMES * (SIDE // 2) ** 2, "audio": AUDIO_T, "video_text": TEXT, "audio_text": TEXT}
@@ -102,12 +124,20 @@ def main() -> None:
         "no_checkpointing": ParallelConfig(activation_checkpointing=False),
         "compile": ParallelConfig(activation_checkpointing=False, compile=True),
     }
-    result: dict[str, object] = {"device": torch.cuda.get_device_name(), "bf16_matmul_peak_flops_per_s": peak,
-                                 "flops_per_step": flops_per_step, "tokens_per_sample": sum(tokens.values())}
+    result: dict[str, object] = {
+        "device": torch.cuda.get_device_name(),
+        "bf16_matmul_peak_flops_per_s": peak,
+        "flops_per_step": flops_per_step,
+        "tokens_per_sample": sum(tokens.values()),
+    }
     for name, parallel in layouts.items():
         seconds, memory = train_step_seconds(cfg, parallel)
-        result[name] = {"step_s": seconds, "flops_per_s": flops_per_step / seconds,
-                        "fraction_of_bf16_matmul_peak": flops_per_step / seconds / peak, "peak_memory_gib": memory}
+        result[name] = {
+            "step_s": seconds,
+            "flops_per_s": flops_per_step / seconds,
+            "fraction_of_bf16_matmul_peak": flops_per_step / seconds / peak,
+            "peak_memory_gib": memory,
+        }
     best = max(result[n]["fraction_of_bf16_matmul_peak"] for n in layouts)  # type: ignore[index]
     result["fraction_of_bf16_matmul_peak"] = best
     write_result("cuda_train_step", result, f"best fraction_of_bf16_matmul_peak={best:.3f} on {result['device']}")

@@ -71,7 +71,9 @@ def write_mkv(path: Path, frames: np.ndarray, fps: int, wave: np.ndarray | None,
             out.mux(p)
 
 
-def inject(defect: str, video: np.ndarray, audio: np.ndarray, sr: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def inject(
+    defect: str, video: np.ndarray, audio: np.ndarray, sr: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """The clip with one defect of kind `defect` (not splice, which needs two clips)."""
     video, audio = video.copy(), audio.astype(np.float64).copy()
     n = audio.size
@@ -100,8 +102,16 @@ def room_tone(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (audio + rng.normal(0.0, 10 ** (ROOM_TONE_DBFS / 20), audio.size)).astype(np.float32)
 
 
-def write_defect_set(out: Path, clean_per_split: int, defects_per_kind: int, seed: int = 0, duration: float = 3.0,
-                     fps: int = 16, size: int = 64, splits: tuple[str, ...] = SPLITS) -> list[Truth]:
+def write_defect_set(
+    out: Path,
+    clean_per_split: int,
+    defects_per_kind: int,
+    seed: int = 0,
+    duration: float = 3.0,
+    fps: int = 16,
+    size: int = 64,
+    splits: tuple[str, ...] = SPLITS,
+) -> list[Truth]:
     """Clean clips (`clean_per_split` per split, room tone added) and `defects_per_kind` defective
     copies per defect kind (each from its own clip, `splits` in turn) as `out/*.mkv` with
     `<file>.json` captions; `out/truth.json` lists them. The speech splits need flite."""
@@ -114,7 +124,9 @@ def write_defect_set(out: Path, clean_per_split: int, defects_per_kind: int, see
     rng = np.random.default_rng([seed, 15])
     truth: list[Truth] = []
 
-    def write(name: str, clip, video: np.ndarray, audio: np.ndarray, defect: str, splice_at: float | None = None) -> None:
+    def write(
+        name: str, clip, video: np.ndarray, audio: np.ndarray, defect: str, splice_at: float | None = None
+    ) -> None:
         write_mkv(out / f"{name}.mkv", video, fps, audio, clip.sample_rate)
         caps = {"video_caption": clip.video_caption, "audio_caption": clip.audio_caption, "transcript": clip.transcript}
         (out / f"{name}.mkv.json").write_text(json.dumps(caps))
@@ -167,7 +179,10 @@ def evaluate(truth: list[Truth], out: Path, fps: int) -> dict:
         clean_rejected.append(any(r["status"] != "accepted" for r in recs) or not recs)
         routed.append(bool(recs) and recs[0]["split"] == t.split)
     return {
-        "recall": {d: {"recall": float(np.mean(v)) if v else None, "n": len(v), "filter": DEFECTS[d]} for d, v in caught.items()},
+        "recall": {
+            d: {"recall": float(np.mean(v)) if v else None, "n": len(v), "filter": DEFECTS[d]}
+            for d, v in caught.items()
+        },
         "false_reject_rate": float(np.mean(clean_rejected)) if clean_rejected else None,
         "clean_clips": len(clean_rejected),
         "routing_accuracy": float(np.mean(routed)) if routed else None,
@@ -196,8 +211,13 @@ def main() -> None:
     # Ray starts its workers at niceness 15; on a machine busy with other jobs they would get almost
     # no CPU, so the measurement runs them at normal priority
     env = {**os.environ, "RAY_worker_niceness": "0"}
-    subprocess.run([str(klear), "curate", "--inputs", str(inputs), "--out", str(out), "--workers", str(workers)],
-                   check=True, capture_output=True, text=True, env=env)
+    subprocess.run(
+        [str(klear), "curate", "--inputs", str(inputs), "--out", str(out), "--workers", str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     wall = time.perf_counter() - start
     result = evaluate(truth, out, fps)
     report = json.loads((out / "curate_report.json").read_text())
@@ -205,7 +225,7 @@ def main() -> None:
     record = {
         "command": "python -m benchmarks curate",
         "data": f"SyncWorld seed 0, 3 s / {fps} fps / 64 px / 16 kHz, Matroska (h264 + PCM), room tone -50 dBFS; "
-                f"{clean} clean clips per split, {per_kind} per defect kind (splits in turn)",
+        f"{clean} clean clips per split, {per_kind} per defect kind (splits in turn)",
         "config": "CurateConfig defaults (thresholds set on SyncWorld seed 1, a different draw)",
         "inputs": len(truth),
         **{k: v for k, v in result.items() if k != "missed"},
@@ -219,9 +239,13 @@ def main() -> None:
         "cpu_s_per_input": round(cpu / len(truth), 3),
         "inputs_per_cpu_s": round(len(truth) / cpu, 3),
         "note": "2 CPU cores shared with many other jobs (load 15-30 during the run), so throughput is given per "
-                "CPU second: the process time of the split and scoring stages in the Ray workers (Whisper tiny.en "
-                "transcribes every clip), without Ray's start-up; wall_s_last_run is the last (resumed) run's wall time",
+        "CPU second: the process time of the split and scoring stages in the Ray workers (Whisper tiny.en "
+        "transcribes every clip), without Ray's start-up; wall_s_last_run is the last (resumed) run's wall time",
     }
     recalls = ", ".join(f"{d} {r['recall']:.2f}" for d, r in result["recall"].items())
-    write_result("curate", record, f"recall {recalls}; false rejects {result['false_reject_rate']:.3f}; "
-                 f"routing {result['routing_accuracy']:.3f}; {record['cpu_s_per_input']} CPU-s/input")
+    write_result(
+        "curate",
+        record,
+        f"recall {recalls}; false rejects {result['false_reject_rate']:.3f}; "
+        f"routing {result['routing_accuracy']:.3f}; {record['cpu_s_per_input']} CPU-s/input",
+    )

@@ -52,9 +52,16 @@ def loader_rate(dm: AVDataModule) -> tuple[float, torch.Tensor]:
 
 def model_rate(dm: AVDataModule, batch) -> float:
     seq = dm.sequence
-    cfg = ModelConfig.preset("tiny", video_channels=seq.geometry.video_channels, audio_channels=seq.geometry.audio_channels,
-                             text_dim=dm.text_dim, video_patch=2, audio_patch=2, video_latent_fps=seq.video_latent_fps,
-                             audio_latent_fps=seq.audio_latent_fps)
+    cfg = ModelConfig.preset(
+        "tiny",
+        video_channels=seq.geometry.video_channels,
+        audio_channels=seq.geometry.audio_channels,
+        text_dim=dm.text_dim,
+        video_patch=2,
+        audio_patch=2,
+        video_latent_fps=seq.video_latent_fps,
+        audio_latent_fps=seq.audio_latent_fps,
+    )
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     flow, tasks = FlowMatching(), TaskSampler({t: 1.0 for t in PAPER_TASKS})
@@ -85,8 +92,15 @@ def main() -> dict:
         generate_syncworld(root, CLIPS, splits=["sound"], maxcount=16)
 
         def datamodule() -> AVDataModule:
-            dm = AVDataModule(root, {"sound": 1.0}, clip=clip, batch_size=BATCH, num_workers=2,
-                              epoch_samples=BATCH * 2 * (WINDOW * WINDOWS + 8), shuffle_buffer=16)
+            dm = AVDataModule(
+                root,
+                {"sound": 1.0},
+                clip=clip,
+                batch_size=BATCH,
+                num_workers=2,
+                epoch_samples=BATCH * 2 * (WINDOW * WINDOWS + 8),
+                shuffle_buffer=16,
+            )
             dm.setup("fit")
             return dm
 
@@ -98,13 +112,24 @@ def main() -> dict:
         model_sps = model_rate(dm, batch)
         skipped = {**dm.skipped_counts(), **cached.skipped_counts()}
     ratio = cached_sps / model_sps
-    result = {"loader_samples_per_s": cached_sps, "loader_samples_per_s_decoding": decoding_sps,
-              "model_samples_per_s": model_sps, "loader_over_model": ratio,
-              "loader_over_model_decoding": decoding_sps / model_sps, "target": 10.0, "workers": 2,
-              "batch_size": BATCH, "skipped": skipped}
-    return write_result("dataloader", result, f"loader {cached_sps:.0f} samples/s cached / {decoding_sps:.0f} decoding (2 workers), "
-                        f"tiny model {model_sps:.1f} samples/s, loader_over_model {ratio:.1f} cached / "
-                        f"{decoding_sps / model_sps:.1f} decoding (target >= 10)")
+    result = {
+        "loader_samples_per_s": cached_sps,
+        "loader_samples_per_s_decoding": decoding_sps,
+        "model_samples_per_s": model_sps,
+        "loader_over_model": ratio,
+        "loader_over_model_decoding": decoding_sps / model_sps,
+        "target": 10.0,
+        "workers": 2,
+        "batch_size": BATCH,
+        "skipped": skipped,
+    }
+    return write_result(
+        "dataloader",
+        result,
+        f"loader {cached_sps:.0f} samples/s cached / {decoding_sps:.0f} decoding (2 workers), "
+        f"tiny model {model_sps:.1f} samples/s, loader_over_model {ratio:.1f} cached / "
+        f"{decoding_sps / model_sps:.1f} decoding (target >= 10)",
+    )
 
 
 if __name__ == "__main__":

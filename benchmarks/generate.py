@@ -38,10 +38,14 @@ def random_batch(seq: SequenceSpec, text_dim: int, text_tokens: int, device: str
     t, (h, w), a = seq.video_latent_frames, seq.video_latent_hw, seq.audio_latent_frames
     ones = lambda n: torch.ones(1, n, dtype=torch.bool)  # noqa: E731
     return AVBatch(
-        video=torch.randn(1, seq.geometry.video_channels, t, h, w, generator=g), video_mask=ones(t),
-        audio=torch.randn(1, seq.geometry.audio_channels, a, generator=g), audio_mask=ones(a),
-        video_text=torch.randn(1, text_tokens, text_dim, generator=g), video_text_mask=ones(text_tokens),
-        audio_text=torch.randn(1, text_tokens, text_dim, generator=g), audio_text_mask=ones(text_tokens),
+        video=torch.randn(1, seq.geometry.video_channels, t, h, w, generator=g),
+        video_mask=ones(t),
+        audio=torch.randn(1, seq.geometry.audio_channels, a, generator=g),
+        audio_mask=ones(a),
+        video_text=torch.randn(1, text_tokens, text_dim, generator=g),
+        video_text_mask=ones(text_tokens),
+        audio_text=torch.randn(1, text_tokens, text_dim, generator=g),
+        audio_text_mask=ones(text_tokens),
     ).to(device)
 
 
@@ -66,15 +70,21 @@ def demo_on_cpu() -> dict[str, object]:
     module, data = _parse(CONFIGS / "demo.yaml")
     clip = replace(data.sequence.clip, duration=5.0)
     seq = SequenceSpec(clip, data.sequence.geometry, module.model_config.video_patch, module.model_config.audio_patch)
-    cfg = replace(module.model_config, video_channels=seq.geometry.video_channels,
-                  audio_channels=seq.geometry.audio_channels)
+    cfg = replace(
+        module.model_config, video_channels=seq.geometry.video_channels, audio_channels=seq.geometry.audio_channels
+    )
     model = build_model(cfg).eval()
     batch = random_batch(seq, cfg.text_dim, TEXT_TOKENS, "cpu")
     tasks = TaskBatch.from_names(["t2av"])
     steps = module.val_sampler.steps
-    out: dict[str, object] = {"clip_s": clip.duration, "steps": steps, "dim": cfg.dim, "depth": cfg.depth,
-                              "video_latents": [seq.video_latent_frames, *seq.video_latent_hw],
-                              "audio_latents": seq.audio_latent_frames}
+    out: dict[str, object] = {
+        "clip_s": clip.duration,
+        "steps": steps,
+        "dim": cfg.dim,
+        "depth": cfg.depth,
+        "video_latents": [seq.video_latent_frames, *seq.video_latent_hw],
+        "audio_latents": seq.audio_latent_frames,
+    }
     with torch.no_grad():
         for name, scales in (("guided", GUIDED), ("conditional", {})):
             sampler = SamplerConfig(steps=steps, **scales)
@@ -105,16 +115,26 @@ def paper_step_on_gpu() -> dict[str, object]:
     sampler = SamplerConfig(steps=1, **GUIDED)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         step = seconds(lambda: sample(model, batch, tasks, sampler), "cuda", repeats=3)
-    return {"device": torch.cuda.get_device_name(), "dim": cfg.dim, "depth": cfg.depth, "clip_s": seq.clip.duration,
-            "guided_s_per_step": step, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "device": torch.cuda.get_device_name(),
+        "dim": cfg.dim,
+        "depth": cfg.depth,
+        "clip_s": seq.clip.duration,
+        "guided_s_per_step": step,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 def main() -> None:
     result: dict[str, object] = {"cpu_demo": demo_on_cpu()}
     result["gpu_paper"] = paper_step_on_gpu() if torch.cuda.is_available() else "pending: no CUDA device in this run"
     cpu = result["cpu_demo"]
-    write_result("generate", result, f"demo model on CPU: {cpu['guided_s_per_clip']:.2f} s per {cpu['clip_s']:g} s "
-                 f"T2AV clip ({cpu['steps']} steps, guidance batched; {cpu['guidance_cost_ratio']:.2f}x the unguided)")
+    write_result(
+        "generate",
+        result,
+        f"demo model on CPU: {cpu['guided_s_per_clip']:.2f} s per {cpu['clip_s']:g} s "
+        f"T2AV clip ({cpu['steps']} steps, guidance batched; {cpu['guidance_cost_ratio']:.2f}x the unguided)",
+    )
 
 
 if __name__ == "__main__":

@@ -57,14 +57,22 @@ def main() -> None:
     out: dict[str, object] = {"clips": CLIPS, "clip_seconds": SECONDS}
     for device, r in results.items():
         out[device] = {k: v for k, v in r.items() if k != "embedding"}
-    summary = f"cpu Cnn14 {results['cpu']['clips_per_s']:.1f} clips/s, FD compute {results['cpu']['fd_compute_s']:.2f} s"
+    summary = (
+        f"cpu Cnn14 {results['cpu']['clips_per_s']:.1f} clips/s, FD compute {results['cpu']['fd_compute_s']:.2f} s"
+    )
     if "cuda" in results:
         cpu_emb = results["cpu"]["embedding"]
         emb_diff = float((results["cuda"]["embedding"] - cpu_emb).abs().max() / cpu_emb.abs().max())
         fd_diff = abs(results["cuda"]["fd"] - results["cpu"]["fd"])
-        out["cuda_vs_cpu"] = {"embedding_max_rel_diff": emb_diff, "fd_abs_diff": fd_diff, "fd_rel_diff": fd_diff / abs(results["cpu"]["fd"])}
-        summary += (f"; cuda Cnn14 {results['cuda']['clips_per_s']:.1f} clips/s, FD compute {results['cuda']['fd_compute_s']:.2f} s,"
-                    f" |cuda-cpu|/max embedding {emb_diff:.2e}, FD rel {fd_diff / abs(results['cpu']['fd']):.2e}")
+        out["cuda_vs_cpu"] = {
+            "embedding_max_rel_diff": emb_diff,
+            "fd_abs_diff": fd_diff,
+            "fd_rel_diff": fd_diff / abs(results["cpu"]["fd"]),
+        }
+        summary += (
+            f"; cuda Cnn14 {results['cuda']['clips_per_s']:.1f} clips/s, FD compute {results['cuda']['fd_compute_s']:.2f} s,"
+            f" |cuda-cpu|/max embedding {emb_diff:.2e}, FD rel {fd_diff / abs(results['cpu']['fd']):.2e}"
+        )
     write_result("metrics", out, summary)
 
 

@@ -32,10 +32,14 @@ def main() -> dict:
     t, h, w = VIDEO
     ones = lambda *s: torch.ones(*s, dtype=torch.bool)  # noqa: E731
     batch = AVBatch(
-        video=torch.randn(BATCH, cfg.video_channels, t, h, w), video_mask=ones(BATCH, t),
-        audio=torch.randn(BATCH, cfg.audio_channels, AUDIO), audio_mask=ones(BATCH, AUDIO),
-        video_text=torch.randn(BATCH, TEXT, cfg.text_dim), video_text_mask=ones(BATCH, TEXT),
-        audio_text=torch.randn(BATCH, TEXT, cfg.text_dim), audio_text_mask=ones(BATCH, TEXT),
+        video=torch.randn(BATCH, cfg.video_channels, t, h, w),
+        video_mask=ones(BATCH, t),
+        audio=torch.randn(BATCH, cfg.audio_channels, AUDIO),
+        audio_mask=ones(BATCH, AUDIO),
+        video_text=torch.randn(BATCH, TEXT, cfg.text_dim),
+        video_text_mask=ones(BATCH, TEXT),
+        audio_text=torch.randn(BATCH, TEXT, cfg.text_dim),
+        audio_text_mask=ones(BATCH, TEXT),
     )
     tasks = TaskBatch.from_names(["t2av"] * BATCH)
     flow = FlowMatching()
@@ -48,8 +52,12 @@ def main() -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    tokens = {"video": t * (h // cfg.video_patch) * (w // cfg.video_patch), "video_text": TEXT,
-              "audio_text": TEXT, "audio": AUDIO // cfg.audio_patch}
+    tokens = {
+        "video": t * (h // cfg.video_patch) * (w // cfg.video_patch),
+        "video_text": TEXT,
+        "audio_text": TEXT,
+        "audio": AUDIO // cfg.audio_patch,
+    }
     flops = BATCH * training_flops(model, tokens)["total"]
     peak = matmul_flops_per_second()
     seconds = timed(step, warmup=1, repeats=2)
@@ -57,13 +65,20 @@ def main() -> dict:
     achieved = flops / seconds
     fraction = achieved / peak
     result = {
-        "config": "small", "batch": BATCH, "tokens_per_sample": tokens, "step_s": seconds,
-        "model_flops_per_step": flops, "achieved_flops_per_s": achieved, "matmul_peak_flops_per_s": peak,
-        "fraction_of_matmul_peak": fraction, "target": 0.5,
+        "config": "small",
+        "batch": BATCH,
+        "tokens_per_sample": tokens,
+        "step_s": seconds,
+        "model_flops_per_step": flops,
+        "achieved_flops_per_s": achieved,
+        "matmul_peak_flops_per_s": peak,
+        "fraction_of_matmul_peak": fraction,
+        "target": 0.5,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     return write_result(
-        "train_step", result,
+        "train_step",
+        result,
         f"fraction_of_matmul_peak {fraction:.2f} ({achieved / 1e9:.1f} of {peak / 1e9:.1f} GFLOP/s, "
         f"step {seconds:.2f} s, B={BATCH}, {sum(tokens.values())} tokens/sample; target >= 0.5)",
     )

@@ -42,12 +42,16 @@ def read_checkpoint(path: str | Path, what: str = "ckpt_path") -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"{what}: no checkpoint file at {path}")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{what}: {path} is not a checkpoint written by torch.save (truncated, or another format)")
+        raise CheckpointError(
+            f"{what}: {path} is not a checkpoint written by torch.save (truncated, or another format)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{what}: {path} holds objects other than tensors and plain containers; refused "
-                              "(checkpoints are read with weights_only=True)") from err
+        raise CheckpointError(
+            f"{what}: {path} holds objects other than tensors and plain containers; refused "
+            "(checkpoints are read with weights_only=True)"
+        ) from err
     except Exception as err:  # noqa: BLE001 - any failure to read an outside file is the file's fault
         raise CheckpointError(f"{what}: {path} is damaged: {str(err).splitlines()[0]}") from err
     if not isinstance(ckpt, Mapping):
@@ -64,27 +68,45 @@ def model_weights(ckpt: Mapping[str, Any], path: Path, what: str) -> dict[str, t
     return weights
 
 
-def check_weights_fit(weights: Mapping[str, Any], expected: Mapping[str, torch.Tensor], ckpt: Mapping[str, Any],
-                      net: Any, path: Path | str, what: str) -> None:
+def check_weights_fit(
+    weights: Mapping[str, Any],
+    expected: Mapping[str, torch.Tensor],
+    ckpt: Mapping[str, Any],
+    net: Any,
+    path: Path | str,
+    what: str,
+) -> None:
     """Every tensor of `expected` (a model's state dict) has a counterpart of the same shape in
     `weights`, and nothing else is there. A mismatch names the `model.net` field that differs when the
     checkpoint stores its model config (`net` is this run's `ModelConfig`), else the first tensor."""
     wrong = sorted(set(weights) ^ set(expected)) or sorted(
-        k for k in expected if tuple(getattr(weights[k], "shape", ())) != tuple(expected[k].shape))
+        k for k in expected if tuple(getattr(weights[k], "shape", ())) != tuple(expected[k].shape)
+    )
     if not wrong:
         return
     stored = (ckpt.get("klear") or {}).get("model_config") or {}
     ours = vars(net) if net is not None else {}
-    fields = [f"model.net.{k} = {stored[k]!r} there, {ours[k]!r} here" for k in stored if k in ours and stored[k] != ours[k]
-              and k != "attention_backend" and not (k == "rope_sections" and tuple(stored[k] or ()) == tuple(ours[k] or ()))]
+    fields = [
+        f"model.net.{k} = {stored[k]!r} there, {ours[k]!r} here"
+        for k in stored
+        if k in ours
+        and stored[k] != ours[k]
+        and k != "attention_backend"
+        and not (k == "rope_sections" and tuple(stored[k] or ()) == tuple(ours[k] or ()))
+    ]
     if fields:
         raise CheckpointError(f"{what}: {path} was written for another model: {'; '.join(fields)}")
     key = wrong[0]
     if key in weights and key in expected:
-        raise CheckpointError(f"{what}: {path} does not fit this model: model.{key} has shape "
-                              f"{tuple(weights[key].shape)} there, {tuple(expected[key].shape)} here")
-    found = "this model has model.{key}, the checkpoint does not" if key in expected else \
-        "the checkpoint has model.{key}, this model does not"
+        raise CheckpointError(
+            f"{what}: {path} does not fit this model: model.{key} has shape "
+            f"{tuple(weights[key].shape)} there, {tuple(expected[key].shape)} here"
+        )
+    found = (
+        "this model has model.{key}, the checkpoint does not"
+        if key in expected
+        else "the checkpoint has model.{key}, this model does not"
+    )
     raise CheckpointError(f"{what}: {path} does not fit this model: " + found.format(key=key))
 
 
@@ -119,7 +141,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         read_checkpoint(path)  # one line naming what is wrong with a bad file, before Lightning reads it
         return torch.load(Path(path), map_location=map_location or "cpu", weights_only=True)
 

@@ -137,8 +137,15 @@ def error_line(err: BaseException) -> str:
         return f"{required[1]}: required (see --help)"
     keys = re.findall(r'Parser key "([^"]+)"', text)
     lines = [ln.strip().lstrip("- ") for ln in text.splitlines() if ln.strip()]
-    skip = ("Given value", "Expected a <class 'NoneType'>", "Parser key", "Subtypes", "Errors", "Does not validate",
-            "Problem with given class_path")
+    skip = (
+        "Given value",
+        "Expected a <class 'NoneType'>",
+        "Parser key",
+        "Subtypes",
+        "Errors",
+        "Does not validate",
+        "Problem with given class_path",
+    )
     detail = next((ln for ln in reversed(lines) if not ln.startswith(skip)), lines[-1])
     detail = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", re.sub(r'^Parser key "[^"]+":\s*', "", detail))
     expected = re.match(r"Expected a (.+?)\. Got value: (.*)$", detail)

@@ -30,8 +30,10 @@ import yaml
 from klear_lightning.errors import ConfigError
 
 LEVEL = 0.95
-INTERVAL_NOTE = ("mean [95 % confidence interval] over seeds (n): Student t, two-sided, n - 1 degrees of freedom; "
-                 "no interval at n = 1")
+INTERVAL_NOTE = (
+    "mean [95 % confidence interval] over seeds (n): Student t, two-sided, n - 1 degrees of freedom; "
+    "no interval at n = 1"
+)
 DIRECTIONS = ("higher", "lower")
 
 
@@ -131,15 +133,25 @@ def load_claims(path: Path) -> list[Claim]:
         missing = {"arm", "metric", "expect", "description"} - set(item)
         unknown = set(item) - {"arm", "metric", "expect", "description", "against"}
         if missing or unknown:
-            raise ConfigError(f"claims: {path}: item {i}: " + (f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}"))
+            raise ConfigError(
+                f"claims: {path}: item {i}: "
+                + (f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}")
+            )
         if item["expect"] not in DIRECTIONS:
-            raise ConfigError(f"claims: {path}: item {i}: expect must be one of {list(DIRECTIONS)}, got {item['expect']!r}")
+            raise ConfigError(
+                f"claims: {path}: item {i}: expect must be one of {list(DIRECTIONS)}, got {item['expect']!r}"
+            )
         claims.append(Claim(**{k: str(v) for k, v in item.items()}))
     return claims
 
 
-def collect(tracking_uri: str, metrics: list[str], experiment: str | None = None, stage: str | None = None,
-            sweep: str | None = None) -> Collected:
+def collect(
+    tracking_uri: str,
+    metrics: list[str],
+    experiment: str | None = None,
+    stage: str | None = None,
+    sweep: str | None = None,
+) -> Collected:
     """The finished runs matching the filters, as arms with one value per metric and seed."""
     from mlflow.tracking import MlflowClient
 
@@ -202,25 +214,35 @@ def judge(claim: Claim, arms: dict[str, Arm], baseline: str) -> Verdict:
     return Verdict(claim, against, diff, "reproduced" if agrees else "refuted")
 
 
-def markdown(collected: Collected, metrics: list[str], maximize: set[str], baseline: str, verdicts: list[Verdict],
-             source: str) -> str:
+def markdown(
+    collected: Collected, metrics: list[str], maximize: set[str], baseline: str, verdicts: list[Verdict], source: str
+) -> str:
     arms = collected.arms
     n_runs = sum(len(a.runs) for a in arms.values())
     left = ", ".join(f"{n} {s.lower()}" for s, n in sorted(collected.left_out.items()))
     lines = [
-        "# Ablation comparison", "",
+        "# Ablation comparison",
+        "",
         f"{n_runs} finished runs of {len(arms)} arms from `{source}`"
         + (f"; left out (not finished): {left}" if left else "")
-        + (f"; {collected.replaced} older run(s) of a repeated arm and seed ignored" if collected.replaced else "") + ".",
-        f"Each cell: {INTERVAL_NOTE}. Differences are paired by seed (arm − {baseline} on each seed both ran).", "",
+        + (f"; {collected.replaced} older run(s) of a repeated arm and seed ignored" if collected.replaced else "")
+        + ".",
+        f"Each cell: {INTERVAL_NOTE}. Differences are paired by seed (arm − {baseline} on each seed both ran).",
+        "",
     ]
     if verdicts:
-        lines += ["## Claims", "", "| claim | arms | metric | expected | difference [95 % CI] (n) | verdict |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Claims",
+            "",
+            "| claim | arms | metric | expected | difference [95 % CI] (n) | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
         for v in verdicts:
             c = v.claim
             verdict = f"**{v.verdict}**" + (f" ({v.reason})" if v.reason else "")
-            lines.append(f"| {c.description} | {c.arm} − {v.against} | {c.metric} | {c.expect} | {v.difference.text()} | {verdict} |")
+            lines.append(
+                f"| {c.description} | {c.arm} − {v.against} | {c.metric} | {c.expect} | {v.difference.text()} | {verdict} |"
+            )
         lines.append("")
     head = " | ".join(f"{m} {'↑' if m in maximize else '↓'}" for m in metrics)
     lines += ["## Arms", "", f"| arm | seeds | {head} |", "|---|---|" + "---|" * len(metrics)]
@@ -229,8 +251,14 @@ def markdown(collected: Collected, metrics: list[str], maximize: set[str], basel
         lines.append(f"| {arm.name} | {', '.join(arm.runs)} | {cells} |")
     lines.append("")
     if baseline in arms and len(arms) > 1:
-        lines += [f"## Difference to {baseline} (paired by seed)", "",
-                  "Bold: the interval excludes 0.", "", f"| arm | {head} |", "|---|" + "---|" * len(metrics)]
+        lines += [
+            f"## Difference to {baseline} (paired by seed)",
+            "",
+            "Bold: the interval excludes 0.",
+            "",
+            f"| arm | {head} |",
+            "|---|" + "---|" * len(metrics),
+        ]
         for arm in arms.values():
             if arm.name == baseline:
                 continue
@@ -256,24 +284,46 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def report(collected: Collected, metrics: list[str], baseline: str, verdicts: list[Verdict], source: str,
-           filters: dict[str, str | None]) -> dict[str, Any]:
+def report(
+    collected: Collected,
+    metrics: list[str],
+    baseline: str,
+    verdicts: list[Verdict],
+    source: str,
+    filters: dict[str, str | None],
+) -> dict[str, Any]:
     arms = collected.arms
     out: dict[str, Any] = {
-        "source": source, "filters": filters,
+        "source": source,
+        "filters": filters,
         "interval": {"method": "student_t", "level": LEVEL, "paired_by": "seed"},
-        "baseline": baseline, "metrics": metrics,
-        "left_out": collected.left_out, "replaced_runs": collected.replaced,
-        "arms": {}, "differences": {}, "claims": [],
+        "baseline": baseline,
+        "metrics": metrics,
+        "left_out": collected.left_out,
+        "replaced_runs": collected.replaced,
+        "arms": {},
+        "differences": {},
+        "claims": [],
     }
     for arm in arms.values():
-        out["arms"][arm.name] = {"runs": arm.runs, "metrics": {
-            m: {**asdict(estimate(list(arm.values[m].values()))), "values": arm.values[m]} for m in metrics}}
+        out["arms"][arm.name] = {
+            "runs": arm.runs,
+            "metrics": {
+                m: {**asdict(estimate(list(arm.values[m].values()))), "values": arm.values[m]} for m in metrics
+            },
+        }
         if baseline in arms and arm.name != baseline:
             out["differences"][arm.name] = {m: asdict(paired_difference(arm, arms[baseline], m)) for m in metrics}
     for v in verdicts:
-        out["claims"].append({**asdict(v.claim), "against": v.against, "difference": asdict(v.difference),
-                              "verdict": v.verdict, "reason": v.reason})
+        out["claims"].append(
+            {
+                **asdict(v.claim),
+                "against": v.against,
+                "difference": asdict(v.difference),
+                "verdict": v.verdict,
+                "reason": v.reason,
+            }
+        )
     return _clean(out)
 
 
@@ -375,7 +425,9 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(text)
     filters = {"experiment": experiment, "stage": stage, "sweep": sweep}
-    (out / "comparison.json").write_text(json.dumps(report(collected, metrics, baseline, verdicts, source, filters), indent=1) + "\n")
+    (out / "comparison.json").write_text(
+        json.dumps(report(collected, metrics, baseline, verdicts, source, filters), indent=1) + "\n"
+    )
     plot(collected, metrics, higher, baseline, out / "comparison.png")
     print(text, end="")
     return text

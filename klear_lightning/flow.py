@@ -91,7 +91,9 @@ class FrameRoles:
         device = batch.video.device
         n_v, n_a = batch.video.shape[2], batch.audio.shape[2]
         gen_v = tasks.is_("video", Role.GENERATE).to(device)
-        first = (torch.arange(n_v, device=device) == 0)[None, :] & (tasks.first_frame_condition.to(device) & gen_v)[:, None]
+        first = (torch.arange(n_v, device=device) == 0)[None, :] & (tasks.first_frame_condition.to(device) & gen_v)[
+            :, None
+        ]
         gen_a = tasks.is_("audio", Role.GENERATE).to(device)
         return cls(
             video_generate=gen_v[:, None].expand(-1, n_v) & ~first,
@@ -236,7 +238,9 @@ class LossTerms:
     audio_count: Tensor
 
 
-def flow_loss(pred: ModelOutputs, sample: FlowSample, lambda_video: float = 1.0, lambda_audio: float = 1.0) -> LossTerms:
+def flow_loss(
+    pred: ModelOutputs, sample: FlowSample, lambda_video: float = 1.0, lambda_audio: float = 1.0
+) -> LossTerms:
     """Per-modality masked MSE of the predicted velocity over generated latent frames only."""
     v_sum, v_count = _masked_sq_error(pred.video, sample.targets.video, frame_broadcast(sample.video_loss_mask, 5))
     a_sum, a_count = _masked_sq_error(pred.audio, sample.targets.audio, frame_broadcast(sample.audio_loss_mask, 3))
@@ -279,7 +283,9 @@ def null_captions(inputs: ModelInputs, model: nn.Module, drop: Tensor) -> ModelI
             raise ValueError(f"model.null_{stream} has shape {tuple(null.shape)}, expected ({emb.shape[-1]},)")
         hit = drop.to(mask.device) & mask.any(dim=1)
         first = torch.arange(emb.shape[1], device=emb.device) == 0
-        null_tokens = torch.where(first[:, None], null.to(emb.dtype), torch.zeros((), dtype=emb.dtype, device=emb.device))
+        null_tokens = torch.where(
+            first[:, None], null.to(emb.dtype), torch.zeros((), dtype=emb.dtype, device=emb.device)
+        )
         out[stream] = torch.where(hit[:, None, None], null_tokens[None], emb)
         out[f"{stream}_mask"] = torch.where(hit[:, None], first[None], mask)
     return replace(inputs, **out)

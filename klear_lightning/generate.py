@@ -54,12 +54,20 @@ def prompt_batch(
         video[:, :, :1] = first_frames[:, :, :1]
     if clip_latents is not None:
         video, audio = clip_latents
-    meta = [{"key": f"prompt{i:03d}", "video_caption": p, "audio_caption": a} for i, (p, a) in enumerate(zip(prompts, audio_prompts))]
+    meta = [
+        {"key": f"prompt{i:03d}", "video_caption": p, "audio_caption": a}
+        for i, (p, a) in enumerate(zip(prompts, audio_prompts))
+    ]
     return AVBatch(
-        video=video, video_mask=torch.ones(b, tv, dtype=torch.bool),
-        audio=audio, audio_mask=torch.ones(b, ta, dtype=torch.bool),
-        video_text=vt.float(), video_text_mask=vt_mask.bool(),
-        audio_text=at.float(), audio_text_mask=at_mask.bool(), meta=meta,
+        video=video,
+        video_mask=torch.ones(b, tv, dtype=torch.bool),
+        audio=audio,
+        audio_mask=torch.ones(b, ta, dtype=torch.bool),
+        video_text=vt.float(),
+        video_text_mask=vt_mask.bool(),
+        audio_text=at.float(),
+        audio_text_mask=at_mask.bool(),
+        meta=meta,
     )
 
 
@@ -138,8 +146,14 @@ def generate(
     first = _condition_latents(data, decoders, image, n)[0] if image is not None else None
     cond = _condition_latents(data, decoders, clip, n) if needs_clip else None
     batch = prompt_batch(data, prompt, audio_prompt, first_frames=first, clip_latents=cond)
-    sampler = SamplerConfig(solver=solver, steps=steps, video_guidance=video_guidance, audio_guidance=audio_guidance,
-                            modality_guidance=modality_guidance, seed=seed)
+    sampler = SamplerConfig(
+        solver=solver,
+        steps=steps,
+        video_guidance=video_guidance,
+        audio_guidance=audio_guidance,
+        modality_guidance=modality_guidance,
+        seed=seed,
+    )
     clips = module.generate(batch, task, sampler)
     written: list[Path] = []
     for c in clips:

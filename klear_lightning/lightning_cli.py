@@ -98,10 +98,18 @@ def bootstrap_from_config(config: Namespace) -> None:
     if clips <= 0 or root is None:
         return
     train = list(config.get("data.init_args.train_splits") or {})
-    splits = list(dict.fromkeys(train + list(config.get("data.init_args.val_splits") or [])
-                                + list(config.get("data.init_args.test_splits") or [])))
+    splits = list(
+        dict.fromkeys(
+            train
+            + list(config.get("data.init_args.val_splits") or [])
+            + list(config.get("data.init_args.test_splits") or [])
+        )
+    )
     bootstrap_syncworld(
-        Path(root), clips, splits, clip=_init_value(config, "clip", ClipSpec),
+        Path(root),
+        clips,
+        splits,
+        clip=_init_value(config, "clip", ClipSpec),
         resolutions=[tuple(r) for r in config.get("data.init_args.resolutions") or []],
         video_codec=_init_value(config, "video_codec", VideoCodecConfig),
         audio_codec=_init_value(config, "audio_codec", AudioCodecConfig),
@@ -119,12 +127,16 @@ class KlearCLI(LightningCLI):
         parser.add_argument("--stage", type=str, default="pretrain", help="curriculum stage (MLflow tag)")
         parser.add_argument("--ablation", type=str, default="baseline", help="ablation name (MLflow tag)")
         parser.add_argument(
-            "--syncworld_clips_per_split", type=int, default=0,
+            "--syncworld_clips_per_split",
+            type=int,
+            default=0,
             help="when > 0 and data.init_args.root has no shards yet, generate SyncWorld there first "
             "(this many clips per split; the demo's self-bootstrap)",
         )
         parser.add_argument(
-            "--syncworld_scene", type=SceneScale, default=SceneScale(),
+            "--syncworld_scene",
+            type=SceneScale,
+            default=SceneScale(),
             help="how large SyncWorld draws faces, mouths and sound objects when it is generated",
         )
         links = {
@@ -231,9 +243,17 @@ def parse_config(*args: str) -> ParseOnlyCLI:
     defaults filled in, without checks or instantiation (`.config` is the parsed namespace)."""
     with warnings.catch_warnings():  # explicit args beside a command line are the point here
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return ParseOnlyCLI(KlearModule, LightningDataModule, subclass_mode_data=True, args=list(args), run=False,
-                            save_config_callback=None, auto_configure_optimizers=False,
-                            seed_everything_default=False, parser_kwargs={"exit_on_error": False})
+        return ParseOnlyCLI(
+            KlearModule,
+            LightningDataModule,
+            subclass_mode_data=True,
+            args=list(args),
+            run=False,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+            seed_everything_default=False,
+            parser_kwargs={"exit_on_error": False},
+        )
 
 
 def instantiate_model_and_data(config: Path) -> tuple[KlearModule, LightningDataModule]:

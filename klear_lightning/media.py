@@ -45,7 +45,9 @@ def write_clip(clip: MediaClip, out_dir: Path, stem: str) -> list[Path]:
     wave = clip.audio.float().numpy() if clip.audio is not None else None
     if clip.video is not None:
         frames = np.ascontiguousarray(clip.video.numpy())
-        data = encode_av(frames, clip.fps, wave, clip.sample_rate) if wave is not None else encode_video(frames, clip.fps)
+        data = (
+            encode_av(frames, clip.fps, wave, clip.sample_rate) if wave is not None else encode_video(frames, clip.fps)
+        )
         path = out_dir / f"{stem}.mp4"
         path.write_bytes(data)
         written.append(path)
@@ -57,8 +59,9 @@ def write_clip(clip: MediaClip, out_dir: Path, stem: str) -> list[Path]:
     return written
 
 
-def write_panel(generated: list[MediaClip], reference: list[MediaClip], path: Path, title: str = "",
-                frames: int = 4) -> Path:
+def write_panel(
+    generated: list[MediaClip], reference: list[MediaClip], path: Path, title: str = "", frames: int = 4
+) -> Path:
     """One PNG comparing generated clips with their ground truth, one row per clip: `frames` evenly
     spaced video frames and the audio's spectrogram of the generated clip, then the same of the
     ground truth (an empty cell where a clip has no video or no audio)."""

@@ -79,8 +79,7 @@ class KlearModule(L.LightningModule):
         super().__init__()
         self.model_config = net
         self.task_sampler = TaskSampler(task_weights or {t: 1.0 for t in PAPER_TASKS})
-        self.flow = FlowMatching(timesteps=timesteps, independent=independent_t,
-                                 audio_patch=net.audio_patch)
+        self.flow = FlowMatching(timesteps=timesteps, independent=independent_t, audio_patch=net.audio_patch)
         self.lambda_video = lambda_video
         self.lambda_audio = lambda_audio
         if not 0.0 <= caption_dropout <= 1.0:
@@ -174,8 +173,9 @@ class KlearModule(L.LightningModule):
         if state_dict and self.model is not None and not isinstance(self.trainer.strategy, ModelParallelStrategy):
             # a checkpoint of another model fails with one line naming what differs, before Lightning loads it
             weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
-            check_weights_fit(weights, self.model.state_dict(), checkpoint, self.model_config,
-                              self.trainer.ckpt_path, "ckpt_path")
+            check_weights_fit(
+                weights, self.model.state_dict(), checkpoint, self.model_config, self.trainer.ckpt_path, "ckpt_path"
+            )
         state = checkpoint.get("klear")
         if state is None:
             return
@@ -194,7 +194,10 @@ class KlearModule(L.LightningModule):
 
     # --------------------------------------------------------------- training
     def _loss(
-        self, batch: AVBatch, generators: tuple[torch.Generator, torch.Generator], drop: float,
+        self,
+        batch: AVBatch,
+        generators: tuple[torch.Generator, torch.Generator],
+        drop: float,
         names: list[str] | None = None,
     ) -> tuple[LossTerms, FlowSample, TaskBatch]:
         """Flow loss of `batch` with one task per sample: `names`, or drawn from the task sampler."""
@@ -306,8 +309,12 @@ class KlearModule(L.LightningModule):
         the mean over its clips and every task."""
         dm = getattr(self.trainer, "datamodule", None)
         splits = sorted(set(getattr(dm, "val_splits", None) or []))
-        keys = [TASK_LOSS.format(task=t) for t in self.task_sampler.names] + [SPLIT_LOSS.format(split=sp) for sp in splits]
-        sums = torch.tensor([self._val_groups.get(k, [0.0, 0.0]) for k in keys], dtype=torch.float64, device=self.device)
+        keys = [TASK_LOSS.format(task=t) for t in self.task_sampler.names] + [
+            SPLIT_LOSS.format(split=sp) for sp in splits
+        ]
+        sums = torch.tensor(
+            [self._val_groups.get(k, [0.0, 0.0]) for k in keys], dtype=torch.float64, device=self.device
+        )
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum") if self.trainer.world_size > 1 else sums
         for key, (total, count) in zip(keys, sums.tolist()):
             if count > 0:
@@ -380,4 +387,3 @@ class KlearModule(L.LightningModule):
             )
             for i in range(n)
         ]
-

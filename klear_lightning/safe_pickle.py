@@ -131,10 +131,20 @@ def _dcp_metadata_globals() -> list[Any]:
     formats, sizes) and the checkpoint's path. None of them runs code beyond building a record."""
     dtypes = [(d, f"torch.{name}") for name, d in vars(torch).items() if isinstance(d, torch.dtype)]
     return [
-        Metadata, dcp_metadata.TensorStorageMetadata, dcp_metadata.BytesStorageMetadata,
-        dcp_metadata.ChunkStorageMetadata, dcp_metadata.TensorProperties, dcp_metadata.MetadataIndex,
-        StorageMeta, dcp_metadata._MEM_FORMAT_ENCODING, dcp_filesystem._StorageInfo,
-        torch.Size, torch.serialization._get_layout, Path, type(Path()), *dtypes,
+        Metadata,
+        dcp_metadata.TensorStorageMetadata,
+        dcp_metadata.BytesStorageMetadata,
+        dcp_metadata.ChunkStorageMetadata,
+        dcp_metadata.TensorProperties,
+        dcp_metadata.MetadataIndex,
+        StorageMeta,
+        dcp_metadata._MEM_FORMAT_ENCODING,
+        dcp_filesystem._StorageInfo,
+        torch.Size,
+        torch.serialization._get_layout,
+        Path,
+        type(Path()),
+        *dtypes,
     ]
 
 

@@ -143,8 +143,16 @@ def _velocity(
     isolating = cfg.uses_isolated and both.numel() > 0
     if isolating:
         both_inputs = _select(cond, both)
-        passes.append(replace(both_inputs, audio_mask=_none(cond.audio_mask, both), audio_text_mask=_none(cond.audio_text_mask, both)))
-        passes.append(replace(both_inputs, video_mask=_none(cond.video_mask, both), video_text_mask=_none(cond.video_text_mask, both)))
+        passes.append(
+            replace(
+                both_inputs, audio_mask=_none(cond.audio_mask, both), audio_text_mask=_none(cond.audio_text_mask, both)
+            )
+        )
+        passes.append(
+            replace(
+                both_inputs, video_mask=_none(cond.video_mask, both), video_text_mask=_none(cond.video_text_mask, both)
+            )
+        )
     out: ModelOutputs = model(_cat(passes))
     sizes = [p.batch_size for p in passes]
     video, audio = out.video.float().split(sizes), out.audio.float().split(sizes)

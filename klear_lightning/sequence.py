@@ -72,8 +72,18 @@ class SequenceSpec:
 
     def __post_init__(self) -> None:
         g = self.geometry
-        _divides(g.video_spatial_factor * self.video_patch, self.clip.height, "clip.height", "video_spatial_factor * video_patch")
-        _divides(g.video_spatial_factor * self.video_patch, self.clip.width, "clip.width", "video_spatial_factor * video_patch")
+        _divides(
+            g.video_spatial_factor * self.video_patch,
+            self.clip.height,
+            "clip.height",
+            "video_spatial_factor * video_patch",
+        )
+        _divides(
+            g.video_spatial_factor * self.video_patch,
+            self.clip.width,
+            "clip.width",
+            "video_spatial_factor * video_patch",
+        )
         if g.video_causal:
             _divides(g.video_temporal_factor, self.clip.frames - 1, "clip frames - 1", "video_temporal_factor")
         else:

@@ -46,9 +46,7 @@ class AVBatch:
 
     def to(self, device: torch.device | str) -> AVBatch:
         moved = {
-            f.name: getattr(self, f.name).to(device)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
+            f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)
         }
         return replace(self, **moved)
 

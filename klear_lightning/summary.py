@@ -65,8 +65,7 @@ def check_compatible(cfg: ModelConfig, seq: SequenceSpec) -> None:
 
 
 def stream_tokens(seq: SequenceSpec, text_tokens: int) -> dict[str, int]:
-    return {"video": seq.video_tokens, "video_text": text_tokens, "audio_text": text_tokens,
-            "audio": seq.audio_tokens}
+    return {"video": seq.video_tokens, "video_text": text_tokens, "audio_text": text_tokens, "audio": seq.audio_tokens}
 
 
 def training_flops(model: nn.Module, tokens: dict[str, int]) -> dict[str, float]:
@@ -181,8 +180,13 @@ def memory_per_rank(model: nn.Module, tokens: dict[str, int], layout: TrainingLa
     full = len(blocks) * per_block
     checkpointed = len(blocks) * cfg.dim * n * compute + per_block
     activations = checkpointed if layout.activation_checkpointing else full
-    parts = {**exact, "ema": ema, "gathered": gathered, "activations_checkpointed": checkpointed,
-             "activations_full": full}
+    parts = {
+        **exact,
+        "ema": ema,
+        "gathered": gathered,
+        "activations_checkpointed": checkpointed,
+        "activations_full": full,
+    }
     parts["peak"] = sum(exact.values()) + ema + gathered + activations
     return parts
 
@@ -205,7 +209,10 @@ def memory_lines(model: nn.Module, tokens: dict[str, int], layout: TrainingLayou
 
 
 def summarize(
-    model_cfg: ModelConfig, seq: SequenceSpec, text_tokens: int = 128, layout: TrainingLayout | None = None,
+    model_cfg: ModelConfig,
+    seq: SequenceSpec,
+    text_tokens: int = 128,
+    layout: TrainingLayout | None = None,
     trainable_null_captions: bool = True,
 ) -> str:
     """A printable report; the last line is exactly `parameters: <integer>`, the one before it
@@ -288,10 +295,16 @@ def summary(config: Path, world_size: int = 1) -> None:
         batch_size=int(data_args.get("batch_size") or 1),
         param_dtype=module.parallel.param_dtype if fsdp else "float32",  # model.parallel applies under FSDP2 only
         activation_checkpointing=module.parallel.activation_checkpointing and fsdp,
-        ema=any(str(getattr(cb, "class_path", "")).rsplit(".", 1)[-1] == "EMA" for cb in cfg.trainer.get("callbacks") or []),
+        ema=any(
+            str(getattr(cb, "class_path", "")).rsplit(".", 1)[-1] == "EMA" for cb in cfg.trainer.get("callbacks") or []
+        ),
     )
-    print(summarize(
-        model_cfg, SequenceSpec(seq.clip, seq.geometry, model_cfg.video_patch, model_cfg.audio_patch),
-        text_tokens=int(text_encoder.get("max_tokens") or 128) if text_encoder else 128, layout=layout,
-        trainable_null_captions=module.caption_dropout > 0,
-    ))
+    print(
+        summarize(
+            model_cfg,
+            SequenceSpec(seq.clip, seq.geometry, model_cfg.video_patch, model_cfg.audio_patch),
+            text_tokens=int(text_encoder.get("max_tokens") or 128) if text_encoder else 128,
+            layout=layout,
+            trainable_null_captions=module.caption_dropout > 0,
+        )
+    )

@@ -148,9 +148,17 @@ def _run_config(parser: Any, cfg: Namespace, run: Run, stage: Stage, run_dir: Pa
         cfg.model.init_from = str(run.checkpoint(run.arm.stages[index - 1]))
     folder = run.stage_folder(stage)
     cfg.trainer.default_root_dir = str(folder)
-    cfg.trainer.logger = Namespace(class_path=LOGGER, init_args=Namespace(
-        run_dir=str(run_dir), experiment_name=experiment, run_name=f"{run.arm.name}-seed{run.seed}",
-        tags=None, tracking_uri=None, run_id=None))
+    cfg.trainer.logger = Namespace(
+        class_path=LOGGER,
+        init_args=Namespace(
+            run_dir=str(run_dir),
+            experiment_name=experiment,
+            run_name=f"{run.arm.name}-seed{run.seed}",
+            tags=None,
+            tracking_uri=None,
+            run_id=None,
+        ),
+    )
     callbacks = list(cfg.trainer.callbacks or [])
     checkpoints = [c for c in callbacks if c.class_path == CHECKPOINT]
     if len(checkpoints) > 1:
@@ -185,8 +193,13 @@ class Sweep:
         self.run_dir, self.name, self.partitions, self.parallel = run_dir, name, partitions, parallel
         self.client = MlflowClient(sqlite_uri(run_dir))
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=(run_dir.resolve() / "mlartifacts").as_uri())
+        self.experiment_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(
+                experiment, artifact_location=(run_dir.resolve() / "mlartifacts").as_uri()
+            )
+        )
         threads = max(1, len(os.sched_getaffinity(0)) // parallel)
         self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
         self.threads = threads
@@ -231,8 +244,16 @@ class Sweep:
         last stage's final checkpoint on partition `phase`."""
         stage = run.stage(phase)
         config = run.stage_folder(stage or run.arm.stages[-1]) / "config.yaml"
-        args = [sys.executable, "-m", "klear_lightning.cli", "fit" if stage else "test",
-                "--config", str(config), "--trainer.logger.init_args.run_id", run_id]
+        args = [
+            sys.executable,
+            "-m",
+            "klear_lightning.cli",
+            "fit" if stage else "test",
+            "--config",
+            str(config),
+            "--trainer.logger.init_args.run_id",
+            run_id,
+        ]
         if run.arm.staged:
             offset = run.step_offset(stage or run.arm.stages[-1])
             args += ["--trainer.logger.init_args.step_offset", str(offset)]
@@ -281,8 +302,11 @@ class Sweep:
                     resume = checkpoint.is_file()
                     state["run_id"] = self._start_mlflow_run(run, state)
                     run.write_state(state)
-                    self.say(f"start {run.label}" + (f" {phase}" if run.arm.staged else "")
-                             + (f" (resuming from step {_global_step(checkpoint)})" if resume else ""))
+                    self.say(
+                        f"start {run.label}"
+                        + (f" {phase}" if run.arm.staged else "")
+                        + (f" (resuming from step {_global_step(checkpoint)})" if resume else "")
+                    )
                 log = (run.stage_folder(stage) / "fit.log") if stage else run.folder / f"{phase}.log"
                 args = self.command(run, phase, state["run_id"])
                 started = time.monotonic()
@@ -315,8 +339,10 @@ class Sweep:
             if self.finished(run):
                 self._mark_finished(run)
         total = len(runs)
-        self.say(f"sweep {self.name}: {total} runs, {done} done, {len(todo)} to run, {self.parallel} at a time "
-                 f"with {self.threads} torch thread(s) each; logs in {self.run_dir}/runs/<arm>/seed_<seed>/")
+        self.say(
+            f"sweep {self.name}: {total} runs, {done} done, {len(todo)} to run, {self.parallel} at a time "
+            f"with {self.threads} torch thread(s) each; logs in {self.run_dir}/runs/<arm>/seed_<seed>/"
+        )
         outcomes: list[Outcome] = []
         times: list[float] = []
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -336,8 +362,10 @@ class Sweep:
                         left = total - done - sum(not o.ok for o in outcomes)
                         mean = sum(times) / len(times)
                         eta = mean * left / self.parallel
-                        self.say(f"[{done}/{total} done, {left} left] {out.run.label}: done in {_duration(took)} "
-                                 f"({phases}); {_duration(mean)} per run, about {_duration(eta)} to go")
+                        self.say(
+                            f"[{done}/{total} done, {left} left] {out.run.label}: done in {_duration(took)} "
+                            f"({phases}); {_duration(mean)} per run, about {_duration(eta)} to go"
+                        )
                     else:
                         self.say(f"FAILED {out.run.label}: {out.failure}")
         except KeyboardInterrupt:
@@ -363,8 +391,10 @@ def _arm(overlay: Path | list[Path]) -> Arm:
     if not isinstance(overlay, list):
         return Arm("", (Stage("fit", Path(overlay)),))
     if len(overlay) < 2:
-        raise ValueError(f"--overlays: a staged arm (a nested list) needs at least two stage overlays, got {overlay}; "
-                         "give a single overlay as a plain item")
+        raise ValueError(
+            f"--overlays: a staged arm (a nested list) needs at least two stage overlays, got {overlay}; "
+            "give a single overlay as a plain item"
+        )
     return Arm("", tuple(Stage(f"stage{k}", Path(o)) for k, o in enumerate(overlay, 1)))
 
 
@@ -447,14 +477,20 @@ def sweep(
             stages.append((parser, cfg))
         ablations = list(dict.fromkeys(str(cfg.ablation) for _, cfg in stages))
         if len(ablations) > 1:
-            raise ValueError(f"{arm.source(config)}: the stages of a staged arm must share one `ablation`, got {ablations}")
+            raise ValueError(
+                f"{arm.source(config)}: the stages of a staged arm must share one `ablation`, got {ablations}"
+            )
         parsed.append((Arm(ablations[0], arm.stages), stages))
     names = [a.name for a, _ in parsed]
     for arm, _ in parsed:
         if not NAME.match(arm.name):
-            raise ValueError(f"{arm.source(config)}: ablation {arm.name!r} must match {NAME.pattern} (it names a folder)")
+            raise ValueError(
+                f"{arm.source(config)}: ablation {arm.name!r} must match {NAME.pattern} (it names a folder)"
+            )
         if names.count(arm.name) > 1:
-            raise ValueError(f"{arm.source(config)}: ablation {arm.name!r} names two arms; give each overlay its own `ablation`")
+            raise ValueError(
+                f"{arm.source(config)}: ablation {arm.name!r} names two arms; give each overlay its own `ablation`"
+            )
     experiment = _experiment(parsed[0][1][0][1])
 
     runs = []
@@ -465,8 +501,10 @@ def sweep(
                 text = _run_config(parser, cfg, run, stage, run_dir, experiment)
                 path = run.stage_folder(stage) / "config.yaml"
                 if path.is_file() and path.read_text() != text:
-                    raise ValueError(f"{path}: this run was started with a different config; use another --run_dir "
-                                     "or restore the configs it was started with")
+                    raise ValueError(
+                        f"{path}: this run was started with a different config; use another --run_dir "
+                        "or restore the configs it was started with"
+                    )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
             runs.append(run)
@@ -475,7 +513,9 @@ def sweep(
     try:
         outcomes = engine.run_all(runs)
     except KeyboardInterrupt:
-        raise SystemExit(f"interrupted: rerun the same command to continue; {run_dir}/sweep.log has the progress") from None
+        raise SystemExit(
+            f"interrupted: rerun the same command to continue; {run_dir}/sweep.log has the progress"
+        ) from None
     failed = [f"{o.run.label}: {o.failure}" for o in outcomes if not o.ok]
     complete = sum(engine.finished(r) for r in runs)
     engine.say(f"sweep {name}: {complete} of {len(runs)} runs done" + (f", {len(failed)} failed:" if failed else ""))
@@ -484,8 +524,10 @@ def sweep(
     if failed:
         engine.say("rerun the same command to retry the failed runs")
     metrics = ", ".join(f"{p}/loss" for p in partitions) or "val/loss"
-    engine.say(f"compare the arms: klear compare --run_dir {shown} --sweep {name} "
-               f"--baseline {names[0] if baseline else '<arm>'} --metrics '[{metrics}]' [--claims claims.yaml] "
-               f"--out {shown / 'compare'}")
+    engine.say(
+        f"compare the arms: klear compare --run_dir {shown} --sweep {name} "
+        f"--baseline {names[0] if baseline else '<arm>'} --metrics '[{metrics}]' [--claims claims.yaml] "
+        f"--out {shown / 'compare'}"
+    )
     os.close(lock)
     return SweepResult(len(runs), failed)

@@ -78,10 +78,7 @@ class TaskBatch:
     @classmethod
     def from_names(cls, names: Sequence[str], device: torch.device | str = "cpu") -> TaskBatch:
         recipes = [get_task(n) for n in names]
-        roles = {
-            s: torch.tensor([int(r.role(s)) for r in recipes], dtype=torch.long, device=device)
-            for s in STREAMS
-        }
+        roles = {s: torch.tensor([int(r.role(s)) for r in recipes], dtype=torch.long, device=device) for s in STREAMS}
         first = torch.tensor([r.first_frame_condition for r in recipes], dtype=torch.bool, device=device)
         return cls(names=list(names), roles=roles, first_frame_condition=first)
 

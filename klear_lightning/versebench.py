@@ -66,7 +66,9 @@ def _text(value: Any, path: Path, field: str) -> str:
     if isinstance(value, dict):
         value = value.get("text", "")
     if not isinstance(value, str):
-        raise ValueError(f"{path}: field {field!r} must be a string, a list of strings or {{'text': ...}}, got {type(value).__name__}")
+        raise ValueError(
+            f"{path}: field {field!r} must be a string, a list of strings or {{'text': ...}}, got {type(value).__name__}"
+        )
     return value.strip()
 
 
@@ -89,16 +91,23 @@ def read_prompts(root: Path) -> list[PromptItem]:
             if not video:
                 raise ValueError(f"{path}: no video_prompt")
             image = next((path.with_suffix(s) for s in IMAGE_SUFFIXES if path.with_suffix(s).is_file()), None)
-            items.append(PromptItem(
-                name=path.stem, subset=folder.name if folder.name in SETS else "",
-                video_prompt=video, audio_prompt=_text(data.get("audio_prompt"), path, "audio_prompt"),
-                transcript=_text(data.get("speech_prompt"), path, "speech_prompt"), image=image,
-            ))
+            items.append(
+                PromptItem(
+                    name=path.stem,
+                    subset=folder.name if folder.name in SETS else "",
+                    video_prompt=video,
+                    audio_prompt=_text(data.get("audio_prompt"), path, "audio_prompt"),
+                    transcript=_text(data.get("speech_prompt"), path, "speech_prompt"),
+                    image=image,
+                )
+            )
     if not items:
         raise ValueError(f"--prompts: no <name>.json items under {root}")
     names = [i.name for i in items]
     if len(set(names)) != len(names):
-        raise ValueError(f"--prompts: item names repeat across sets: {sorted({n for n in names if names.count(n) > 1})}")
+        raise ValueError(
+            f"--prompts: item names repeat across sets: {sorted({n for n in names if names.count(n) > 1})}"
+        )
     return items
 
 
@@ -138,12 +147,24 @@ def read_clip(path: Path, meta: dict[str, Any], wav: Path | None = None) -> Medi
 
 
 def _meta(item: PromptItem) -> dict[str, Any]:
-    return {"key": item.name, "set": item.subset, "video_caption": item.video_prompt,
-            "audio_caption": item.audio_prompt, "transcript": item.transcript}
+    return {
+        "key": item.name,
+        "set": item.subset,
+        "video_caption": item.video_prompt,
+        "audio_caption": item.audio_prompt,
+        "transcript": item.transcript,
+    }
 
 
-def generate_items(config: Path, ckpt_path: Path, items: Sequence[PromptItem], out: Path, sampler: SamplerConfig,
-                   use_ema: bool = True, batch_size: int = 4) -> None:
+def generate_items(
+    config: Path,
+    ckpt_path: Path,
+    items: Sequence[PromptItem],
+    out: Path,
+    sampler: SamplerConfig,
+    use_ema: bool = True,
+    batch_size: int = 4,
+) -> None:
     """Generate every item (TI2AV with its first frame, else T2AV) and write `out/<name>.mp4` + `.wav`.
 
     The audio stream's text is the audio prompt followed by the transcript (either may be empty)."""
@@ -156,9 +177,12 @@ def generate_items(config: Path, ckpt_path: Path, items: Sequence[PromptItem], o
     for task in ("t2av", "ti2av"):
         todo = [i for i in items if i.task == task]
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start: start + batch_size]
-            first = (torch.cat([_condition_latents(data, decoders, i.image, 1)[0] for i in chunk])
-                     if task == "ti2av" else None)
+            chunk = todo[start : start + batch_size]
+            first = (
+                torch.cat([_condition_latents(data, decoders, i.image, 1)[0] for i in chunk])
+                if task == "ti2av"
+                else None
+            )
             audio_text = [" ".join(t for t in (i.audio_prompt, i.transcript) if t) or i.video_prompt for i in chunk]
             batch = prompt_batch(data, [i.video_prompt for i in chunk], audio_text, first_frames=first)
             for item, clip in zip(chunk, module.generate(batch, task, sampler)):
@@ -176,7 +200,9 @@ def score_items(suite: MetricSuite, items: Sequence[PromptItem], out: Path, refe
             refs: list[MediaClip] | None = [read_clip(i.image, _meta(i)) for i in chosen]
         elif metric.needs_reference:
             if references is None:
-                suite.missing_reference[(ROW, name)] = "needs reference media: klear test --prompts ... --references DIR"
+                suite.missing_reference[(ROW, name)] = (
+                    "needs reference media: klear test --prompts ... --references DIR"
+                )
                 continue
             files = {i.name: reference_file(references, i) for i in chosen}
             chosen = [i for i in chosen if files[i.name] is not None]
@@ -218,11 +244,18 @@ def run_prompts(
     sampler = SamplerConfig(steps=cfg.sampling_steps, seed=cfg.seed)
     generate_items(config, ckpt_path, items, out, sampler, use_ema, batch_size)
     score_items(suite, items, out, Path(references) if references is not None else None)
-    report = build_report(suite, {
-        "checkpoint": str(ckpt_path), "prompts": str(prompts), "references": str(references) if references else "(none)",
-        "items": len(items), "sets": ", ".join(f"{s}: {sum(i.subset == s for i in items)}" for s in SETS),
-        "sampling_steps": cfg.sampling_steps, "seed": cfg.seed,
-    })
+    report = build_report(
+        suite,
+        {
+            "checkpoint": str(ckpt_path),
+            "prompts": str(prompts),
+            "references": str(references) if references else "(none)",
+            "items": len(items),
+            "sets": ", ".join(f"{s}: {sum(i.subset == s for i in items)}" for s in SETS),
+            "sampling_steps": cfg.sampling_steps,
+            "seed": cfg.seed,
+        },
+    )
     report["tasks"] = {"generated": report["tasks"].pop(ROW)}
     report["table1"] = {"generated": report["table1"].pop(ROW)}
     paths = write_report(report, out)

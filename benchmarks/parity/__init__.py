@@ -87,4 +87,6 @@ def load_reference(name: str) -> dict[str, Any]:
 
 
 def skipped(extractor: str, reference: str, formats: tuple[str, ...], why: str) -> ParityResult:
-    return ParityResult(extractor=extractor, reference=reference, max_rel_diff=None, checkpoint_format=formats, skipped=why)
+    return ParityResult(
+        extractor=extractor, reference=reference, max_rel_diff=None, checkpoint_format=formats, skipped=why
+    )

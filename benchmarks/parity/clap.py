@@ -37,7 +37,9 @@ def waves(seed: int) -> list[np.ndarray]:
     out = []
     for seconds in (4.0, 10.0):
         t = np.arange(int(seconds * 48000)) / 48000
-        x = 0.4 * np.sin(2 * np.pi * (300 + 200 * t) * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 1.5 * t)) + 0.05 * rng.standard_normal(t.shape)
+        x = 0.4 * np.sin(2 * np.pi * (300 + 200 * t) * t) * (
+            0.5 + 0.5 * np.sin(2 * np.pi * 1.5 * t)
+        ) + 0.05 * rng.standard_normal(t.shape)
         out.append(x.astype(np.float32))
     return out
 
@@ -49,7 +51,9 @@ def write_tokenizer(directory: Path) -> None:
     vocab = {t: i for i, t in enumerate(SPECIALS + sorted(ByteLevel.alphabet()))}
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer", "model_max_length": 512}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "RobertaTokenizer", "model_max_length": 512})
+    )
 
 
 def transformers_to_laion(hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -66,8 +70,14 @@ def transformers_to_laion(hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[key.replace(".linear1.", ".0.").replace(".linear2.", ".2.")] = value
         elif key.startswith("audio_model.audio_encoder."):
             k = "audio_branch." + key.removeprefix("audio_model.audio_encoder.")
-            k = k.replace("batch_norm.", "bn0.").replace("layernorm_before", "norm1").replace("layernorm_after", "norm2")
-            k = k.replace("attention.output.dense", "attn.proj").replace("attention.self.relative_position", "attn.relative_position")
+            k = (
+                k.replace("batch_norm.", "bn0.")
+                .replace("layernorm_before", "norm1")
+                .replace("layernorm_after", "norm2")
+            )
+            k = k.replace("attention.output.dense", "attn.proj").replace(
+                "attention.self.relative_position", "attn.relative_position"
+            )
             k = k.replace("intermediate.dense", "mlp.fc1").replace(".output.dense", ".mlp.fc2")
             for part in ("query", "key", "value"):
                 if f"attention.self.{part}." in k:
@@ -88,8 +98,16 @@ def laion_template(fusion: bool) -> dict[str, Tensor]:
     from transformers import ClapConfig, ClapModel
 
     config = ClapConfig(
-        text_config=dict(vocab_size=len(SPECIALS) + 256, hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
-                         intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5),
+        text_config=dict(
+            vocab_size=len(SPECIALS) + 256,
+            hidden_size=768,
+            num_hidden_layers=2,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+        ),
         audio_config=dict(enable_fusion=fusion),
         projection_dim=512,
     )
@@ -104,7 +122,7 @@ def laion_template(fusion: bool) -> dict[str, Tensor]:
 
 
 def _relative_position_index(window_area: int) -> Tensor:
-    w = int(round(window_area ** 0.5))
+    w = int(round(window_area**0.5))
     coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (w - 1)
     return rel[:, :, 0] * (2 * w - 1) + rel[:, :, 1]
@@ -128,13 +146,20 @@ def check(kinds: tuple[str, ...] = ("nonfusion", "fusion", "fusion_transformers_
     try:
         ref = load_reference(REFERENCE)
     except FileNotFoundError:
-        return skipped(EXTRACTOR, "Verse-Bench fd/ (laion_clap)", CHECKPOINT_FORMATS, f"references/{REFERENCE}.json missing")
+        return skipped(
+            EXTRACTOR, "Verse-Bench fd/ (laion_clap)", CHECKPOINT_FORMATS, f"references/{REFERENCE}.json missing"
+        )
     import transformers  # noqa: F401
 
     w = waves(ref["seed"])
     if [hashlib.sha256(x.tobytes()).hexdigest() for x in w] != ref["wave_sha256"]:
-        return skipped(EXTRACTOR, ref["official"], CHECKPOINT_FORMATS, "input recipe does not reproduce the reference waves")
-    clips = [MediaClip(video=None, fps=25.0, audio=torch.from_numpy(x), sample_rate=48000, meta={"key": f"parity{i}"}) for i, x in enumerate(w)]
+        return skipped(
+            EXTRACTOR, ref["official"], CHECKPOINT_FORMATS, "input recipe does not reproduce the reference waves"
+        )
+    clips = [
+        MediaClip(video=None, fps=25.0, audio=torch.from_numpy(x), sample_rate=48000, meta={"key": f"parity{i}"})
+        for i, x in enumerate(w)
+    ]
     pairs = []
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_dir = Path(tmp) / "roberta-base"
@@ -144,16 +169,37 @@ def check(kinds: tuple[str, ...] = ("nonfusion", "fusion", "fusion_transformers_
             expected = ref["models"]["fusion" if fusion else "nonfusion"]
             state = seeded_state_dict(laion_template(fusion), ref["seed"], keep=lambda k: "logmel_extractor" in k)
             path = Path(tmp) / f"630k-audioset{'-fusion' if fusion else ''}-best.pt"
-            torch.save({"epoch": 45, "name": "parity", "state_dict": {"module." + k: v for k, v in state.items()},
-                        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}}, path)
+            torch.save(
+                {
+                    "epoch": 45,
+                    "name": "parity",
+                    "state_dict": {"module." + k: v for k, v in state.items()},
+                    "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+                },
+                path,
+            )
             if kind == "fusion_transformers_dir":
                 path = _transformers_dir(path, tokenizer_dir, Path(tmp) / "clap-htsat-fused")
             extractor = clap_extractor(BuildContext.create({"clap": str(path), "clap_tokenizer": str(tokenizer_dir)}))
-            ids = extractor.tokenizer(ref["texts"], padding="max_length", max_length=77, return_tensors="pt")["input_ids"][:, :12]
+            ids = extractor.tokenizer(ref["texts"], padding="max_length", max_length=77, return_tensors="pt")[
+                "input_ids"
+            ][:, :12]
             if ids.tolist() != expected["text_ids"]:
-                return skipped(EXTRACTOR, ref["official"], CHECKPOINT_FORMATS, "tokenizer recipe does not reproduce the reference ids")
-            pairs.append((f"{kind}/text", extractor.text_embeddings(ref["texts"]), np.array(expected["text_embedding"])))
+                return skipped(
+                    EXTRACTOR,
+                    ref["official"],
+                    CHECKPOINT_FORMATS,
+                    "tokenizer recipe does not reproduce the reference ids",
+                )
+            pairs.append(
+                (f"{kind}/text", extractor.text_embeddings(ref["texts"]), np.array(expected["text_embedding"]))
+            )
             pairs.append((f"{kind}/audio", extractor.audio_embeddings(clips), np.array(expected["audio_embedding"])))
     worst, per = compare(pairs)
-    return ParityResult(EXTRACTOR, f"reference numbers: {ref['official']}, seed {ref['seed']}", worst, CHECKPOINT_FORMATS,
-                        details={"per_output": per, "input": ref["input_recipe"], "weights": ref["weights_recipe"]})
+    return ParityResult(
+        EXTRACTOR,
+        f"reference numbers: {ref['official']}, seed {ref['seed']}",
+        worst,
+        CHECKPOINT_FORMATS,
+        details={"per_output": per, "input": ref["input_recipe"], "weights": ref["weights_recipe"]},
+    )

@@ -18,8 +18,10 @@ from benchmarks.parity import ParityResult, compare, load_reference
 from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
 from klear_lightning.metrics.nets import dino
 
-FORMATS = ("dino_deitsmall16_pretrain.pth and the other released backbones (plain state dicts)",
-           "DINO training checkpoint.pth (teacher weights, `backbone.` / `module.` prefixes, argparse `args`)")
+FORMATS = (
+    "dino_deitsmall16_pretrain.pth and the other released backbones (plain state dicts)",
+    "DINO training checkpoint.pth (teacher weights, `backbone.` / `module.` prefixes, argparse `args`)",
+)
 
 
 def check() -> ParityResult:
@@ -27,8 +29,13 @@ def check() -> ParityResult:
     seed = ref["seed"]
     template = dino.DinoViT().state_dict()
     if sorted(template) != ref["keys"]:
-        return ParityResult("dino_vits16", ref["official"], float("inf"), FORMATS,
-                            details={"keys": "the project's key layout differs from DINO's"})
+        return ParityResult(
+            "dino_vits16",
+            ref["official"],
+            float("inf"),
+            FORMATS,
+            details={"keys": "the project's key layout differs from DINO's"},
+        )
     state = seeded_fan_in_state_dict(template, seed)
     teacher = {f"backbone.{k}": v for k, v in state.items()}
     teacher["head.last_layer.weight_g"] = torch.ones(65536, 1)
@@ -42,7 +49,10 @@ def check() -> ParityResult:
     return ParityResult(
         extractor="dino_vits16",
         reference=f"{ref['official']}; committed outputs (references/dino.json, seed {seed}): CLS features",
-        max_rel_diff=worst, checkpoint_format=FORMATS, details=per)
+        max_rel_diff=worst,
+        checkpoint_format=FORMATS,
+        details=per,
+    )
 
 
 if __name__ == "__main__":

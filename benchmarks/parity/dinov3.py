@@ -23,9 +23,13 @@ def check() -> ParityResult:
 
         processor = DINOv3ViTImageProcessor()
     except (ImportError, RuntimeError) as err:
-        return skipped("dinov3_vitl16", REFERENCE, FORMATS,
-                       f"torchvision (needed by transformers' DINOv3 image processor) does not import here: "
-                       f"{str(err).strip().splitlines()[0][:120]}")
+        return skipped(
+            "dinov3_vitl16",
+            REFERENCE,
+            FORMATS,
+            f"torchvision (needed by transformers' DINOv3 image processor) does not import here: "
+            f"{str(err).strip().splitlines()[0][:120]}",
+        )
     frames = (seeded_input((2, 180, 320, 3), 1305) * 256).floor().clamp(max=255).to(torch.uint8)
     theirs = processor(images=list(frames.numpy()), return_tensors="pt").pixel_values
     worst, per = compare([("pixel_values", dinov3_inputs(frames), theirs)])

@@ -16,7 +16,15 @@ def check() -> ParityResult:
     try:
         import imagebind.models.imagebind_model  # noqa: F401
     except ImportError:
-        return skipped(EXTRACTOR, "Meta's imagebind package (GitHub only)", FORMATS,
-                       "Meta's imagebind is not on PyPI (PyPI's `imagebind` 0.0.1.dev0 is a placeholder); install it from its repository")
-    return skipped(EXTRACTOR, "Meta's imagebind package", FORMATS,
-                   "the project runs Meta's own ImageBind network: the preprocessing comparison is not written yet")
+        return skipped(
+            EXTRACTOR,
+            "Meta's imagebind package (GitHub only)",
+            FORMATS,
+            "Meta's imagebind is not on PyPI (PyPI's `imagebind` 0.0.1.dev0 is a placeholder); install it from its repository",
+        )
+    return skipped(
+        EXTRACTOR,
+        "Meta's imagebind package",
+        FORMATS,
+        "the project runs Meta's own ImageBind network: the preprocessing comparison is not written yet",
+    )

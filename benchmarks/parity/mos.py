@@ -13,5 +13,9 @@ EXTRACTOR = "mos_predictor"
 
 
 def check() -> ParityResult:
-    return skipped(EXTRACTOR, "audiobox-aesthetics (Verse-Bench's only learned quality predictor)", (),
-                   "no MOS metric is implemented: the paper's MOS predictor is unidentified here; audiobox-aesthetics needs torchaudio")
+    return skipped(
+        EXTRACTOR,
+        "audiobox-aesthetics (Verse-Bench's only learned quality predictor)",
+        (),
+        "no MOS metric is implemented: the paper's MOS predictor is unidentified here; audiobox-aesthetics needs torchaudio",
+    )

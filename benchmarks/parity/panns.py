@@ -71,8 +71,15 @@ def check() -> ParityResult:
         official = official_cnn14()
         reference = f"panns-inference=={version('panns-inference')} models.Cnn14(16 kHz settings), seed {SEED}"
     except ImportError:
-        return skipped(EXTRACTOR, "panns-inference", CHECKPOINT_FORMATS, "panns-inference is not installed (pip install panns-inference)")
-    state = seeded_state_dict(official.state_dict(), SEED, keep=lambda k: k.startswith(("spectrogram_extractor.", "logmel_extractor.")))
+        return skipped(
+            EXTRACTOR,
+            "panns-inference",
+            CHECKPOINT_FORMATS,
+            "panns-inference is not installed (pip install panns-inference)",
+        )
+    state = seeded_state_dict(
+        official.state_dict(), SEED, keep=lambda k: k.startswith(("spectrogram_extractor.", "logmel_extractor."))
+    )
     official.load_state_dict(state, strict=True)
     official.eval()
     x = wave()
@@ -83,8 +90,16 @@ def check() -> ParityResult:
         torch.save(official_checkpoint(state), path)
         extractor = panns_extractor(BuildContext.create({"panns": str(path)}))
         ours = extractor([MediaClip(video=None, fps=25.0, audio=x, sample_rate=16000, meta={"key": "parity"})])
-    worst, per = compare([
-        ("embedding", ours.embedding[0], theirs["embedding"][0]),
-        ("clipwise_output", torch.sigmoid(ours.logits[0]), theirs["clipwise_output"][0]),
-    ])
-    return ParityResult(EXTRACTOR, reference, worst, CHECKPOINT_FORMATS, details={"per_output": per, "input": "3 s at 16 kHz: 0.3 sin(440 Hz) + 0.05 N(0,1), PCG64 seed 1"})
+    worst, per = compare(
+        [
+            ("embedding", ours.embedding[0], theirs["embedding"][0]),
+            ("clipwise_output", torch.sigmoid(ours.logits[0]), theirs["clipwise_output"][0]),
+        ]
+    )
+    return ParityResult(
+        EXTRACTOR,
+        reference,
+        worst,
+        CHECKPOINT_FORMATS,
+        details={"per_output": per, "input": "3 s at 16 kHz: 0.3 sin(440 Hz) + 0.05 N(0,1), PCG64 seed 1"},
+    )

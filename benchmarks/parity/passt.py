@@ -43,10 +43,14 @@ def check() -> ParityResult:
     ref = load_reference(REFERENCE)
     w = waves(ref["seed"])
     if {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in w.items()} != ref["wave_sha256"]:
-        return skipped(EXTRACTOR, ref["official"], CHECKPOINT_FORMATS, "input recipe does not reproduce the reference waves")
+        return skipped(
+            EXTRACTOR, ref["official"], CHECKPOINT_FORMATS, "input recipe does not reproduce the reference waves"
+        )
     template = PaSST(dim=128, depth=2, heads=2, mlp_hidden=512).state_dict()
     if sorted(template) != ref["state_keys"]:
-        return skipped(EXTRACTOR, ref["official"], CHECKPOINT_FORMATS, "the project's PaSST keys differ from the official ones")
+        return skipped(
+            EXTRACTOR, ref["official"], CHECKPOINT_FORMATS, "the project's PaSST keys differ from the official ones"
+        )
     state = seeded_state_dict(template, ref["seed"], std=0.2)
     from klear_lightning.metrics.suite import load_registry
 
@@ -54,7 +58,10 @@ def check() -> ParityResult:
         path = Path(tmp) / "passt-s-f128-p16-s10-ap.476-swa.pt"
         torch.save(state, path)
         metric = load_registry()["kl_passt_versebench"].build(BuildContext.create({"passt": str(path)}))
-    clip = {k: MediaClip(video=None, fps=25.0, audio=torch.from_numpy(v), sample_rate=32000, meta={"key": k}) for k, v in w.items()}
+    clip = {
+        k: MediaClip(video=None, fps=25.0, audio=torch.from_numpy(v), sample_rate=32000, meta={"key": k})
+        for k, v in w.items()
+    }
     with torch.inference_mode():
         probs = {k: versebench_probabilities(metric.model, torch.from_numpy(v)) for k, v in w.items()}
     pairs = [(f"probabilities/{k}", probs[k], np.array(v)) for k, v in ref["probabilities"].items()]
@@ -65,5 +72,10 @@ def check() -> ParityResult:
         pairs.append((f"kl/{key}", float(metric.compute()), expected))
         pairs.append((f"kl_direct/{key}", float(versebench_kl(probs[reference], probs[gen])), expected))
     worst, per = compare(pairs)
-    return ParityResult(EXTRACTOR, f"reference numbers: {ref['official']}, seed {ref['seed']}", worst, CHECKPOINT_FORMATS,
-                        details={"per_output": per, "input": ref["input_recipe"], "weights": ref["weights_recipe"]})
+    return ParityResult(
+        EXTRACTOR,
+        f"reference numbers: {ref['official']}, seed {ref['seed']}",
+        worst,
+        CHECKPOINT_FORMATS,
+        details={"per_output": per, "input": ref["input_recipe"], "weights": ref["weights_recipe"]},
+    )

@@ -35,13 +35,17 @@ def check() -> ParityResult:
     frames = torch.cat([(seeded_input((1, 3, 126, 150), seed + k) * 256).floor().clamp(max=255) for k in (1, 2)])
     flow = motion.raft_flows(net, frames, iters=ref["iters"])
     score = motion.raft_pair_scores(flow)
-    worst, per = compare([("flow_up", flow.flatten()[::28], ref["flow_up_every_28"]),
-                          ("pair_score", score, [ref["score"]])])
+    worst, per = compare(
+        [("flow_up", flow.flatten()[::28], ref["flow_up_every_28"]), ("pair_score", score, [ref["score"]])]
+    )
     return ParityResult(
         extractor="raft_large",
         reference=f"{ref['official']}; committed outputs (references/raft.json, seed {seed}): upsampled flow and "
-                  f"the mean |flow| pair score after {ref['iters']} iterations",
-        max_rel_diff=worst, checkpoint_format=FORMATS, details=per)
+        f"the mean |flow| pair score after {ref['iters']} iterations",
+        max_rel_diff=worst,
+        checkpoint_format=FORMATS,
+        details=per,
+    )
 
 
 if __name__ == "__main__":

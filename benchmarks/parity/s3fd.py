@@ -33,17 +33,24 @@ def check() -> ParityResult:
     prior = s3fd.priors(tuple(x.shape[-2:]), sizes)
     idx = torch.arange(0, prob.shape[1], 97)
     best = int(prob[0].argmax())
-    best_row = torch.cat([prob[0, best: best + 1], s3fd.decode(loc[0, best: best + 1], prior[best: best + 1])[0]])
-    worst, per = compare([("face_prob", prob[0, idx], ref["face_prob_every_97"]),
-                          ("box_regression", loc[0, idx], ref["loc_every_97"]),
-                          ("priors", prior[idx], ref["priors_every_97"]),
-                          ("best_detection", best_row, ref["best"])])
+    best_row = torch.cat([prob[0, best : best + 1], s3fd.decode(loc[0, best : best + 1], prior[best : best + 1])[0]])
+    worst, per = compare(
+        [
+            ("face_prob", prob[0, idx], ref["face_prob_every_97"]),
+            ("box_regression", loc[0, idx], ref["loc_every_97"]),
+            ("priors", prior[idx], ref["priors_every_97"]),
+            ("best_detection", best_row, ref["best"]),
+        ]
+    )
     per["num_priors"] = 0.0 if prob.shape[1] == ref["num_priors"] else float("inf")
     return ParityResult(
         extractor="s3fd",
         reference=f"{ref['official']}; committed outputs (references/s3fd.json, seed {seed}): per-anchor face "
-                  "probability, box regression and prior, best detection",
-        max_rel_diff=max(worst, per["num_priors"]), checkpoint_format=FORMATS, details=per)
+        "probability, box regression and prior, best detection",
+        max_rel_diff=max(worst, per["num_priors"]),
+        checkpoint_format=FORMATS,
+        details=per,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import importlib.util
 from benchmarks.parity import ParityResult, skipped
 
 EXTRACTOR = "sensevoice_small"
-FORMATS = ("SenseVoiceSmall directory as FunASR reads it (model.pt, config.yaml, am.mvn, tokenizer), plus an fsmn-vad directory",)
+FORMATS = (
+    "SenseVoiceSmall directory as FunASR reads it (model.pt, config.yaml, am.mvn, tokenizer), plus an fsmn-vad directory",
+)
 
 
 def _torchaudio_loads() -> bool:

@@ -22,17 +22,25 @@ from benchmarks.parity.seeded import seeded_fan_in_state_dict, seeded_input
 from klear_lightning.metrics import synchformer as sf
 from klear_lightning.metrics.nets import synchformer as sfnet
 
-FORMATS = ("synchformer_state_dict.pth (av-benchmark / MMAudio state dict)",
-           "Synchformer training checkpoint (e.g. 24-01-04T16-39-21.pt: weights under `model`, OmegaConf `args`)")
+FORMATS = (
+    "synchformer_state_dict.pth (av-benchmark / MMAudio state dict)",
+    "Synchformer training checkpoint (e.g. 24-01-04T16-39-21.pt: weights under `model`, OmegaConf `args`)",
+)
 
 
 def seeded_checkpoint(path: Path, ref: dict) -> None:
     """Write the reference's seeded weights as an official training checkpoint."""
     d = ref["dims"]
-    cfg = sfnet.SynchformerConfig(dim=d["dim"], video_depth=d["depths"], audio_depth=d["depths"],
-                               global_depth=d["depths"], video_heads=d["video_heads"],
-                               audio_heads=d["audio_heads"], global_heads=d["global_heads"],
-                               segments=(d["table_rows_in_checkpoint"] - 2) // 14)
+    cfg = sfnet.SynchformerConfig(
+        dim=d["dim"],
+        video_depth=d["depths"],
+        audio_depth=d["depths"],
+        global_depth=d["depths"],
+        video_heads=d["video_heads"],
+        audio_heads=d["audio_heads"],
+        global_heads=d["global_heads"],
+        segments=(d["table_rows_in_checkpoint"] - 2) // 14,
+    )
     state = seeded_fan_in_state_dict(sfnet.Synchformer(cfg).state_dict(), ref["seed"])
     args = OmegaConf.create({"model": {"params": {"transformer": {"params": {"n_layer": d["depths"]}}}}})
     torch.save({"args": args, "model": state, "epoch": 1, "model_type": "Synchformer"}, path)
@@ -54,16 +62,25 @@ def check() -> ParityResult:
     starts = a0 + torch.arange(sf.VERSEBENCH_SEGMENTS) * sf.SEGMENT_HOP_SAMPLES
     with torch.no_grad():
         clip_logits = model(window.video[None], mel, trim_table=True)[0]
-    worst, per = compare([
-        ("offset_logits", clip_logits, ref["clip_logits"]),
-        ("window_pixel_sum_per_segment", window.video.double().sum((1, 2, 3, 4)), ref["clip_video_sum_per_segment"]),
-        ("window_audio_segment_first_samples", wave[starts], ref["clip_audio_first_samples"]),
-    ])
+    worst, per = compare(
+        [
+            ("offset_logits", clip_logits, ref["clip_logits"]),
+            (
+                "window_pixel_sum_per_segment",
+                window.video.double().sum((1, 2, 3, 4)),
+                ref["clip_video_sum_per_segment"],
+            ),
+            ("window_audio_segment_first_samples", wave[starts], ref["clip_audio_first_samples"]),
+        ]
+    )
     return ParityResult(
         extractor="synchformer",
         reference=f"{ref['official']}; committed outputs (references/synchformer.json, seed {seed}): offset "
-                  "logits of its test-time window (short side 256, crop 224, 11 segments from frame 2)",
-        max_rel_diff=worst, checkpoint_format=FORMATS, details=per)
+        "logits of its test-time window (short side 256, crop 224, 11 segments from frame 2)",
+        max_rel_diff=worst,
+        checkpoint_format=FORMATS,
+        details=per,
+    )
 
 
 if __name__ == "__main__":

@@ -36,20 +36,27 @@ def check() -> ParityResult:
     windows = range(dists.shape[0])
     mfcc = syncnet.mfcc(audio)
     with torch.no_grad():
-        aud = net.forward_aud(torch.stack([mfcc[None, :, 4 * i: 4 * i + 20] for i in windows]))
-        lip = net.forward_lip(torch.stack([lips[:, i: i + 5] for i in windows]))
+        aud = net.forward_aud(torch.stack([mfcc[None, :, 4 * i : 4 * i + 20] for i in windows]))
+        lip = net.forward_lip(torch.stack([lips[:, i : i + 5] for i in windows]))
     reference = torch.tensor(ref["dists"])
-    worst, per = compare([("distances", dists, reference),
-                          ("audio_features", aud[:, :8], ref["audio_features_first8"]),
-                          ("lip_features", lip[:, :8], ref["lip_features_first8"])])
+    worst, per = compare(
+        [
+            ("distances", dists, reference),
+            ("audio_features", aud[:, :8], ref["audio_features_first8"]),
+            ("lip_features", lip[:, :8], ref["lip_features_first8"]),
+        ]
+    )
     # LSE-C is a difference of two distances: compared on the distances' scale
     per["lse_c"] = abs(conf - ref["conf"]) / float(reference.abs().max())
     per["offset"] = 0.0 if offset == ref["offset"] else float("inf")
     return ParityResult(
         extractor="syncnet",
         reference=f"{ref['official']}; committed outputs (references/syncnet.json, seed {seed}): features, "
-                  "distances over offsets -15..15, LSE-C and offset",
-        max_rel_diff=max(worst, per["lse_c"], per["offset"]), checkpoint_format=FORMATS, details=per)
+        "distances over offsets -15..15, LSE-C and offset",
+        max_rel_diff=max(worst, per["lse_c"], per["offset"]),
+        checkpoint_format=FORMATS,
+        details=per,
+    )
 
 
 if __name__ == "__main__":

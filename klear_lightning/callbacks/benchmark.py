@@ -82,7 +82,9 @@ class BenchmarkCallback(L.Callback):
             for a test partition other than `test`).
     """
 
-    def __init__(self, metrics: MetricsConfig | None = None, every_n_val_epochs: int = 1, report_stem: str = "report") -> None:
+    def __init__(
+        self, metrics: MetricsConfig | None = None, every_n_val_epochs: int = 1, report_stem: str = "report"
+    ) -> None:
         if every_n_val_epochs < 1:
             raise ConfigError(f"BenchmarkCallback.every_n_val_epochs: must be >= 1, got {every_n_val_epochs}")
         self.cfg = metrics or MetricsConfig()
@@ -148,7 +150,15 @@ class BenchmarkCallback(L.Callback):
         self._val_epochs += 1
         self._active = self._val_epochs % self.every_n_val_epochs == 0
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self._active:
             self._keep(batch, self.cfg.clips_per_task, self.cfg.clips_per_split)
 
@@ -164,7 +174,15 @@ class BenchmarkCallback(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._kept = []
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._keep(batch, self.cfg.test_clips_per_task)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -136,8 +136,12 @@ class Rebalance(L.Callback):
                 continue
             reference = self.reference.setdefault(metric, gap)
             if reference <= 0:
-                self._report(trainer, metric, "was at its best at the stage's first validation (no gap to score "
-                             "relative to); that item keeps its weight")
+                self._report(
+                    trainer,
+                    metric,
+                    "was at its best at the stage's first validation (no gap to score "
+                    "relative to); that item keeps its weight",
+                )
                 continue
             out[name] = gap / reference
         return out
@@ -154,15 +158,21 @@ class Rebalance(L.Callback):
         dm = trainer.datamodule
         if self.split_metric is not None and self.base_splits is not None:
             scores = self._scores(trainer, self.split_metric, "split", list(self.base_splits))
-            self.split_weights = rebalance(dm.split_weights(), self.base_splits, scores, self.rate, self.power, self.min_weight)
+            self.split_weights = rebalance(
+                dm.split_weights(), self.base_splits, scores, self.rate, self.power, self.min_weight
+            )
             dm.set_split_weights(self.split_weights)
             logged.update({f"rebalance/split/{k}": v for k, v in self.split_weights.items()})
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"base_tasks": self.base_tasks, "base_splits": self.base_splits, "split_weights": self.split_weights,
-                "reference": self.reference}
+        return {
+            "base_tasks": self.base_tasks,
+            "base_splits": self.base_splits,
+            "split_weights": self.split_weights,
+            "reference": self.reference,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base_tasks = state_dict["base_tasks"]

@@ -55,7 +55,9 @@ class SyncProbe(L.Callback):
         seed: seed of the noise (the same noise for the aligned and the shifted passes).
     """
 
-    def __init__(self, times: tuple[float, ...] = (0.25, 0.5, 0.75), shift_fraction: float = 0.5, seed: int = 0) -> None:
+    def __init__(
+        self, times: tuple[float, ...] = (0.25, 0.5, 0.75), shift_fraction: float = 0.5, seed: int = 0
+    ) -> None:
         if not times or not all(0.0 < t < 1.0 for t in times):
             raise ConfigError(f"SyncProbe.times: must be non-empty and inside (0, 1), got {times}")
         if not 0.0 < shift_fraction < 1.0:
@@ -79,7 +81,13 @@ class SyncProbe(L.Callback):
 
     @torch.no_grad()
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if trainer.sanity_checking or not isinstance(batch, AVBatch) or self._sums is None:
             return
@@ -95,16 +103,20 @@ class SyncProbe(L.Callback):
             time = torch.full((batch.batch_size,), t, device=pl_module.device)
             terms = []
             for clip in (batch, audio_shifted, video_shifted):
-                generator = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1_000_003 + batch_idx * 97 + k)
+                generator = torch.Generator(device=pl_module.device).manual_seed(
+                    self.seed * 1_000_003 + batch_idx * 97 + k
+                )
                 fs = pl_module.flow.make_inputs(clip, tasks, generator, t=time)
                 terms.append(flow_loss(pl_module.model(fs.inputs), fs))
             aligned, audio_moved, video_moved = terms
-            for row, (per_sample, count) in enumerate((
-                (aligned.video_per_sample, aligned.video_count),
-                (audio_moved.video_per_sample, audio_moved.video_count),
-                (aligned.audio_per_sample, aligned.audio_count),
-                (video_moved.audio_per_sample, video_moved.audio_count),
-            )):
+            for row, (per_sample, count) in enumerate(
+                (
+                    (aligned.video_per_sample, aligned.video_count),
+                    (audio_moved.video_per_sample, audio_moved.video_count),
+                    (aligned.audio_per_sample, aligned.audio_count),
+                    (video_moved.audio_per_sample, video_moved.audio_count),
+                )
+            ):
                 self._sums[:, row, 0] += groups.T @ (per_sample * count).double()
                 self._sums[:, row, 1] += groups.T @ count.double()
         self._samples += groups.sum(dim=0)

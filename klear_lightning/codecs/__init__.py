@@ -60,15 +60,33 @@ def build_video_codec(cfg: VideoCodecConfig) -> VideoCodec:
 
 def latent_geometry(video: VideoCodec, audio: AudioCodec) -> LatentGeometry:
     return LatentGeometry(
-        video_channels=video.channels, video_temporal_factor=video.temporal_factor,
-        video_spatial_factor=video.spatial_factor, video_causal=video.causal,
-        audio_channels=audio.channels, audio_hop=audio.hop,
+        video_channels=video.channels,
+        video_temporal_factor=video.temporal_factor,
+        video_spatial_factor=video.spatial_factor,
+        video_causal=video.causal,
+        audio_channels=audio.channels,
+        audio_hop=audio.hop,
     )
 
 
 __all__ = [
-    "AudioCodec", "AudioCodecConfig", "Decoders", "HFTextEncoder", "LatentStats", "LogMelCodec", "PixelPatchCodec",
-    "StatsAccumulator", "TextEncoderConfig", "VideoCodec", "VideoCodecConfig", "build_audio_codec",
-    "build_text_encoder", "build_video_codec", "denormalize", "latent_geometry", "load_stats", "normalize",
+    "AudioCodec",
+    "AudioCodecConfig",
+    "Decoders",
+    "HFTextEncoder",
+    "LatentStats",
+    "LogMelCodec",
+    "PixelPatchCodec",
+    "StatsAccumulator",
+    "TextEncoderConfig",
+    "VideoCodec",
+    "VideoCodecConfig",
+    "build_audio_codec",
+    "build_text_encoder",
+    "build_video_codec",
+    "denormalize",
+    "latent_geometry",
+    "load_stats",
+    "normalize",
     "stats_path",
 ]

@@ -62,7 +62,9 @@ def _mel_to_hz(m: Tensor) -> Tensor:
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> Tensor:
     """Triangular HTK-scale filters with area (Slaney) normalisation, shape (n_mels, n_fft // 2 + 1)."""
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    edges = _mel_to_hz(torch.linspace(0.0, float(_hz_to_mel(torch.tensor(sample_rate / 2.0))), n_mels + 2, dtype=torch.float64))
+    edges = _mel_to_hz(
+        torch.linspace(0.0, float(_hz_to_mel(torch.tensor(sample_rate / 2.0))), n_mels + 2, dtype=torch.float64)
+    )
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     up = (freqs[None] - lo) / (mid - lo)
     down = (hi - freqs[None]) / (hi - mid)

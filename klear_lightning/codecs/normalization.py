@@ -32,7 +32,9 @@ class LatentStats:
     def normalize(self, latent: Tensor) -> Tensor:
         """Unbatched latent (C, ...) -> normalised."""
         if latent.shape[0] != len(self.mean):
-            raise ValueError(f"stats {self.codec}-{self.version}: {len(self.mean)} channels, latent has {latent.shape[0]}")
+            raise ValueError(
+                f"stats {self.codec}-{self.version}: {len(self.mean)} channels, latent has {latent.shape[0]}"
+            )
         shape = (-1,) + (1,) * (latent.ndim - 1)
         mean, std = (t.to(latent.dtype).view(shape) for t in self._tensors)
         return (latent - mean) / std

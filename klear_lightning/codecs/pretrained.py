@@ -100,8 +100,10 @@ class DiffusersVideoCodec(nn.Module):
         """uint8 (B, T, H, W, 3) -> (B, C, 1 + (T - 1) // temporal, H / spatial, W / spatial)."""
         t, h, w = frames.shape[1:4]
         if (t - 1) % self.temporal_factor or h % self.spatial_factor or w % self.spatial_factor:
-            raise ValueError(f"video codec {self.name}: {t} frames of {h}x{w} do not tile "
-                             f"(need frames = 1 + k * {self.temporal_factor}, sizes divisible by {self.spatial_factor})")
+            raise ValueError(
+                f"video codec {self.name}: {t} frames of {h}x{w} do not tile "
+                f"(need frames = 1 + k * {self.temporal_factor}, sizes divisible by {self.spatial_factor})"
+            )
         x = rearrange(frames.float() / 127.5 - 1.0, "b t h w c -> b c t h w")
         return self.vae.encode(x).latent_dist.mode()
 

@@ -62,7 +62,9 @@ class HFTextEncoder(nn.Module):
         if not texts:
             raise ValueError("text encoder: no texts to encode")
         device = next(self.model.parameters()).device
-        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt").to(device)
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt").to(
+            device
+        )
         hidden = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
         mask = tok["attention_mask"].bool()
         return hidden.float() * mask[..., None], mask
@@ -83,5 +85,7 @@ def build_text_encoder(cfg: TextEncoderConfig) -> HFTextEncoder:
             raise ConfigError(f"text_encoder.path: {path} is not a directory")
         if not (path / "config.json").exists():
             raise ConfigError(f"text_encoder.path: {path}: no config.json there")
-        return HFTextEncoder(path, re.sub(r"[^A-Za-z0-9_]", "_", path.name) or "hf", model_fingerprint(path), cfg.max_tokens)
+        return HFTextEncoder(
+            path, re.sub(r"[^A-Za-z0-9_]", "_", path.name) or "hf", model_fingerprint(path), cfg.max_tokens
+        )
     raise ConfigError(f"text_encoder.name: must be 'minilm' or 'hf', got {cfg.name!r}")

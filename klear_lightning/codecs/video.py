@@ -46,7 +46,9 @@ class PixelPatchCodec(nn.Module):
 
     def _check(self, h: int, w: int) -> None:
         if h % self.spatial_factor or w % self.spatial_factor:
-            raise ValueError(f"video codec: frame size {h}x{w} is not divisible by spatial factor {self.spatial_factor}")
+            raise ValueError(
+                f"video codec: frame size {h}x{w} is not divisible by spatial factor {self.spatial_factor}"
+            )
 
     @torch.no_grad()
     def encode(self, frames: Tensor) -> Tensor:

@@ -108,14 +108,23 @@ def run_ray(sources: list[Source], cfg: CurateConfig, workers: int, ray_address:
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=256 * 1024**2, configure_logging=False)
+            ray.init(
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                object_store_memory=256 * 1024**2,
+                configure_logging=False,
+            )
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ds = ray.data.from_items([{"json": s.to_json()} for s in sources], override_num_blocks=min(len(sources), 10_000))
+        ds = ray.data.from_items(
+            [{"json": s.to_json()} for s in sources], override_num_blocks=min(len(sources), 10_000)
+        )
         ds = ds.flat_map(_split_rows, fn_kwargs={"cfg": cfg}, num_cpus=1)
-        ds = ds.map(_ScoreRows, fn_constructor_kwargs={"cfg": cfg}, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
+        ds = ds.map(
+            _ScoreRows, fn_constructor_kwargs={"cfg": cfg}, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1
+        )
         for row in ds.iter_rows():
             yield ClipRecord.from_json(row["json"])
     finally:
@@ -126,9 +135,18 @@ def run_ray(sources: list[Source], cfg: CurateConfig, workers: int, ray_address:
 def accepted_line(rec: ClipRecord) -> dict[str, Any]:
     """One line of accepted.jsonl: what `klear prepare` reads (path, key, start, end, captions,
     transcript) plus the split and every score."""
-    return {"path": rec.path, "key": rec.key, "start": rec.start, "end": rec.end, "split": rec.split,
-            "video_caption": rec.captions.get("video_caption", ""), "audio_caption": rec.captions.get("audio_caption", ""),
-            "transcript": rec.transcript, "source": rec.path, "scores": rec.scores}
+    return {
+        "path": rec.path,
+        "key": rec.key,
+        "start": rec.start,
+        "end": rec.end,
+        "split": rec.split,
+        "video_caption": rec.captions.get("video_caption", ""),
+        "audio_caption": rec.captions.get("audio_caption", ""),
+        "transcript": rec.transcript,
+        "source": rec.path,
+        "scores": rec.scores,
+    }
 
 
 def write_outputs(records: list[ClipRecord], cfg: CurateConfig, out: Path) -> dict[str, Any]:
@@ -156,7 +174,9 @@ def check_models(cfg: CurateConfig) -> None:
         try:
             load_synchformer(Path(cfg.synchformer).expanduser())
         except Exception as err:  # any failure to read the user's file is reported, not a traceback
-            raise ConfigError(f"synchformer: could not load {cfg.synchformer}: {str(err).strip().splitlines()[0]}") from err
+            raise ConfigError(
+                f"synchformer: could not load {cfg.synchformer}: {str(err).strip().splitlines()[0]}"
+            ) from err
     if cfg.whisper:
         from faster_whisper import WhisperModel
 
@@ -166,8 +186,9 @@ def check_models(cfg: CurateConfig) -> None:
             raise ConfigError(f"whisper: could not load {cfg.whisper}: {str(err).strip().splitlines()[0]}") from err
 
 
-def curate(inputs: Path, out: Path, config: Path | None = None, ray_address: str | None = None,
-           workers: int = 1) -> dict[str, Any]:
+def curate(
+    inputs: Path, out: Path, config: Path | None = None, ray_address: str | None = None, workers: int = 1
+) -> dict[str, Any]:
     """Filter, scene-split, route and transcribe raw videos into clips `klear prepare` takes.
 
     Args:
@@ -200,6 +221,8 @@ def curate(inputs: Path, out: Path, config: Path | None = None, ray_address: str
                 f.flush()
                 records.append(rec)
     report = write_outputs(records, cfg, out)
-    print(f"curate: {report['inputs']} inputs ({len(report['bad_inputs'])} unreadable), {report['accepted']} of "
-          f"{report['clips']} clips accepted ({report['retention_rate']:.1%}); report: {out / 'curate_report.md'}")
+    print(
+        f"curate: {report['inputs']} inputs ({len(report['bad_inputs'])} unreadable), {report['accepted']} of "
+        f"{report['clips']} clips accepted ({report['retention_rate']:.1%}); report: {out / 'curate_report.md'}"
+    )
     return report

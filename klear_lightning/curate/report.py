@@ -66,11 +66,17 @@ def build_report(records: list[ClipRecord], cfg: CurateConfig, out: Path) -> dic
     filters = {}
     for name in names:
         values = [r.scores[name] for r in scored if r.scores.get(name) is not None]
-        filters[name] = {"scored": len(values), "dropped": failed.get(name, 0), "only_reason": only.get(name, 0),
-                         "bounds": [b for b in map(lambda f: _bound(cfg, f), THRESHOLDS.get(name, (None, None))) if b is not None]}
+        filters[name] = {
+            "scored": len(values),
+            "dropped": failed.get(name, 0),
+            "only_reason": only.get(name, 0),
+            "bounds": [b for b in map(lambda f: _bound(cfg, f), THRESHOLDS.get(name, (None, None))) if b is not None],
+        }
     for name in ("scene_length", "caption"):
         if failed.get(name):
-            filters.setdefault(name, {"scored": len(clips), "bounds": []}).update(dropped=failed[name], only_reason=only.get(name, 0))
+            filters.setdefault(name, {"scored": len(clips), "bounds": []}).update(
+                dropped=failed[name], only_reason=only.get(name, 0)
+            )
     skipped = {}
     for r in scored:
         for name, why in r.skipped.items():
@@ -80,7 +86,9 @@ def build_report(records: list[ClipRecord], cfg: CurateConfig, out: Path) -> dic
     for name, entry in filters.items():
         values = [r.scores[name] for r in scored if r.scores.get(name) is not None]
         if values:
-            entry["histogram"] = str(histogram(values, name, entry["bounds"], hist_dir / f"{name}.png").relative_to(out))
+            entry["histogram"] = str(
+                histogram(values, name, entry["bounds"], hist_dir / f"{name}.png").relative_to(out)
+            )
     seconds = sum(r.end - r.start for r in clips)
     kept_seconds = sum(r.end - r.start for r in accepted)
     return {
@@ -97,26 +105,38 @@ def build_report(records: list[ClipRecord], cfg: CurateConfig, out: Path) -> dic
         "first_reason": dict(first.most_common()),
         "skipped": skipped,
         "without_caption": sorted(r.key for r in clips if "caption" in r.failed),
-        "rejected_clips": [{"key": r.key, "path": r.path, "start": r.start, "end": r.end, "reasons": r.reasons}
-                           for r in sorted(clips, key=lambda r: r.key) if r.status == "rejected"],
+        "rejected_clips": [
+            {"key": r.key, "path": r.path, "start": r.start, "end": r.end, "reasons": r.reasons}
+            for r in sorted(clips, key=lambda r: r.key)
+            if r.status == "rejected"
+        ],
         "cpu_s": round(sum(r.cpu_s for r in records), 2),
         "config": asdict(cfg),
     }
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# klear curate report", "",
-             f"- inputs: {report['inputs']} ({len(report['bad_inputs'])} unreadable)",
-             f"- clips: {report['clips']}, accepted {report['accepted']}, rejected {report['rejected']}",
-             f"- retention: {report['retention_rate']:.1%} of clips, {report['retention_rate_duration']:.1%} of duration "
-             f"({report['accepted_seconds']:.1f} s kept)",
-             f"- accepted per split: {', '.join(f'{k} {v}' for k, v in report['splits'].items()) or 'none'}",
-             f"- CPU: {report['cpu_s']:.1f} s in the split and scoring stages", "",
-             "## Filters", "", "| score | scored | dropped | only reason | threshold | histogram |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# klear curate report",
+        "",
+        f"- inputs: {report['inputs']} ({len(report['bad_inputs'])} unreadable)",
+        f"- clips: {report['clips']}, accepted {report['accepted']}, rejected {report['rejected']}",
+        f"- retention: {report['retention_rate']:.1%} of clips, {report['retention_rate_duration']:.1%} of duration "
+        f"({report['accepted_seconds']:.1f} s kept)",
+        f"- accepted per split: {', '.join(f'{k} {v}' for k, v in report['splits'].items()) or 'none'}",
+        f"- CPU: {report['cpu_s']:.1f} s in the split and scoring stages",
+        "",
+        "## Filters",
+        "",
+        "| score | scored | dropped | only reason | threshold | histogram |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, f in report["filters"].items():
         bounds = ", ".join(f"{b:g}" for b in f["bounds"]) or "-"
         hist = f"![{name}]({f['histogram']})" if f.get("histogram") else "-"
-        lines.append(f"| {name} | {f['scored']} | {f.get('dropped', 0)} | {f.get('only_reason', 0)} | {bounds} | {hist} |")
+        lines.append(
+            f"| {name} | {f['scored']} | {f.get('dropped', 0)} | {f.get('only_reason', 0)} | {bounds} | {hist} |"
+        )
     lines += ["", "## Skipped filters", "", "| filter | clips | why |", "|---|---|---|"]
     lines += [f"| {name} | {s['clips']} | {s['why']} |" for name, s in report["skipped"].items()]
     lines += ["", "## Unreadable inputs", ""]
@@ -124,5 +144,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Clips without captions", ""]
     lines += [f"- {k}" for k in report["without_caption"]] or ["none"]
     lines += ["", "## Rejected clips", ""]
-    lines += [f"- {r['key']} ({r['start']:.2f}-{r['end']:.2f} s): {'; '.join(r['reasons'])}" for r in report["rejected_clips"]] or ["none"]
+    lines += [
+        f"- {r['key']} ({r['start']:.2f}-{r['end']:.2f} s): {'; '.join(r['reasons'])}" for r in report["rejected_clips"]
+    ] or ["none"]
     return "\n".join(lines) + "\n"

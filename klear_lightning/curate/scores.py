@@ -89,8 +89,15 @@ def _zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:
     return x / (np.sqrt(np.mean(x**2, axis=axis, keepdims=True)) + EPS)
 
 
-def pixel_correlation(video: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, max_lag: int,
-                      changes: bool = False, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def pixel_correlation(
+    video: np.ndarray,
+    audio: np.ndarray,
+    sample_rate: int,
+    fps: float,
+    max_lag: int,
+    changes: bool = False,
+    side: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
     """Correlation of every pixel's luma series (frames resized to at most `side` px) with the
     audio's per-frame RMS envelope delayed by each lag in -max_lag..max_lag frames (a positive lag:
     the sound comes after the picture), over the overlapping frames; with `changes`, of their
@@ -112,8 +119,9 @@ def pixel_correlation(video: np.ndarray, audio: np.ndarray, sample_rate: int, fp
     return lags, out
 
 
-def av_offset_xcorr(video: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, max_offset_s: float,
-                    top: float = 0.01) -> tuple[float, float]:
+def av_offset_xcorr(
+    video: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, max_offset_s: float, top: float = 0.01
+) -> tuple[float, float]:
     """Audio-visual offset (s, positive = sound late) by energy/motion cross-correlation: for each lag,
     the mean |correlation| of the best `top` fraction of pixels with the audio envelope, weighed by
     sqrt(overlapping frames), summed over levels and frame-to-frame changes; the offset is the best

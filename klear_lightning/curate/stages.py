@@ -40,7 +40,9 @@ def scene_cuts(path: Path, threshold: float) -> list[float]:
     """Times (s) where a new scene starts, by PySceneDetect's ContentDetector over PyAV frames."""
     from scenedetect import ContentDetector, detect
 
-    scenes = detect(str(path), ContentDetector(threshold=threshold, min_scene_len=2), backend="pyav", show_progress=False)
+    scenes = detect(
+        str(path), ContentDetector(threshold=threshold, min_scene_len=2), backend="pyav", show_progress=False
+    )
     return [float(start.seconds) for start, _ in scenes[1:]]
 
 
@@ -73,7 +75,9 @@ def _split(source: Source, cfg: CurateConfig) -> list[ClipRecord]:
         pieces += [(a + (b - a) * i / n, a + (b - a) * (i + 1) / n) for i in range(n)]
     out = []
     for i, (a, b) in enumerate(pieces):
-        rec = ClipRecord(f"{source.key}-{i:03d}", source.key, source.path, round(a, 4), round(b, 4), i, len(pieces), source.captions)
+        rec = ClipRecord(
+            f"{source.key}-{i:03d}", source.key, source.path, round(a, 4), round(b, 4), i, len(pieces), source.captions
+        )
         if b - a < cfg.min_duration:
             rec.fail("scene_length", f"{b - a:.2f} s < min_duration {cfg.min_duration}")
             rec.status = "rejected"
@@ -132,10 +136,14 @@ class ClipScorer:
         # video
         _threshold(rec, "short_side", min(video.shape[1:3]), low=cfg.min_short_side)
         diffs = scores.frame_differences(video)
-        _threshold(rec, "motion", float(np.percentile(diffs, 90)) if diffs.size else 0.0, cfg.min_motion, cfg.max_motion)
+        _threshold(
+            rec, "motion", float(np.percentile(diffs, 90)) if diffs.size else 0.0, cfg.min_motion, cfg.max_motion
+        )
         _threshold(rec, "sharpness", scores.sharpness(video), low=cfg.min_sharpness)
         # audio
-        _threshold(rec, "silence_ratio", scores.silence_ratio(audio, sr, cfg.silence_floor_db), high=cfg.max_silence_ratio)
+        _threshold(
+            rec, "silence_ratio", scores.silence_ratio(audio, sr, cfg.silence_floor_db), high=cfg.max_silence_ratio
+        )
         _threshold(rec, "snr_db", scores.snr_db(audio, sr), low=cfg.min_snr_db)
         _threshold(rec, "clipping_ratio", scores.clipping_ratio(audio), high=cfg.max_clipping_ratio)
         # audio-visual
@@ -145,7 +153,9 @@ class ClipScorer:
         # routing and annotation
         self._route(rec, video, fps, audio)
         if not all(rec.captions.get(k, "").strip() for k in CAPTION_FIELDS):
-            rec.fail("caption", "no video_caption / audio_caption (give a sidecar or manifest captions; none is invented)")
+            rec.fail(
+                "caption", "no video_caption / audio_caption (give a sidecar or manifest captions; none is invented)"
+            )
         rec.status = "rejected" if rec.failed else "accepted"
 
     def _av_offset(self, rec: ClipRecord, video: np.ndarray, fps: float, audio: np.ndarray) -> None:
@@ -155,18 +165,26 @@ class ClipScorer:
 
             from klear_lightning.media import MediaClip
 
-            found = self.desync.offsets(MediaClip(torch.from_numpy(video), fps, torch.from_numpy(audio), cfg.sample_rate))
+            found = self.desync.offsets(
+                MediaClip(torch.from_numpy(video), fps, torch.from_numpy(audio), cfg.sample_rate)
+            )
             if found is not None:
                 _threshold(rec, "av_offset_synchformer_s", float(found.abs().max()), high=cfg.max_av_offset_s)
                 return
-            rec.skipped["av_offset_synchformer_s"] = "clip shorter than Synchformer's 4.8 s window: cross-correlation offset used"
+            rec.skipped["av_offset_synchformer_s"] = (
+                "clip shorter than Synchformer's 4.8 s window: cross-correlation offset used"
+            )
         else:
-            rec.skipped["av_offset_synchformer_s"] = "synchformer not configured: energy/motion cross-correlation offset used"
+            rec.skipped["av_offset_synchformer_s"] = (
+                "synchformer not configured: energy/motion cross-correlation offset used"
+            )
         offset, confidence = scores.av_offset_xcorr(video, audio, cfg.sample_rate, fps, cfg.av_search_s)
         rec.scores["av_offset_confidence"] = round(confidence, 6)
         rec.scores["av_offset_xcorr_s"] = round(offset, 6)
         if abs(offset) > cfg.max_av_offset_s:
-            rec.fail("av_offset_xcorr_s", f"|{offset:+.3f}| s > {cfg.max_av_offset_s} (energy/motion cross-correlation)")
+            rec.fail(
+                "av_offset_xcorr_s", f"|{offset:+.3f}| s > {cfg.max_av_offset_s} (energy/motion cross-correlation)"
+            )
 
     def _route(self, rec: ClipRecord, video: np.ndarray, fps: float, audio: np.ndarray) -> None:
         cfg = self.cfg

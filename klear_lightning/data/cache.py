@@ -72,13 +72,19 @@ def _init(settings: CacheSettings) -> None:
     global _LOADER
     torch.set_num_threads(1)
     v, a = build_video_codec(settings.video_codec), build_audio_codec(settings.audio_codec)
-    _LOADER = SampleLoader(settings.clip, settings.resolutions, v, a, build_text_encoder(settings.text_encoder), None, None, LoaderLimits())
+    _LOADER = SampleLoader(
+        settings.clip, settings.resolutions, v, a, build_text_encoder(settings.text_encoder), None, None, LoaderLimits()
+    )
 
 
 def _wanted(loader: SampleLoader) -> tuple[str, str, str, str]:
     t = loader.text_encoder
-    return (loader.video_key, loader.audio_key, embedding_name("video_text", t.name, t.version),
-            embedding_name("audio_text", t.name, t.version))
+    return (
+        loader.video_key,
+        loader.audio_key,
+        embedding_name("video_text", t.name, t.version),
+        embedding_name("audio_text", t.name, t.version),
+    )
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -91,8 +97,11 @@ def cache_shard(path: Path) -> ShardResult:
     """Rewrite one shard with cached arrays added (in the worker that called `_init`)."""
     loader = _LOADER
     wanted = _wanted(loader)
-    result = ShardResult(path.name, video=StatsAccumulator(loader.video_codec.name, loader.video_codec.version),
-                         audio=StatsAccumulator(loader.audio_codec.name, loader.audio_codec.version))
+    result = ShardResult(
+        path.name,
+        video=StatsAccumulator(loader.video_codec.name, loader.video_codec.version),
+        audio=StatsAccumulator(loader.audio_codec.name, loader.audio_codec.version),
+    )
     tmp = path.with_suffix(".tar.tmp")
     with tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as out:
         for raw in iter_tar(path):
@@ -106,7 +115,9 @@ def cache_shard(path: Path) -> ShardResult:
                 else:
                     s = loader.load(rec)
                     video, audio = s.video, s.audio
-                    extra = dict(zip(wanted, (s.video.numpy(), s.audio.numpy(), s.video_text.numpy(), s.audio_text.numpy())))
+                    extra = dict(
+                        zip(wanted, (s.video.numpy(), s.audio.numpy(), s.video_text.numpy(), s.audio_text.numpy()))
+                    )
                     result.cached += 1
                 result.video.update(video)
                 result.audio.update(audio)
@@ -135,10 +146,17 @@ def cache_latents(
     """Cache latents and caption embeddings in `root/<partition>/<split>/` shards; stats from the train partition."""
     root = Path(root)
     partitions = partitions or ["train", "val", "test"]
-    buckets = [(clip.height, clip.width)] + [tuple(r) for r in (resolutions or []) if tuple(r) != (clip.height, clip.width)]
+    buckets = [(clip.height, clip.width)] + [
+        tuple(r) for r in (resolutions or []) if tuple(r) != (clip.height, clip.width)
+    ]
     settings = CacheSettings(clip, buckets, video_codec, audio_codec, text_encoder)
-    shards = [(p, s.url) for p in partitions for split in splits if (root / p / split / "index.json").exists()
-              for s in read_index(root / p, split)]
+    shards = [
+        (p, s.url)
+        for p in partitions
+        for split in splits
+        if (root / p / split / "index.json").exists()
+        for s in read_index(root / p, split)
+    ]
     if not shards:
         raise ConfigError(f"splits: no shards for splits {splits} in partitions {partitions} under {root}")
     report = CacheReport(str(root), shards=len(shards))
@@ -147,7 +165,9 @@ def cache_latents(
         _init(settings)
         results = map(cache_shard, (s for _, s in shards))
     else:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=(settings,))
+        pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=(settings,)
+        )
         results = pool.map(cache_shard, (s for _, s in shards))
     try:
         for (partition, _), r in tqdm(zip(shards, results), total=len(shards), desc="cache latents"):

@@ -45,13 +45,21 @@ def collate(samples: list[LatentSample]) -> AVBatch:
         shapes = {tuple(getattr(s, name).shape[d] for d in dims) for s in samples}
         if len(shapes) > 1:
             keys = [s.key for s in samples]
-            raise ValueError(f"collate: {name} shapes differ outside the padded dim {shapes} in keys {keys} (bucketing bug)")
+            raise ValueError(
+                f"collate: {name} shapes differ outside the padded dim {shapes} in keys {keys} (bucketing bug)"
+            )
     video, video_mask = _pad([s.video for s in samples], 1)
     audio, audio_mask = _pad([s.audio for s in samples], 1)
     video_text, video_text_mask = _pad([s.video_text for s in samples], 0)
     audio_text, audio_text_mask = _pad([s.audio_text for s in samples], 0)
     return AVBatch(
-        video=video, video_mask=video_mask, audio=audio, audio_mask=audio_mask,
-        video_text=video_text, video_text_mask=video_text_mask, audio_text=audio_text, audio_text_mask=audio_text_mask,
+        video=video,
+        video_mask=video_mask,
+        audio=audio,
+        audio_mask=audio_mask,
+        video_text=video_text,
+        video_text_mask=video_text_mask,
+        audio_text=audio_text,
+        audio_text_mask=audio_text_mask,
         meta=[s.meta for s in samples],
     )

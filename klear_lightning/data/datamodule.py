@@ -66,8 +66,15 @@ log = logging.getLogger(__name__)
 class OrderedDataset(IterableDataset):
     """Every sample of the given shards once, in order, split across ranks and workers."""
 
-    def __init__(self, shards: list[ShardInfo], loader: SampleLoader, skips: SkipCounter, batch_size: int,
-                 duration_bucket: int, placement: Placement) -> None:
+    def __init__(
+        self,
+        shards: list[ShardInfo],
+        loader: SampleLoader,
+        skips: SkipCounter,
+        batch_size: int,
+        duration_bucket: int,
+        placement: Placement,
+    ) -> None:
         self.shards, self.loader, self.skips = shards, loader, skips
         self.batch_size, self.duration_bucket, self.placement = batch_size, duration_bucket, placement
 
@@ -161,7 +168,9 @@ class AVDataModule(L.LightningDataModule):
         self.schedule = WeightSchedule(self.split_names)
         self.position = StreamPosition()
         self.set_split_weights(train_splits)
-        self.resolutions = [(clip.height, clip.width)] + [tuple(r) for r in resolutions if tuple(r) != (clip.height, clip.width)]
+        self.resolutions = [(clip.height, clip.width)] + [
+            tuple(r) for r in resolutions if tuple(r) != (clip.height, clip.width)
+        ]
         self.skips = SkipCounter()
         self.video_stats: LatentStats | None = None
         self.audio_stats: LatentStats | None = None
@@ -170,14 +179,21 @@ class AVDataModule(L.LightningDataModule):
     def _check_config(self, train_splits: dict[str, float], resolutions: Any) -> None:
         if not train_splits:
             raise ConfigError("data.train_splits: empty; give at least one split with a positive weight")
-        for name, value in (("batch_size", self.batch_size), ("val_batch_size", self.val_batch_size), ("epoch_samples", self.epoch_samples),
-                            ("shuffle_buffer", self.shuffle_buffer), ("duration_bucket", self.duration_bucket)):
+        for name, value in (
+            ("batch_size", self.batch_size),
+            ("val_batch_size", self.val_batch_size),
+            ("epoch_samples", self.epoch_samples),
+            ("shuffle_buffer", self.shuffle_buffer),
+            ("duration_bucket", self.duration_bucket),
+        ):
             if value < 1:
                 raise ConfigError(f"data.{name}: must be >= 1, got {value}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers: must be >= 0, got {self.num_workers}")
         if self.audio_codec_cfg.name == "logmel" and self.audio_codec_cfg.sample_rate != self.clip.sample_rate:
-            raise ConfigError(f"data.audio_codec.sample_rate: {self.audio_codec_cfg.sample_rate} must equal data.clip.sample_rate = {self.clip.sample_rate}")
+            raise ConfigError(
+                f"data.audio_codec.sample_rate: {self.audio_codec_cfg.sample_rate} must equal data.clip.sample_rate = {self.clip.sample_rate}"
+            )
         for r in resolutions:
             if len(r) != 2 or r[0] < 1 or r[1] < 1:
                 raise ConfigError(f"data.resolutions: {r!r} is not a (height, width) pair")
@@ -186,17 +202,24 @@ class AVDataModule(L.LightningDataModule):
     @cached_property
     def video_codec(self) -> VideoCodec:
         codec = build_video_codec(self.video_codec_cfg)
-        self._check_declared("video_codec", {
-            "video_channels": codec.channels, "video_temporal_factor": codec.temporal_factor,
-            "video_spatial_factor": codec.spatial_factor, "video_causal": codec.causal,
-        })
+        self._check_declared(
+            "video_codec",
+            {
+                "video_channels": codec.channels,
+                "video_temporal_factor": codec.temporal_factor,
+                "video_spatial_factor": codec.spatial_factor,
+                "video_causal": codec.causal,
+            },
+        )
         return codec
 
     @cached_property
     def audio_codec(self) -> AudioCodec:
         codec = build_audio_codec(self.audio_codec_cfg)
         if codec.sample_rate != self.clip.sample_rate:
-            raise ConfigError(f"data.clip.sample_rate: {self.clip.sample_rate} differs from the audio codec's {codec.sample_rate} Hz")
+            raise ConfigError(
+                f"data.clip.sample_rate: {self.clip.sample_rate} differs from the audio codec's {codec.sample_rate} Hz"
+            )
         self._check_declared("audio_codec", {"audio_channels": codec.channels, "audio_hop": codec.hop})
         return codec
 
@@ -231,13 +254,22 @@ class AVDataModule(L.LightningDataModule):
 
     def decoders(self) -> Decoders:
         """What KlearModule.generate needs to turn normalised latents into media."""
+
         def stats(s: LatentStats | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
             return (torch.tensor(s.mean), torch.tensor(s.std)) if s is not None else (None, None)
 
         vm, vs = stats(self.video_stats)
         am, as_ = stats(self.audio_stats)
-        return Decoders(video_codec=self.video_codec, audio_codec=self.audio_codec, fps=self.clip.fps,
-                        sample_rate=self.clip.sample_rate, video_mean=vm, video_std=vs, audio_mean=am, audio_std=as_)
+        return Decoders(
+            video_codec=self.video_codec,
+            audio_codec=self.audio_codec,
+            fps=self.clip.fps,
+            sample_rate=self.clip.sample_rate,
+            video_mean=vm,
+            video_std=vs,
+            audio_mean=am,
+            audio_std=as_,
+        )
 
     # ------------------------------------------------------------- curriculum and skip counts
     def set_split_weights(self, weights: dict[str, float]) -> None:
@@ -245,7 +277,9 @@ class AVDataModule(L.LightningDataModule):
         `handed out + 2 * num_workers` of the epoch (a fixed point, so a resumed run repeats it)."""
         unknown = set(weights) - set(self.split_names)
         if unknown:
-            raise ValueError(f"set_split_weights: unknown splits {sorted(unknown)}; train splits are {self.split_names}")
+            raise ValueError(
+                f"set_split_weights: unknown splits {sorted(unknown)}; train splits are {self.split_names}"
+            )
         values = [float(weights.get(s, 0.0)) for s in self.split_names]
         if any(v < 0 for v in values) or sum(values) <= 0:
             raise ValueError(f"split weights must be >= 0 with a positive sum, got {weights}")
@@ -275,21 +309,39 @@ class AVDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Train-stream position (saved in every Lightning checkpoint)."""
         return {
-            "epoch": self.position.epoch, "consumed": self._consumed(), "schedule": self.schedule.state(),
-            "splits": list(self.split_names), "num_workers": self.num_workers, "world": self._placement().world,
+            "epoch": self.position.epoch,
+            "consumed": self._consumed(),
+            "schedule": self.schedule.state(),
+            "splits": list(self.split_names),
+            "num_workers": self.num_workers,
+            "world": self._placement().world,
             "skipped": self.skips.as_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the train stream where `state` was taken: same splits, workers and world size needed."""
-        for key, ours in (("splits", self.split_names), ("num_workers", self.num_workers), ("world", self._placement().world)):
+        for key, ours in (
+            ("splits", self.split_names),
+            ("num_workers", self.num_workers),
+            ("world", self._placement().world),
+        ):
             if state[key] != ours:
-                field = {"splits": "data.train_splits", "num_workers": "data.num_workers", "world": "the number of processes"}[key]
-                raise ValueError(f"cannot resume the train stream: the checkpoint has {key} = {state[key]}, this run has "
-                                 f"{ours}; resume with the same {field}")
+                field = {
+                    "splits": "data.train_splits",
+                    "num_workers": "data.num_workers",
+                    "world": "the number of processes",
+                }[key]
+                raise ValueError(
+                    f"cannot resume the train stream: the checkpoint has {key} = {state[key]}, this run has "
+                    f"{ours}; resume with the same {field}"
+                )
         self.schedule.load(state["schedule"])
         self.skips.load(state["skipped"])
-        self.position.epoch, self.position.taken, self.position.resume_at = int(state["epoch"]), 0, int(state["consumed"])
+        self.position.epoch, self.position.taken, self.position.resume_at = (
+            int(state["epoch"]),
+            0,
+            int(state["consumed"]),
+        )
 
     # ------------------------------------------------------------- setup and loaders
     def _placement(self) -> Placement:
@@ -339,29 +391,58 @@ class AVDataModule(L.LightningDataModule):
         log.info("computed latent statistics from %d samples into %s", seen, self.root / "stats")
 
     def _loader(self, video_stats: LatentStats | None, audio_stats: LatentStats | None) -> SampleLoader:
-        return SampleLoader(self.clip, self.resolutions, self.video_codec, self.audio_codec, self.text_encoder,
-                            video_stats, audio_stats, self.limits)
+        return SampleLoader(
+            self.clip,
+            self.resolutions,
+            self.video_codec,
+            self.audio_codec,
+            self.text_encoder,
+            video_stats,
+            audio_stats,
+            self.limits,
+        )
 
     def train_dataset(self) -> MixtureDataset:
         if self._train_dataset is None:
             shards = {s: self._shards(self.train_partition, s) for s in self.split_names}
             self._train_dataset = MixtureDataset(
-                shards, self.schedule, self._loader(self.video_stats, self.audio_stats), self.skips, self.batch_size,
-                self.epoch_samples, self.shuffle_buffer, self.duration_bucket, self.seed, self._placement(), self.num_workers,
+                shards,
+                self.schedule,
+                self._loader(self.video_stats, self.audio_stats),
+                self.skips,
+                self.batch_size,
+                self.epoch_samples,
+                self.shuffle_buffer,
+                self.duration_bucket,
+                self.seed,
+                self._placement(),
+                self.num_workers,
             )
         return self._train_dataset
 
     def _dataloader(self, dataset: IterableDataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, worker_init_fn=worker_init,
-                          persistent_workers=self.num_workers > 0, prefetch_factor=2 if self.num_workers > 0 else None)
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            worker_init_fn=worker_init,
+            persistent_workers=self.num_workers > 0,
+            prefetch_factor=2 if self.num_workers > 0 else None,
+        )
 
     def train_dataloader(self) -> MixtureLoader:
         return MixtureLoader(self.train_dataset(), self.position, self.num_workers)
 
     def _ordered(self, partition: str, splits: list[str]) -> DataLoader:
         shards = [s for split in splits for s in self._shards(partition, split)]
-        dataset = OrderedDataset(shards, self._loader(self.video_stats, self.audio_stats), self.skips,
-                                 self.val_batch_size, self.duration_bucket, self._placement())
+        dataset = OrderedDataset(
+            shards,
+            self._loader(self.video_stats, self.audio_stats),
+            self.skips,
+            self.val_batch_size,
+            self.duration_bucket,
+            self._placement(),
+        )
         return self._dataloader(dataset)
 
     def val_dataloader(self) -> DataLoader:

@@ -121,8 +121,13 @@ def encode_av(frames: np.ndarray, fps: float, wave: np.ndarray, sample_rate: int
     return buf.getvalue()
 
 
-def decode_media(source: bytes | Path, name: str | None = None, sample_rate: int | None = None,
-                 video: bool = True, audio: bool = True) -> Decoded:
+def decode_media(
+    source: bytes | Path,
+    name: str | None = None,
+    sample_rate: int | None = None,
+    video: bool = True,
+    audio: bool = True,
+) -> Decoded:
     """Decode the first video and audio streams of any container, probing its content.
 
     Audio is downmixed to mono float32 and resampled to `sample_rate` (native rate if None).
@@ -147,7 +152,9 @@ def decode_media(source: bytes | Path, name: str | None = None, sample_rate: int
             for frame in container.decode(*(s for s in (vs, ast) if s is not None)):
                 if isinstance(frame, av.VideoFrame):
                     frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
-                    times.append(float(frame.time) if frame.time is not None else len(times) / float(vs.average_rate or 1))
+                    times.append(
+                        float(frame.time) if frame.time is not None else len(times) / float(vs.average_rate or 1)
+                    )
                 else:
                     chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
             if resampler is not None:
@@ -166,7 +173,10 @@ def decode_media(source: bytes | Path, name: str | None = None, sample_rate: int
     return Decoded(
         video=np.stack(frames) if frames else None,
         frame_times=np.asarray(times, dtype=np.float64) if frames else None,
-        fps=fps, audio=wave, sample_rate=rate, container=container_format,
+        fps=fps,
+        audio=wave,
+        sample_rate=rate,
+        container=container_format,
     )
 
 
@@ -181,7 +191,9 @@ def retime(frames: np.ndarray, frame_times: np.ndarray, fps: float, count: int, 
     return frames[idx]
 
 
-def nearest_resolution(h: int, w: int, resolutions: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> tuple[int, int]:
+def nearest_resolution(
+    h: int, w: int, resolutions: list[tuple[int, int]] | tuple[tuple[int, int], ...]
+) -> tuple[int, int]:
     """The bucket whose aspect ratio is nearest h / w (the larger one on a tie)."""
     return min(resolutions, key=lambda r: (abs(np.log((r[0] / r[1]) / (h / w))), -r[0] * r[1]))
 

@@ -78,7 +78,9 @@ class WeightSchedule:
         if n and weights == self.latest():
             return
         if n >= MAX_WEIGHT_CHANGES:
-            raise RuntimeError(f"more than {MAX_WEIGHT_CHANGES} split-weight changes within one epoch; lower data.epoch_samples")
+            raise RuntimeError(
+                f"more than {MAX_WEIGHT_CHANGES} split-weight changes within one epoch; lower data.epoch_samples"
+            )
         first = float(max(first_batch, self.rows[n - 1, 0].item())) if n else 0.0
         self.rows[n] = torch.tensor([first, *weights], dtype=torch.float64)
         self.count[0] = n + 1  # written after the row: a worker never reads a half-written row
@@ -92,7 +94,9 @@ class WeightSchedule:
 
     def load(self, rows: list[list[float]]) -> None:
         if not rows or len(rows) > MAX_WEIGHT_CHANGES or any(len(r) != 1 + len(self.splits) for r in rows):
-            raise ValueError(f"a weight schedule has 1 to {MAX_WEIGHT_CHANGES} rows of {1 + len(self.splits)} numbers, got {rows}")
+            raise ValueError(
+                f"a weight schedule has 1 to {MAX_WEIGHT_CHANGES} rows of {1 + len(self.splits)} numbers, got {rows}"
+            )
         self.rows[: len(rows)] = torch.tensor(rows, dtype=torch.float64)
         self.count[0] = len(rows)
 
@@ -110,9 +114,20 @@ class StreamPosition:
 class MixtureDataset(IterableDataset):
     """Weighted mixture over splits; one iteration is one epoch of `batches_per_epoch` AVBatches per rank."""
 
-    def __init__(self, shards: dict[str, list[ShardInfo]], schedule: WeightSchedule, loader: SampleLoader, skips: SkipCounter,
-                 batch_size: int, epoch_samples: int, shuffle_buffer: int, duration_bucket: int, seed: int,
-                 placement: Placement, workers: int) -> None:
+    def __init__(
+        self,
+        shards: dict[str, list[ShardInfo]],
+        schedule: WeightSchedule,
+        loader: SampleLoader,
+        skips: SkipCounter,
+        batch_size: int,
+        epoch_samples: int,
+        shuffle_buffer: int,
+        duration_bucket: int,
+        seed: int,
+        placement: Placement,
+        workers: int,
+    ) -> None:
         self.splits = list(shards)
         self.shards, self.schedule, self.loader, self.skips = shards, schedule, loader, skips
         self.batch_size, self.shuffle_buffer, self.duration_bucket = batch_size, shuffle_buffer, duration_bucket
@@ -134,7 +149,9 @@ class MixtureDataset(IterableDataset):
                     yield buffer.pop(rng.randrange(len(buffer)))
             empty_shards = 0 if found else empty_shards + 1
             if empty_shards > 10 * len(self.shards[split]):
-                raise RuntimeError(f"split {split!r}: no readable sample in {empty_shards} shard reads; skipped so far: {self.skips.as_dict()}")
+                raise RuntimeError(
+                    f"split {split!r}: no readable sample in {empty_shards} shard reads; skipped so far: {self.skips.as_dict()}"
+                )
 
     def draws(self, rng: random.Random, weights: Callable[[], list[float]]) -> Iterator[Any]:
         """Endless raw records, each from a split drawn with `weights()` at the time of the draw."""
@@ -151,7 +168,9 @@ class MixtureDataset(IterableDataset):
                 failures = 0
                 yield sample
             elif (failures := failures + 1) >= MAX_CONSECUTIVE_SKIPS:
-                raise RuntimeError(f"{failures} samples in a row were skipped; the data is unusable: {self.skips.as_dict()}")
+                raise RuntimeError(
+                    f"{failures} samples in a row were skipped; the data is unusable: {self.skips.as_dict()}"
+                )
 
     def __iter__(self) -> Iterator[AVBatch]:
         wid, nw = self.placement.worker()
@@ -159,8 +178,12 @@ class MixtureDataset(IterableDataset):
         logical = (wid + start) % nw
         rng = random.Random(hash((self.seed, self.placement.rank * nw + logical, epoch)))
         building = [logical]  # index of the batch whose samples are being drawn
-        groups = bucketed_groups(self._samples(rng, lambda: self.schedule.weights_at(building[0])),
-                                 self.batch_size, self.duration_bucket, drop_last=True)
+        groups = bucketed_groups(
+            self._samples(rng, lambda: self.schedule.weights_at(building[0])),
+            self.batch_size,
+            self.duration_bucket,
+            drop_last=True,
+        )
         try:
             for index in range(logical, self.batches_per_epoch, nw):
                 building[0] = index
@@ -181,8 +204,14 @@ class MixtureLoader(DataLoader):
     batches it hands out, in the main process."""
 
     def __init__(self, dataset: MixtureDataset, position: StreamPosition, num_workers: int) -> None:
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, worker_init_fn=worker_init,
-                         persistent_workers=num_workers > 0, prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None)
+        super().__init__(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            worker_init_fn=worker_init,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
+        )
         self.position = position
 
     def _begin_epoch(self) -> None:

@@ -29,9 +29,21 @@ from klear_lightning.streams import AVBatch
 log = logging.getLogger(__name__)
 
 SKIP_REASONS: tuple[str, ...] = (
-    "truncated", "truncated_shard", "wrong_sample_rate", "nan_latent", "missing_caption", "empty_audio",
-    "mislabelled_container", "oversize", "too_short", "unknown_entry", "missing_entry", "bad_meta", "bad_array",
-    "bad_video", "invalid",
+    "truncated",
+    "truncated_shard",
+    "wrong_sample_rate",
+    "nan_latent",
+    "missing_caption",
+    "empty_audio",
+    "mislabelled_container",
+    "oversize",
+    "too_short",
+    "unknown_entry",
+    "missing_entry",
+    "bad_meta",
+    "bad_array",
+    "bad_video",
+    "invalid",
 )
 
 TEXT_MEMO = 4096  # captions embedded per worker and kept (synthetic captions repeat often)
@@ -83,9 +95,17 @@ class LoaderLimits:
 class SampleLoader:
     """Turns ShardRecords into LatentSamples for one clip spec and a set of allowed resolutions."""
 
-    def __init__(self, clip: ClipSpec, resolutions: list[tuple[int, int]], video_codec: VideoCodec, audio_codec: AudioCodec,
-                 text_encoder: HFTextEncoder, video_stats: LatentStats | None, audio_stats: LatentStats | None,
-                 limits: LoaderLimits) -> None:
+    def __init__(
+        self,
+        clip: ClipSpec,
+        resolutions: list[tuple[int, int]],
+        video_codec: VideoCodec,
+        audio_codec: AudioCodec,
+        text_encoder: HFTextEncoder,
+        video_stats: LatentStats | None,
+        audio_stats: LatentStats | None,
+        limits: LoaderLimits,
+    ) -> None:
         self.clip, self.resolutions, self.limits = clip, resolutions, limits
         self.video_codec, self.audio_codec, self.text_encoder = video_codec, audio_codec, text_encoder
         self.video_stats, self.audio_stats = video_stats, audio_stats
@@ -102,12 +122,19 @@ class SampleLoader:
     def check(self, rec: ShardRecord) -> None:
         r = rec.record
         if int(r.get("sample_rate", -1)) != self.clip.sample_rate:
-            raise SampleError("wrong_sample_rate", f"{rec.where}: sample rate {r.get('sample_rate')} != clip.sample_rate {self.clip.sample_rate}")
+            raise SampleError(
+                "wrong_sample_rate",
+                f"{rec.where}: sample rate {r.get('sample_rate')} != clip.sample_rate {self.clip.sample_rate}",
+            )
         duration = float(r.get("duration", 0.0))
         if duration > self.limits.max_duration:
-            raise SampleError("oversize", f"{rec.where}: duration {duration:.1f} s > max_duration {self.limits.max_duration}")
+            raise SampleError(
+                "oversize", f"{rec.where}: duration {duration:.1f} s > max_duration {self.limits.max_duration}"
+            )
         if duration < self.limits.min_duration:
-            raise SampleError("too_short", f"{rec.where}: duration {duration:.3f} s < min_duration {self.limits.min_duration}")
+            raise SampleError(
+                "too_short", f"{rec.where}: duration {duration:.3f} s < min_duration {self.limits.min_duration}"
+            )
 
     def _video_latent(self, rec: ShardRecord, seconds: float) -> Tensor:
         frames = self._frames_for(seconds)
@@ -116,14 +143,27 @@ class SampleLoader:
         cached = rec.arrays.get(self.video_key)
         if cached is not None:
             lat = torch.from_numpy(np.ascontiguousarray(cached, dtype=np.float32))
-            t_lat = 1 + (frames - 1) // self.video_codec.temporal_factor if self.video_codec.causal else frames // self.video_codec.temporal_factor
+            t_lat = (
+                1 + (frames - 1) // self.video_codec.temporal_factor
+                if self.video_codec.causal
+                else frames // self.video_codec.temporal_factor
+            )
             f = self.video_codec.spatial_factor
-            if lat.ndim != 4 or lat.shape[0] != self.video_codec.channels or (lat.shape[2] * f, lat.shape[3] * f) not in self.resolutions:
-                raise SampleError("bad_array", f"{rec.where}: cached {self.video_key} has shape {tuple(lat.shape)}, not a configured bucket")
+            if (
+                lat.ndim != 4
+                or lat.shape[0] != self.video_codec.channels
+                or (lat.shape[2] * f, lat.shape[3] * f) not in self.resolutions
+            ):
+                raise SampleError(
+                    "bad_array",
+                    f"{rec.where}: cached {self.video_key} has shape {tuple(lat.shape)}, not a configured bucket",
+                )
             return lat[:, :t_lat]
         video, fps = rec.video()
         if max(video.shape[1:3]) > self.limits.max_side:
-            raise SampleError("oversize", f"{rec.where}: frame size {video.shape[1:3]} > max_side {self.limits.max_side}")
+            raise SampleError(
+                "oversize", f"{rec.where}: frame size {video.shape[1:3]} > max_side {self.limits.max_side}"
+            )
         times = np.arange(video.shape[0]) / (fps or self.clip.fps)
         video = retime(video, times, self.clip.fps, frames)
         h, w = nearest_resolution(video.shape[1], video.shape[2], self.resolutions)
@@ -142,7 +182,9 @@ class SampleLoader:
             return lat[:, :n_lat]
         wave, sr = rec.audio()
         if sr != self.clip.sample_rate:
-            raise SampleError("wrong_sample_rate", f"{rec.where}: FLAC is {sr} Hz, clip.sample_rate is {self.clip.sample_rate}")
+            raise SampleError(
+                "wrong_sample_rate", f"{rec.where}: FLAC is {sr} Hz, clip.sample_rate is {self.clip.sample_rate}"
+            )
         if wave.size == 0 or not np.any(wave):
             raise SampleError("empty_audio", f"{rec.where}: audio is empty or all zeros (a failed extraction)")
         wave = wave[: n_lat * hop]
@@ -174,8 +216,14 @@ class SampleLoader:
         if self.audio_stats is not None:
             audio = self.audio_stats.normalize(audio)
         texts = stream_texts(rec.record)
-        return LatentSample(rec.key, video.float(), audio.float(), self._text(rec, "video_text", texts["video_text"]),
-                            self._text(rec, "audio_text", texts["audio_text"]), {**rec.record, "shard": rec.shard})
+        return LatentSample(
+            rec.key,
+            video.float(),
+            audio.float(),
+            self._text(rec, "video_text", texts["video_text"]),
+            self._text(rec, "audio_text", texts["audio_text"]),
+            {**rec.record, "shard": rec.shard},
+        )
 
 
 def records(shard: ShardInfo, skips: SkipCounter) -> Iterator[Any]:
@@ -211,8 +259,9 @@ def bucket_key(s: LatentSample, duration_bucket: int) -> tuple[int, ...]:
     return (c, h, w, t // max(duration_bucket, 1))
 
 
-def bucketed_groups(samples: Iterable[LatentSample], batch_size: int, duration_bucket: int,
-                    drop_last: bool) -> Iterator[list[LatentSample]]:
+def bucketed_groups(
+    samples: Iterable[LatentSample], batch_size: int, duration_bucket: int, drop_last: bool
+) -> Iterator[list[LatentSample]]:
     """Group samples by bucket; yield a group when a bucket fills (leftovers last unless drop_last)."""
     buckets: dict[tuple[int, ...], list[LatentSample]] = {}
     for s in samples:
@@ -227,6 +276,8 @@ def bucketed_groups(samples: Iterable[LatentSample], batch_size: int, duration_b
                 yield group
 
 
-def bucketed_batches(samples: Iterable[LatentSample], batch_size: int, duration_bucket: int, drop_last: bool) -> Iterator[AVBatch]:
+def bucketed_batches(
+    samples: Iterable[LatentSample], batch_size: int, duration_bucket: int, drop_last: bool
+) -> Iterator[AVBatch]:
     """`bucketed_groups`, collated."""
     return map(collate, bucketed_groups(samples, batch_size, duration_bucket, drop_last))

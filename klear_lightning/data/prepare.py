@@ -110,7 +110,9 @@ def find_jobs(inputs: Path) -> tuple[list[Job], list[Failure]]:
                 start, end = float(rec.get("start", 0.0)), (float(rec["end"]) if rec.get("end") is not None else None)
                 if start < 0 or (end is not None and end <= start):
                     raise ValueError(f"time range start {start} / end {end} is empty or negative")
-                jobs.append(Job(str(path), rec.get("key") or make_key(str(rec["path"])), _captions(rec, where), start, end))
+                jobs.append(
+                    Job(str(path), rec.get("key") or make_key(str(rec["path"])), _captions(rec, where), start, end)
+                )
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 failures.append(Failure(where, "bad_manifest_line", f"{where}: {e!r}"))
             except SampleError as e:
@@ -122,13 +124,19 @@ def find_jobs(inputs: Path) -> tuple[list[Job], list[Failure]]:
         rel = str(path.relative_to(inputs))
         try:
             if path.with_name(path.name + ".json").exists() or path.with_suffix(".json").exists():
-                side = path.with_name(path.name + ".json") if path.with_name(path.name + ".json").exists() else path.with_suffix(".json")
+                side = (
+                    path.with_name(path.name + ".json")
+                    if path.with_name(path.name + ".json").exists()
+                    else path.with_suffix(".json")
+                )
                 caps = _captions(json.loads(side.read_text()), str(side))
             elif path.with_suffix(".txt").exists():
                 text = path.with_suffix(".txt").read_text().strip()
                 caps = _captions({"video_caption": text, "audio_caption": text}, str(path.with_suffix(".txt")))
             else:
-                raise SampleError("missing_caption", f"{path}: no caption sidecar ({path.stem}.json or {path.stem}.txt)")
+                raise SampleError(
+                    "missing_caption", f"{path}: no caption sidecar ({path.stem}.json or {path.stem}.txt)"
+                )
             jobs.append(Job(str(path), make_key(rel), caps))
         except SampleError as e:
             failures.append(Failure(str(path), e.reason, str(e)))
@@ -171,13 +179,22 @@ class Preparer:
         except MediaError as e:
             raise SampleError(e.reason, str(e)) from e
         if d.video is None or d.audio is None:
-            raise SampleError("missing_stream", f"{job.path}: needs both video and audio, has {'video' if d.video is not None else 'audio'} only")
+            raise SampleError(
+                "missing_stream",
+                f"{job.path}: needs both video and audio, has {'video' if d.video is not None else 'audio'} only",
+            )
         if job.start > 0 or job.end is not None:
             d = _time_range(d, job.start, job.end, job.path)
-        seconds = min(c.duration, d.audio.shape[0] / c.sample_rate, float(d.frame_times[-1] - d.frame_times[0]) + 1.0 / max(d.fps, 1e-3))
+        seconds = min(
+            c.duration,
+            d.audio.shape[0] / c.sample_rate,
+            float(d.frame_times[-1] - d.frame_times[0]) + 1.0 / max(d.fps, 1e-3),
+        )
         frames = self._frames(seconds)
         if seconds < self.s.min_duration or frames < 1:
-            raise SampleError("too_short", f"{job.path}: {seconds:.2f} s is shorter than min_duration {self.s.min_duration}")
+            raise SampleError(
+                "too_short", f"{job.path}: {seconds:.2f} s is shorter than min_duration {self.s.min_duration}"
+            )
         seconds = frames / c.fps
         hop = self.audio_codec.hop if self.audio_codec is not None else 1
         audio = d.audio[: int(round(seconds * c.sample_rate)) // hop * hop]
@@ -218,7 +235,9 @@ def _run(args: tuple[Job, str]) -> tuple[Job, AVSample | None, Failure | None]:
         return job, None, Failure(job.path, "error", f"{job.path}: {type(e).__name__}: {e}")
 
 
-def _results(jobs: list[Job], split: str, settings: PrepareSettings, workers: int) -> Iterator[tuple[Job, AVSample | None, Failure | None]]:
+def _results(
+    jobs: list[Job], split: str, settings: PrepareSettings, workers: int
+) -> Iterator[tuple[Job, AVSample | None, Failure | None]]:
     if workers <= 1:
         _init_worker(settings)
         yield from map(_run, ((j, split) for j in jobs))
@@ -272,7 +291,10 @@ def prepare(
     inputs, out = Path(inputs), Path(out)
     if not re.match(r"^[A-Za-z0-9_-]+$", split) or not re.match(r"^[A-Za-z0-9_-]+$", partition):
         raise ConfigError(f"split: split and partition names must match [A-Za-z0-9_-]+, got {split!r} / {partition!r}")
-    buckets = ((clip.height, clip.width), *(tuple(r) for r in (resolutions or []) if tuple(r) != (clip.height, clip.width)))
+    buckets = (
+        (clip.height, clip.width),
+        *(tuple(r) for r in (resolutions or []) if tuple(r) != (clip.height, clip.width)),
+    )
     for h, w in buckets:
         if h % 2 or w % 2:
             raise ConfigError(f"resolutions: {h}x{w} must be even (h264 yuv420p)")
@@ -284,7 +306,9 @@ def prepare(
     report.already_done = len(jobs) - len(todo)
     accs: dict[str, StatsAccumulator] = {}
     with ShardWriter(out / partition, split, maxcount=maxcount) as writer:
-        for _job, sample, failure in tqdm(_results(todo, split, settings, workers), total=len(todo), desc=f"prepare {split}"):
+        for _job, sample, failure in tqdm(
+            _results(todo, split, settings, workers), total=len(todo), desc=f"prepare {split}"
+        ):
             if failure is not None:
                 report.failed.append(failure)
                 log.warning("skipped %s", failure.message)
@@ -300,4 +324,3 @@ def prepare(
     path = split_dir(out / partition, split) / "prepare_report.json"
     path.write_text(json.dumps(asdict(report), indent=1))
     return report
-

@@ -29,7 +29,9 @@ REQUIRED_META: dict[str, type | tuple[type, ...]] = {
 }
 DERIVED_META: tuple[str, ...] = ("key", "duration", "fps", "sample_rate")
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
-_ARRAY = re.compile(r"^(latent\.[A-Za-z0-9_]+-[A-Za-z0-9_.\-]+|emb\.(video_text|audio_text)\.[A-Za-z0-9_]+-[A-Za-z0-9_.\-]+)$")
+_ARRAY = re.compile(
+    r"^(latent\.[A-Za-z0-9_]+-[A-Za-z0-9_.\-]+|emb\.(video_text|audio_text)\.[A-Za-z0-9_]+-[A-Za-z0-9_.\-]+)$"
+)
 
 
 class SampleError(ValueError):
@@ -81,7 +83,9 @@ class AVSample:
             self.video = self.video.detach().cpu().numpy()
         if isinstance(self.audio, torch.Tensor):
             self.audio = self.audio.detach().cpu().numpy()
-        self.arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in self.arrays.items()}
+        self.arrays = {
+            k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in self.arrays.items()
+        }
 
     @property
     def duration(self) -> float:
@@ -97,10 +101,15 @@ class AVSample:
             got = f"{getattr(v, 'dtype', type(v))} {getattr(v, 'shape', '')}"
             raise SampleError("bad_video", f"{where}: video must be uint8 (T>0, H, W, 3), got {got}")
         if v.shape[1] % 2 or v.shape[2] % 2:
-            raise SampleError("bad_video", f"{where}: video height and width must be even for yuv420p, got {v.shape[1:3]}")
+            raise SampleError(
+                "bad_video", f"{where}: video height and width must be even for yuv420p, got {v.shape[1:3]}"
+            )
         a = self.audio
         if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 1:
-            raise SampleError("bad_audio", f"{where}: audio must be float32 (N,), got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+            raise SampleError(
+                "bad_audio",
+                f"{where}: audio must be float32 (N,), got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}",
+            )
         if a.shape[0] == 0:
             raise SampleError("empty_audio", f"{where}: audio is empty")
         if not np.isfinite(a).all():
@@ -108,11 +117,16 @@ class AVSample:
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise SampleError("bad_fps", f"{where}: fps must be positive, got {self.fps}")
         if not (isinstance(self.sample_rate, int) and self.sample_rate > 0):
-            raise SampleError("bad_sample_rate", f"{where}: sample_rate must be a positive int, got {self.sample_rate!r}")
+            raise SampleError(
+                "bad_sample_rate", f"{where}: sample_rate must be a positive int, got {self.sample_rate!r}"
+            )
         validate_meta(self.meta, where)
         for name, arr in self.arrays.items():
             if not _ARRAY.match(name):
-                raise SampleError("bad_array", f"{where}: cached array name {name!r} is not latent.<codec>-<version> or emb.<stream>.<encoder>-<version>")
+                raise SampleError(
+                    "bad_array",
+                    f"{where}: cached array name {name!r} is not latent.<codec>-<version> or emb.<stream>.<encoder>-<version>",
+                )
             if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
                 raise SampleError("bad_array", f"{where}: cached array {name!r} must be a float numpy array")
             if not np.isfinite(arr).all():
@@ -120,12 +134,21 @@ class AVSample:
 
     def record(self) -> dict[str, Any]:
         """The JSON record: caption fields plus the derived key, duration, fps and sample rate."""
-        return {**self.meta, "key": self.key, "duration": self.duration, "fps": float(self.fps), "sample_rate": self.sample_rate}
+        return {
+            **self.meta,
+            "key": self.key,
+            "duration": self.duration,
+            "fps": float(self.fps),
+            "sample_rate": self.sample_rate,
+        }
 
     def to_clip(self) -> MediaClip:
         return MediaClip(
-            video=torch.from_numpy(self.video), fps=float(self.fps), audio=torch.from_numpy(self.audio),
-            sample_rate=self.sample_rate, meta=self.record(),
+            video=torch.from_numpy(self.video),
+            fps=float(self.fps),
+            audio=torch.from_numpy(self.audio),
+            sample_rate=self.sample_rate,
+            meta=self.record(),
         )
 
 

@@ -24,7 +24,9 @@ from klear_lightning.data.media import MediaError, decode_flac, decode_media, en
 from klear_lightning.data.schema import AVSample, SampleError, validate_meta
 
 MEDIA_EXTENSIONS: tuple[str, ...] = ("mp4", "flac", "json")
-_NPY = re.compile(r"^(latent\.[A-Za-z0-9_]+-[A-Za-z0-9_.\-]+|emb\.(video_text|audio_text)\.[A-Za-z0-9_]+-[A-Za-z0-9_.\-]+)\.npy$")
+_NPY = re.compile(
+    r"^(latent\.[A-Za-z0-9_]+-[A-Za-z0-9_.\-]+|emb\.(video_text|audio_text)\.[A-Za-z0-9_]+-[A-Za-z0-9_.\-]+)\.npy$"
+)
 INDEX = "index.json"
 DONE = "done_keys.txt"
 
@@ -93,7 +95,9 @@ def parse_sample(raw: dict[str, bytes], shard: str) -> ShardRecord:
     members = {k: v for k, v in raw.items() if not k.startswith("__")}
     for ext in members:
         if ext not in MEDIA_EXTENSIONS and not _NPY.match(ext):
-            raise SampleError("unknown_entry", f"{where}: entry .{ext} is not in the schema (mp4, flac, json, latent/emb .npy)")
+            raise SampleError(
+                "unknown_entry", f"{where}: entry .{ext} is not in the schema (mp4, flac, json, latent/emb .npy)"
+            )
     for ext in MEDIA_EXTENSIONS:
         if ext not in members:
             raise SampleError("missing_caption" if ext == "json" else "missing_entry", f"{where}: no .{ext} entry")
@@ -123,7 +127,9 @@ def read_index(root: Path, split: str) -> list[ShardInfo]:
     """The shards of one split from its wids index; a missing index is a clear error."""
     path = split_dir(root, split) / INDEX
     if not path.exists():
-        raise FileNotFoundError(f"split {split!r}: no shard index at {path} (write shards with ShardWriter or `klear prepare`)")
+        raise FileNotFoundError(
+            f"split {split!r}: no shard index at {path} (write shards with ShardWriter or `klear prepare`)"
+        )
     spec = json.loads(path.read_text())
     if spec.get("__kind__") != "wids-shard-index-v1":
         raise ValueError(f"{path}: not a wids-shard-index-v1 file")

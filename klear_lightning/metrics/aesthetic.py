@@ -57,8 +57,7 @@ def clip_inputs(frames: Tensor, size: int) -> Tensor:
 class AestheticScore(ClipMetric):
     modalities = ("video",)
     columns = (Column("aesthetic_laion", "Aesthetic", higher_is_better=True),)
-    protocol = ("LAION improved-aesthetic-predictor on L2-normalised CLIP image embeddings, "
-                "8 evenly spaced frames, mean")
+    protocol = "LAION improved-aesthetic-predictor on L2-normalised CLIP image embeddings, 8 evenly spaced frames, mean"
 
     def __init__(self, clip: nn.Module, head: AestheticHead, frames: int = 8) -> None:
         super().__init__()
@@ -88,18 +87,25 @@ class AestheticScore(ClipMetric):
 
 @register_metric("aesthetic_laion", group="video", description="LAION aesthetic predictor on CLIP L/14")
 def build_aesthetic(ctx: BuildContext) -> ClipMetric:
-    clip = ctx.load("clip_vision", "a local CLIP ViT-L/14 directory (openai/clip-vit-large-patch14)",
-                    lambda path: load_clip_vision(path).to(ctx.device))
-    head = ctx.load("aesthetic_head", "the LAION aesthetic head (sac+logos+ava1-l14-linearMSE.pth)",
-                    lambda path: load_aesthetic_head(path).to(ctx.device))
+    clip = ctx.load(
+        "clip_vision",
+        "a local CLIP ViT-L/14 directory (openai/clip-vit-large-patch14)",
+        lambda path: load_clip_vision(path).to(ctx.device),
+    )
+    head = ctx.load(
+        "aesthetic_head",
+        "the LAION aesthetic head (sac+logos+ava1-l14-linearMSE.pth)",
+        lambda path: load_aesthetic_head(path).to(ctx.device),
+    )
     return AestheticScore(clip, head)
 
 
 def siglip_inputs(frames: Tensor, size: int = 384) -> Tensor:
     """SigLIP's image processor: uint8 (T, H, W, 3) -> (T, 3, size, size), PIL bicubic resize (aspect not
     kept), scaled to [-1, 1]."""
-    resized = [np.asarray(Image.fromarray(f.numpy()).resize((size, size), Image.Resampling.BICUBIC))
-               for f in frames.cpu()]
+    resized = [
+        np.asarray(Image.fromarray(f.numpy()).resize((size, size), Image.Resampling.BICUBIC)) for f in frames.cpu()
+    ]
     x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0
     return (x - 0.5) / 0.5
 
@@ -107,9 +113,11 @@ def siglip_inputs(frames: Tensor, size: int = 384) -> Tensor:
 class AestheticV25VerseBench(ClipMetric):
     modalities = ("video",)
     columns = (Column("aesthetic_v25_versebench", "AS: aesthetic-v2.5 / 10", higher_is_better=True),)
-    protocol = ("Verse-Bench AS, its first component only: aesthetic-predictor-v2.5 (SigLIP so400m, L2-normalised "
-                "pooled embedding, MLP head) on every frame at 384 x 384, clip mean / 10, mean over clips (MUSIQ "
-                "and MANIQA not implemented, so not the composite AS)")
+    protocol = (
+        "Verse-Bench AS, its first component only: aesthetic-predictor-v2.5 (SigLIP so400m, L2-normalised "
+        "pooled embedding, MLP head) on every frame at 384 x 384, clip mean / 10, mean over clips (MUSIQ "
+        "and MANIQA not implemented, so not the composite AS)"
+    )
 
     def __init__(self, encoder: nn.Module, head: AestheticV25Head, batch: int = 8) -> None:
         super().__init__()
@@ -124,7 +132,7 @@ class AestheticV25VerseBench(ClipMetric):
         device = next(self.head.parameters()).device
         out = []
         for s in range(0, video.shape[0], self.batch):
-            pooled = self.encoder(pixel_values=siglip_inputs(video[s: s + self.batch], size).to(device)).pooler_output
+            pooled = self.encoder(pixel_values=siglip_inputs(video[s : s + self.batch], size).to(device)).pooler_output
             out.append(self.head(pooled / pooled.norm(dim=-1, keepdim=True)).cpu())
         return torch.cat(out)
 
@@ -139,11 +147,20 @@ class AestheticV25VerseBench(ClipMetric):
         return self.total / self.n
 
 
-@register_metric("aesthetic_v25_versebench", group="video",
-                 description="Verse-Bench AS component: aesthetic-predictor-v2.5 / 10 over every frame")
+@register_metric(
+    "aesthetic_v25_versebench",
+    group="video",
+    description="Verse-Bench AS component: aesthetic-predictor-v2.5 / 10 over every frame",
+)
 def build_aesthetic_v25(ctx: BuildContext) -> ClipMetric:
-    encoder = ctx.load("siglip", "a local SigLIP directory (google/siglip-so400m-patch14-384)",
-                       lambda path: load_siglip_vision(path).to(ctx.device))
-    head = ctx.load("aesthetic_v25", "the aesthetic-predictor-v2.5 head (aesthetic_predictor_v2_5.pth, AGPL-3.0)",
-                    lambda path: load_aesthetic_v25_head(path).to(ctx.device))
+    encoder = ctx.load(
+        "siglip",
+        "a local SigLIP directory (google/siglip-so400m-patch14-384)",
+        lambda path: load_siglip_vision(path).to(ctx.device),
+    )
+    head = ctx.load(
+        "aesthetic_v25",
+        "the aesthetic-predictor-v2.5 head (aesthetic_predictor_v2_5.pth, AGPL-3.0)",
+        lambda path: load_aesthetic_v25_head(path).to(ctx.device),
+    )
     return AestheticV25VerseBench(encoder, head)

@@ -94,9 +94,7 @@ class ClipMetric(Metric):
                 raise ValueError(f"{self.name}: needs reference clips, got none")
             reference = list(reference)
             if len(reference) != len(generated):
-                raise ValueError(
-                    f"{self.name}: {len(generated)} generated clips but {len(reference)} reference clips"
-                )
+                raise ValueError(f"{self.name}: {len(generated)} generated clips but {len(reference)} reference clips")
         for i, clip in enumerate(generated):
             for m in self.modalities:
                 if getattr(clip, m) is None:
@@ -175,7 +173,9 @@ class MetricSpec:
 REGISTRY: dict[str, MetricSpec] = {}
 
 
-def register_metric(name: str, group: Group, description: str) -> Callable[[Callable[[BuildContext], ClipMetric]], Callable[[BuildContext], ClipMetric]]:
+def register_metric(
+    name: str, group: Group, description: str
+) -> Callable[[Callable[[BuildContext], ClipMetric]], Callable[[BuildContext], ClipMetric]]:
     """Decorator: register a builder under a config name (e.g. "fd_panns_avbench")."""
     if group not in GROUPS:
         raise ValueError(f"metric {name!r}: group must be one of {GROUPS}, got {group!r}")

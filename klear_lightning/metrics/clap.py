@@ -84,7 +84,9 @@ _BLOCK_RENAMES = (
 )
 # numpy scalars / arrays some training checkpoints carry beside the weights: read as inert records.
 _NUMPY_RECORDS = tuple(
-    f"{module}.{name}" for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")
+    f"{module}.{name}"
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
 ) + ("numpy.ndarray", "numpy.dtype")
 
 
@@ -122,7 +124,10 @@ def config_from_laion(state: dict[str, Tensor]) -> Any:
 
     enc = "audio_model.audio_encoder."
     n_layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith(enc + "layers."))
-    depths = [1 + max(int(k.split(".")[5]) for k in state if k.startswith(f"{enc}layers.{i}.blocks.")) for i in range(n_layers)]
+    depths = [
+        1 + max(int(k.split(".")[5]) for k in state if k.startswith(f"{enc}layers.{i}.blocks."))
+        for i in range(n_layers)
+    ]
     tables = [state[f"{enc}layers.{i}.blocks.0.attention.self.relative_position_bias_table"] for i in range(n_layers)]
     window = (int(round(tables[0].shape[0] ** 0.5)) + 1) // 2
     words = state["text_model.embeddings.word_embeddings.weight"]
@@ -159,7 +164,9 @@ def _check_front_end(path: Path, state: dict[str, Tensor]) -> None:
         return
     expected = slaney_mel_filters(SAMPLE_RATE, N_FFT, N_MELS, F_MIN, F_MAX)
     if melw.shape != expected.shape or (melw.float() - expected).abs().max() > 1e-4 * expected.abs().max():
-        raise ValueError(f"{path}: its mel front end (logmel_extractor.melW) is not LAION's 64-bin 50-14000 Hz filter bank")
+        raise ValueError(
+            f"{path}: its mel front end (logmel_extractor.melW) is not LAION's 64-bin 50-14000 Hz filter bank"
+        )
 
 
 def load_laion_checkpoint(path: Path) -> Any:
@@ -207,8 +214,14 @@ class ClapExtractor:
 
     @torch.inference_mode()
     def text_embeddings(self, texts: Sequence[str]) -> Tensor:
-        tok = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=TEXT_MAX_TOKENS, return_tensors="pt")
-        emb = self._pooled(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)))
+        tok = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=TEXT_MAX_TOKENS, return_tensors="pt"
+        )
+        emb = self._pooled(
+            self.model.get_text_features(
+                input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
+            )
+        )
         return torch.nn.functional.normalize(emb.double(), dim=-1).cpu()
 
     def _mel(self, wave: np.ndarray) -> np.ndarray:
@@ -216,28 +229,42 @@ class ClapExtractor:
         from transformers.audio_utils import spectrogram, window_function
 
         fe = self.feature_extractor
-        return spectrogram(wave, window_function(fe.fft_window_size, "hann"), frame_length=fe.fft_window_size,
-                           hop_length=fe.hop_length, power=2.0, mel_filters=fe.mel_filters, log_mel="dB").T
+        return spectrogram(
+            wave,
+            window_function(fe.fft_window_size, "hann"),
+            frame_length=fe.fft_window_size,
+            hop_length=fe.hop_length,
+            power=2.0,
+            mel_filters=fe.mel_filters,
+            log_mel="dB",
+        ).T
 
     def model_input(self, wave: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
         """(input_features (channels, frames, 64), is_longer) for one 48 kHz wave, as LAION builds it."""
         if not self.fusion:
             if len(wave) > MAX_SAMPLES:
                 start = int(rng.integers(0, len(wave) - MAX_SAMPLES + 1))
-                wave = wave[start: start + MAX_SAMPLES]
+                wave = wave[start : start + MAX_SAMPLES]
             feats = self.feature_extractor([wave], sampling_rate=SAMPLE_RATE, return_tensors="np")
             return feats["input_features"][0].astype(np.float32), False
         if len(wave) < MAX_SAMPLES:  # repeat, then zero-pad to 10 s
-            wave = np.pad(np.tile(wave, MAX_SAMPLES // len(wave)), (0, MAX_SAMPLES - (MAX_SAMPLES // len(wave)) * len(wave)))
+            wave = np.pad(
+                np.tile(wave, MAX_SAMPLES // len(wave)), (0, MAX_SAMPLES - (MAX_SAMPLES // len(wave)) * len(wave))
+            )
         mel = self._mel(wave)
         chunk = MAX_SAMPLES // HOP + 1
         if mel.shape[0] == chunk:
             return np.stack([mel] * 4).astype(np.float32), False
         ranges = np.array_split(np.arange(mel.shape[0] - chunk + 1), 3)
         starts = [int(rng.choice(r)) if len(r) else 0 for r in ranges]
-        shrunk = F.interpolate(torch.from_numpy(mel)[None, None], size=(chunk, mel.shape[1]), mode="bilinear",
-                               align_corners=False, antialias=True)[0, 0].numpy()
-        return np.stack([shrunk] + [mel[s: s + chunk] for s in starts]).astype(np.float32), True
+        shrunk = F.interpolate(
+            torch.from_numpy(mel)[None, None],
+            size=(chunk, mel.shape[1]),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )[0, 0].numpy()
+        return np.stack([shrunk] + [mel[s : s + chunk] for s in starts]).astype(np.float32), True
 
     @torch.inference_mode()
     def audio_embeddings(self, clips: Sequence[MediaClip]) -> Tensor:
@@ -247,10 +274,12 @@ class ClapExtractor:
             rng = np.random.Generator(np.random.PCG64([self.seed, zlib.crc32(str(clip.meta.get("key", "")).encode())]))
             features, longer = self.model_input(wave, rng)
             with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-                emb = self._pooled(self.model.get_audio_features(
-                    input_features=torch.from_numpy(features)[None].to(self.device),
-                    is_longer=torch.tensor([[longer]], device=self.device) if self.fusion else None,
-                ))
+                emb = self._pooled(
+                    self.model.get_audio_features(
+                        input_features=torch.from_numpy(features)[None].to(self.device),
+                        is_longer=torch.tensor([[longer]], device=self.device) if self.fusion else None,
+                    )
+                )
             embs.append(emb)
         return torch.nn.functional.normalize(torch.cat(embs).double(), dim=-1).cpu()
 
@@ -259,9 +288,17 @@ def laion_feature_extractor(fusion: bool) -> Any:
     """`ClapFeatureExtractor` with LAION's audio settings (50-14000 Hz, 10 s, repeat-pad)."""
     from transformers import ClapFeatureExtractor
 
-    return ClapFeatureExtractor(feature_size=N_MELS, sampling_rate=SAMPLE_RATE, hop_length=HOP, max_length_s=10,
-                                fft_window_size=N_FFT, frequency_min=F_MIN, frequency_max=F_MAX,
-                                truncation="fusion" if fusion else "rand_trunc", padding="repeatpad")
+    return ClapFeatureExtractor(
+        feature_size=N_MELS,
+        sampling_rate=SAMPLE_RATE,
+        hop_length=HOP,
+        max_length_s=10,
+        fft_window_size=N_FFT,
+        frequency_min=F_MIN,
+        frequency_max=F_MAX,
+        truncation="fusion" if fusion else "rand_trunc",
+        padding="repeatpad",
+    )
 
 
 def load_clap(path: Path, tokenizer_dir: Path | None, device: torch.device, seed: int = 0) -> ClapExtractor:
@@ -279,20 +316,31 @@ def load_clap(path: Path, tokenizer_dir: Path | None, device: torch.device, seed
             )
         model = load_laion_checkpoint(path)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    return ClapExtractor(model, tokenizer, laion_feature_extractor(bool(model.config.audio_config.enable_fusion)), device, seed)
+    return ClapExtractor(
+        model, tokenizer, laion_feature_extractor(bool(model.config.audio_config.enable_fusion)), device, seed
+    )
 
 
 def clap_extractor(ctx: BuildContext) -> ClapExtractor:
-    tokenizer_dir = ctx.checkpoint("clap_tokenizer", "a roberta-base tokenizer directory") if ctx.checkpoints.get("clap_tokenizer") else None
-    return ctx.load("clap", "a transformers CLAP directory (e.g. laion/clap-htsat-fused) or a LAION .pt",
-                    lambda path: load_clap(path, tokenizer_dir, ctx.device))
+    tokenizer_dir = (
+        ctx.checkpoint("clap_tokenizer", "a roberta-base tokenizer directory")
+        if ctx.checkpoints.get("clap_tokenizer")
+        else None
+    )
+    return ctx.load(
+        "clap",
+        "a transformers CLAP directory (e.g. laion/clap-htsat-fused) or a LAION .pt",
+        lambda path: load_clap(path, tokenizer_dir, ctx.device),
+    )
 
 
 class ClapScore(ClipMetric):
     columns = (Column("clap_score_versebench", "CLAP", higher_is_better=True),)
-    protocol = ("Verse-Bench: LAION CLAP (Verse-Bench: 630k-audioset-fusion-best), 48 kHz wave peak-normalised to "
-                "-1 dBFS and rounded through int16, LAION eval features (50-14000 Hz, 10 s repeat-pad, seeded crops), "
-                "cosine(audio, audio_caption text), mean")
+    protocol = (
+        "Verse-Bench: LAION CLAP (Verse-Bench: 630k-audioset-fusion-best), 48 kHz wave peak-normalised to "
+        "-1 dBFS and rounded through int16, LAION eval features (50-14000 Hz, 10 s repeat-pad, seeded crops), "
+        "cosine(audio, audio_caption text), mean"
+    )
 
     def __init__(self, extractor: ClapExtractor) -> None:
         super().__init__()
@@ -313,6 +361,8 @@ class ClapScore(ClipMetric):
         return self.total / self.n
 
 
-@register_metric("clap_score_versebench", group="audio", description="CLAP audio-caption cosine (Verse-Bench, LAION CLAP)")
+@register_metric(
+    "clap_score_versebench", group="audio", description="CLAP audio-caption cosine (Verse-Bench, LAION CLAP)"
+)
 def build_clap_score(ctx: BuildContext) -> ClipMetric:
     return ClapScore(clap_extractor(ctx))

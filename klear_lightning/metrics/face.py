@@ -46,7 +46,7 @@ class FaceDetector:
         device = next(self.net.parameters()).device
         found: list[Tensor | None] = []
         for s in range(0, frames.shape[0], self.batch):
-            x = frames[s: s + self.batch].permute(0, 3, 1, 2).float()
+            x = frames[s : s + self.batch].permute(0, 3, 1, 2).float()
             x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
             x = x - torch.tensor(RGB_MEAN)[None, :, None, None]
             loc, score, sizes = self.net(x.to(device))

@@ -54,7 +54,9 @@ class FrechetDistance(ClipMetric):
 
     needs_reference = True
 
-    def __init__(self, features: FeatureFn, dim: int, column: Column, protocol: str, modalities: tuple[str, ...] = ("audio",)) -> None:
+    def __init__(
+        self, features: FeatureFn, dim: int, column: Column, protocol: str, modalities: tuple[str, ...] = ("audio",)
+    ) -> None:
         self.columns = (column,)
         self.protocol = protocol
         self.modalities = modalities
@@ -117,7 +119,9 @@ class PairwiseEmbeddingDistance(ClipMetric):
         return self.total / self.n
 
 
-@register_metric("fd_panns_avbench", group="audio", description="Fréchet distance, PANNs Cnn14 16 kHz fc1 (av-benchmark)")
+@register_metric(
+    "fd_panns_avbench", group="audio", description="Fréchet distance, PANNs Cnn14 16 kHz fc1 (av-benchmark)"
+)
 def build_fd_panns_avbench(ctx: BuildContext) -> ClipMetric:
     from klear_lightning.metrics.nets.cnn14 import EMBED_DIM
     from klear_lightning.metrics.panns import panns_extractor
@@ -131,7 +135,9 @@ def build_fd_panns_avbench(ctx: BuildContext) -> ClipMetric:
     )
 
 
-@register_metric("fd_clap_versebench", group="audio", description="Verse-Bench FD: per-pair distance of CLAP audio embeddings")
+@register_metric(
+    "fd_clap_versebench", group="audio", description="Verse-Bench FD: per-pair distance of CLAP audio embeddings"
+)
 def build_fd_clap_versebench(ctx: BuildContext) -> ClipMetric:
     from klear_lightning.metrics.clap import clap_extractor
 
@@ -139,6 +145,8 @@ def build_fd_clap_versebench(ctx: BuildContext) -> ClipMetric:
     return PairwiseEmbeddingDistance(
         features=extractor.audio_embeddings,
         column=Column("fd_clap_versebench", "FD", higher_is_better=False),
-        protocol=("Verse-Bench (our reading, metrics/fd.py): LAION CLAP audio embeddings with Verse-Bench's preparation, "
-                  "Fréchet distance of each generated / reference pair as point masses = squared L2 of unit vectors, mean"),
+        protocol=(
+            "Verse-Bench (our reading, metrics/fd.py): LAION CLAP audio embeddings with Verse-Bench's preparation, "
+            "Fréchet distance of each generated / reference pair as point masses = squared L2 of unit vectors, mean"
+        ),
     )

@@ -62,7 +62,9 @@ class CosineToReferenceFrame(ClipMetric):
     @torch.no_grad()
     def features(self, frames: Tensor) -> Tensor:
         device = next(self.net.parameters()).device
-        return torch.cat([self.embed(frames[s : s + self.batch], device).cpu() for s in range(0, frames.shape[0], self.batch)])
+        return torch.cat(
+            [self.embed(frames[s : s + self.batch], device).cpu() for s in range(0, frames.shape[0], self.batch)]
+        )
 
     def _update(self, generated: list[MediaClip], reference: list[MediaClip] | None) -> None:
         assert reference is not None
@@ -81,8 +83,10 @@ class CosineToReferenceFrame(ClipMetric):
 
 class IdentityConsistency(CosineToReferenceFrame):
     columns = (Column("id_dino_cls", "ID", higher_is_better=True),)
-    protocol = ("DINO ViT CLS feature (final norm), 224 px centre crop; mean cosine of every "
-                "generated frame to the reference clip's first frame")
+    protocol = (
+        "DINO ViT CLS feature (final norm), 224 px centre crop; mean cosine of every "
+        "generated frame to the reference clip's first frame"
+    )
 
     def embed(self, frames: Tensor, device: torch.device) -> Tensor:
         return self.net(dino_inputs(frames).to(device))
@@ -90,8 +94,13 @@ class IdentityConsistency(CosineToReferenceFrame):
 
 @register_metric("id_dino_cls", group="video", description="DINO CLS cosine to the reference image")
 def build_identity(ctx: BuildContext) -> ClipMetric:
-    return IdentityConsistency(ctx.load("dino", "a DINO ViT checkpoint (e.g. dino_deitsmall16_pretrain.pth)",
-                                        lambda path: load_dino(path).to(ctx.device)))
+    return IdentityConsistency(
+        ctx.load(
+            "dino",
+            "a DINO ViT checkpoint (e.g. dino_deitsmall16_pretrain.pth)",
+            lambda path: load_dino(path).to(ctx.device),
+        )
+    )
 
 
 def dinov3_inputs(frames: Tensor, size: int = 224) -> Tensor:
@@ -104,16 +113,23 @@ def dinov3_inputs(frames: Tensor, size: int = 224) -> Tensor:
 
 class IdentityDinov3VerseBench(CosineToReferenceFrame):
     columns = (Column("id_dinov3_versebench", "ID", higher_is_better=True),)
-    protocol = ("Verse-Bench ID: DINOv3 last hidden state, token [-2] (as its pipeline code indexes), frames "
-                "resized to 224 x 224; mean cosine of every generated frame to the reference image")
+    protocol = (
+        "Verse-Bench ID: DINOv3 last hidden state, token [-2] (as its pipeline code indexes), frames "
+        "resized to 224 x 224; mean cosine of every generated frame to the reference image"
+    )
 
     def embed(self, frames: Tensor, device: torch.device) -> Tensor:
         return self.net(pixel_values=dinov3_inputs(frames).to(device)).last_hidden_state[:, VERSEBENCH_TOKEN]
 
 
-@register_metric("id_dinov3_versebench", group="video",
-                 description="Verse-Bench ID: DINOv3 token cosine to the reference image")
+@register_metric(
+    "id_dinov3_versebench", group="video", description="Verse-Bench ID: DINOv3 token cosine to the reference image"
+)
 def build_identity_dinov3(ctx: BuildContext) -> ClipMetric:
-    return IdentityDinov3VerseBench(ctx.load(
-        "dinov3", "a local DINOv3 directory (e.g. facebook/dinov3-vitl16-pretrain-lvd1689m)",
-        lambda path: load_dinov3(path).to(ctx.device)))
+    return IdentityDinov3VerseBench(
+        ctx.load(
+            "dinov3",
+            "a local DINOv3 directory (e.g. facebook/dinov3-vitl16-pretrain-lvd1689m)",
+            lambda path: load_dinov3(path).to(ctx.device),
+        )
+    )

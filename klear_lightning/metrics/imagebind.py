@@ -32,8 +32,10 @@ from klear_lightning.safe_pickle import load_torch_file
 IB_FPS = 0.5
 IB_SIZE = 224
 AUDIO_SR = 16000
-INSTALL = ("ImageBind is an optional non-commercial (CC-BY-NC 4.0) extra: "
-           "pip install git+https://github.com/facebookresearch/ImageBind")
+INSTALL = (
+    "ImageBind is an optional non-commercial (CC-BY-NC 4.0) extra: "
+    "pip install git+https://github.com/facebookresearch/ImageBind"
+)
 
 
 def ib_score(video_embedding: Tensor, audio_embedding: Tensor) -> Tensor:
@@ -50,15 +52,20 @@ def ib_video(video: Tensor, fps: float) -> Tensor:
     x = rearrange(video[idx].float() / 255.0, "t h w c -> t c h w")
     h, w = x.shape[-2:]
     scale = IB_SIZE / min(h, w)
-    x = F.interpolate(x, size=(max(IB_SIZE, int(h * scale)), max(IB_SIZE, int(w * scale))),
-                      mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    x = F.interpolate(
+        x,
+        size=(max(IB_SIZE, int(h * scale)), max(IB_SIZE, int(w * scale))),
+        mode="bicubic",
+        align_corners=False,
+        antialias=True,
+    ).clamp(0, 1)
     x = (x - torch.tensor(CLIP_MEAN)[None, :, None, None]) / torch.tensor(CLIP_STD)[None, :, None, None]
     h, w = x.shape[-2:]
     crops = []
     for i in range(3):
         y0 = [0, math.ceil((h - IB_SIZE) / 2), h - IB_SIZE][i] if h > w else math.ceil((h - IB_SIZE) / 2)
         x0 = [0, math.ceil((w - IB_SIZE) / 2), w - IB_SIZE][i] if h <= w else math.ceil((w - IB_SIZE) / 2)
-        crops.append(x[:, :, y0: y0 + IB_SIZE, x0: x0 + IB_SIZE])
+        crops.append(x[:, :, y0 : y0 + IB_SIZE, x0 : x0 + IB_SIZE])
     pairs = [torch.stack([c[t], c[t + 1]], dim=1) for t in range(n - 1) for c in crops]
     return torch.stack(pairs)
 
@@ -67,16 +74,19 @@ def ib_audio(wave: Tensor, melspec: Any) -> Tensor:
     """16 kHz wave (N,) -> (3, 1, 128, 204) normalised fbanks of three evenly spread 2 s clips."""
     duration = wave.shape[0] / AUDIO_SR
     starts = torch.linspace(0.0, max(duration - 2.0, 0.0), 3)
-    clips = [melspec(wave[None, int(s * AUDIO_SR): int((s + 2.0) * AUDIO_SR)], AUDIO_SR, 128, 204)
-             for s in starts.tolist()]
+    clips = [
+        melspec(wave[None, int(s * AUDIO_SR) : int((s + 2.0) * AUDIO_SR)], AUDIO_SR, 128, 204) for s in starts.tolist()
+    ]
     return (torch.stack(clips) - (-4.268)) / 9.138
 
 
 class ImageBindScore(ClipMetric):
     modalities = ("video", "audio")
     columns = (Column("ib_score_avbench", "IB", higher_is_better=True),)
-    protocol = ("av-benchmark: ImageBind huge, video 0.5 fps x 3 crops x frame pairs, audio 3 x 2 s "
-                "fbank clips, cosine(video, audio), mean")
+    protocol = (
+        "av-benchmark: ImageBind huge, video 0.5 fps x 3 crops x frame pairs, audio 3 x 2 s "
+        "fbank clips, cosine(video, audio), mean"
+    )
 
     def __init__(self, model: nn.Module, modality: Any, melspec: Any) -> None:
         super().__init__()
@@ -124,4 +134,6 @@ def build_ib_score(ctx: BuildContext) -> ClipMetric:
         model.load_state_dict(read_imagebind_weights(weights), strict=True)
         return model.eval().to(ctx.device)
 
-    return ImageBindScore(ctx.load("imagebind", "ImageBind weights (imagebind_huge.pth)", load), ModalityType, waveform2melspec)
+    return ImageBindScore(
+        ctx.load("imagebind", "ImageBind weights (imagebind_huge.pth)", load), ModalityType, waveform2melspec
+    )

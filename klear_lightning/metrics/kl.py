@@ -54,8 +54,10 @@ class PairedKL(ClipMetric):
 class VerseBenchKL(ClipMetric):
     needs_reference = True
     columns = (Column("kl_passt_versebench", "KL", higher_is_better=False),)
-    protocol = ("Verse-Bench: PaSST-S (passt_s_swa_p16_128_ap476) at 32 kHz, peak -1 dBFS, 10 s windows hop 5 s, "
-                "mean logits, softmax, sum p_ref (log p_ref - log(p_gen + 1e-6)) per pair, mean")
+    protocol = (
+        "Verse-Bench: PaSST-S (passt_s_swa_p16_128_ap476) at 32 kHz, peak -1 dBFS, 10 s windows hop 5 s, "
+        "mean logits, softmax, sum p_ref (log p_ref - log(p_gen + 1e-6)) per pair, mean"
+    )
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -80,15 +82,26 @@ class VerseBenchKL(ClipMetric):
         return self.total / self.n
 
 
-@register_metric("kl_passt_versebench", group="audio", description="Verse-Bench KL: PaSST AudioSet distributions, reference vs generated")
+@register_metric(
+    "kl_passt_versebench",
+    group="audio",
+    description="Verse-Bench KL: PaSST AudioSet distributions, reference vs generated",
+)
 def build_kl_passt(ctx: BuildContext) -> ClipMetric:
     from klear_lightning.metrics.nets.passt import load_passt
 
-    return VerseBenchKL(ctx.load("passt", "the PaSST weights (passt-s-f128-p16-s10-ap.476-swa.pt)",
-                                 lambda path: load_passt(path).to(ctx.device)))
+    return VerseBenchKL(
+        ctx.load(
+            "passt",
+            "the PaSST weights (passt-s-f128-p16-s10-ap.476-swa.pt)",
+            lambda path: load_passt(path).to(ctx.device),
+        )
+    )
 
 
-@register_metric("kl_panns_avbench", group="audio", description="KL(reference || generated), softmax over PANNs AudioSet logits")
+@register_metric(
+    "kl_panns_avbench", group="audio", description="KL(reference || generated), softmax over PANNs AudioSet logits"
+)
 def build_kl_panns(ctx: BuildContext) -> ClipMetric:
     from klear_lightning.metrics.panns import panns_extractor
 

@@ -43,12 +43,10 @@ def _conv(x: Tensor, kernel: Tensor) -> Tensor:
 def warp(image: Tensor, flow: Tensor) -> Tensor:
     """Sample `image` (N, 1, H, W) at x + flow; flow (N, 2, H, W) in pixels (u right, v down)."""
     n, _, h, w = image.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=image.dtype), torch.arange(w, dtype=image.dtype),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=image.dtype), torch.arange(w, dtype=image.dtype), indexing="ij")
     gx = (xs + flow[:, 0]) * 2 / max(w - 1, 1) - 1
     gy = (ys + flow[:, 1]) * 2 / max(h - 1, 1) - 1
-    return F.grid_sample(image, torch.stack([gx, gy], -1), mode="bilinear",
-                         padding_mode="border", align_corners=True)
+    return F.grid_sample(image, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def horn_schunck(first: Tensor, second: Tensor, flow: Tensor, alpha: float, iterations: int) -> Tensor:
@@ -68,8 +66,7 @@ def horn_schunck(first: Tensor, second: Tensor, flow: Tensor, alpha: float, iter
     return flow + torch.cat([du, dv], dim=1)
 
 
-def optical_flow(first: Tensor, second: Tensor, levels: int = 3, alpha: float = 0.05,
-                 iterations: int = 50) -> Tensor:
+def optical_flow(first: Tensor, second: Tensor, levels: int = 3, alpha: float = 0.05, iterations: int = 50) -> Tensor:
     """Coarse-to-fine Horn-Schunck flow (N, 2, H, W) in pixels from grey (N, 1, H, W) in [0, 1]."""
     pyramid = [(first, second)]
     for _ in range(levels - 1):
@@ -94,8 +91,9 @@ def grey_frames(video: Tensor, size: int) -> Tensor:
     h, w = grey.shape[-2:]
     scale = size / min(h, w)
     if scale != 1.0:
-        grey = F.interpolate(grey, size=(round(h * scale), round(w * scale)), mode="bilinear",
-                             align_corners=False, antialias=scale < 1)
+        grey = F.interpolate(
+            grey, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False, antialias=scale < 1
+        )
     return grey
 
 
@@ -106,8 +104,8 @@ def motion_magnitude(video: Tensor, size: int = 256, batch: int = 8) -> float:
     grey = grey_frames(video, size)
     total = 0.0
     for s in range(0, grey.shape[0] - 1, batch):
-        a = grey[s: s + batch]
-        b = grey[s + 1: s + 1 + batch][: a.shape[0]]
+        a = grey[s : s + batch]
+        b = grey[s + 1 : s + 1 + batch][: a.shape[0]]
         a = a[: b.shape[0]]
         total += float(optical_flow(a, b).norm(dim=1).mean((1, 2)).sum())
     return total / (grey.shape[0] - 1)
@@ -116,8 +114,10 @@ def motion_magnitude(video: Tensor, size: int = 256, batch: int = 8) -> float:
 class MotionScore(ClipMetric):
     modalities = ("video",)
     columns = (Column("motion_hs256", "Motion", higher_is_better=True),)
-    protocol = ("Horn-Schunck optical flow (3-level pyramid, alpha 0.05, 50 iterations) on grey "
-                "frames, short side 256; mean magnitude in px per frame over consecutive pairs")
+    protocol = (
+        "Horn-Schunck optical flow (3-level pyramid, alpha 0.05, 50 iterations) on grey "
+        "frames, short side 256; mean magnitude in px per frame over consecutive pairs"
+    )
 
     def __init__(self, size: int = 256) -> None:
         super().__init__()
@@ -167,8 +167,8 @@ def raft_flows(net: RAFT, frames: Tensor, iters: int, batch: int = 4) -> Tensor:
     padded = pad_to_eight(frames)
     flows = []
     for s in range(0, padded.shape[0] - 1, batch):
-        a = padded[s: min(s + batch, padded.shape[0] - 1)].to(device)
-        b = padded[s + 1: s + 1 + a.shape[0]].to(device)
+        a = padded[s : min(s + batch, padded.shape[0] - 1)].to(device)
+        b = padded[s + 1 : s + 1 + a.shape[0]].to(device)
         flows.append(net(a, b, iters).cpu())
     return torch.cat(flows)
 
@@ -181,9 +181,11 @@ def raft_pair_scores(flows: Tensor) -> Tensor:
 class MotionRaftVerseBench(ClipMetric):
     modalities = ("video",)
     columns = (Column("motion_raft_versebench", "MS", higher_is_better=True),)
-    protocol = ("Verse-Bench MS (its raft_inferencer): RAFT raft-things, 20 iterations, every consecutive frame "
-                "pair at the clip's frame rate, frames halved until <= 640 px, padded to multiples of 8; mean "
-                "|flow| component in px per pair, mean over pairs, then clips")
+    protocol = (
+        "Verse-Bench MS (its raft_inferencer): RAFT raft-things, 20 iterations, every consecutive frame "
+        "pair at the clip's frame rate, frames halved until <= 640 px, padded to multiples of 8; mean "
+        "|flow| component in px per pair, mean over pairs, then clips"
+    )
 
     def __init__(self, net: RAFT) -> None:
         super().__init__()
@@ -206,5 +208,6 @@ class MotionRaftVerseBench(ClipMetric):
 
 @register_metric("motion_raft_versebench", group="video", description="Verse-Bench MS: mean |RAFT flow|")
 def build_motion_raft(ctx: BuildContext) -> ClipMetric:
-    return MotionRaftVerseBench(ctx.load("raft", "the RAFT weights (raft-things.pth)",
-                                         lambda path: load_raft(path).to(ctx.device)))
+    return MotionRaftVerseBench(
+        ctx.load("raft", "the RAFT weights (raft-things.pth)", lambda path: load_raft(path).to(ctx.device))
+    )

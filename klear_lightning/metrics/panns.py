@@ -31,8 +31,10 @@ class PannsExtractor:
 
     @torch.inference_mode()
     def __call__(self, clips: Sequence[MediaClip]) -> PannsOutput:
-        if self._last is not None and len(self._last[0]) == len(clips) and all(
-            a is c.audio for a, c in zip(self._last[0], clips)
+        if (
+            self._last is not None
+            and len(self._last[0]) == len(clips)
+            and all(a is c.audio for a, c in zip(self._last[0], clips))
         ):
             return self._last[1]
         outs = []
@@ -52,5 +54,8 @@ class PannsExtractor:
 
 def panns_extractor(ctx: BuildContext) -> PannsExtractor:
     """The shared Cnn14 extractor from `metrics.checkpoints.panns`."""
-    return ctx.load("panns", "a PANNs Cnn14 16 kHz checkpoint (Cnn14_16k_mAP=0.438.pth, zenodo 3987831)",
-                    lambda path: PannsExtractor(load_cnn14(path, ctx.device)))
+    return ctx.load(
+        "panns",
+        "a PANNs Cnn14 16 kHz checkpoint (Cnn14_16k_mAP=0.438.pth, zenodo 3987831)",
+        lambda path: PannsExtractor(load_cnn14(path, ctx.device)),
+    )

@@ -17,7 +17,7 @@ def versebench_windows(wave: Tensor, window_s: float = 10.0, hop_s: float = 5.0)
     size, step = int(window_s * SAMPLE_RATE), int((window_s - hop_s) * SAMPLE_RATE)
     out = []
     for start in range(0, max(step, wave.shape[0] - step), step):
-        window = wave[start: start + size]
+        window = wave[start : start + size]
         if window.shape[0] < size and window.shape[0] > int(size * 0.15):
             window = F.pad(window, (0, size - window.shape[0]))
         out.append(window)

@@ -84,8 +84,14 @@ def table1(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if found is not None:
                 key, paper = found
                 cell = ok[key]
-                cells[column.label] = {"status": "ok", "key": key, "value": cell["value"], "n": cell["n"],
-                                       "protocol": cell["protocol"], "paper_protocol": paper}
+                cells[column.label] = {
+                    "status": "ok",
+                    "key": key,
+                    "value": cell["value"],
+                    "n": cell["n"],
+                    "protocol": cell["protocol"],
+                    "paper_protocol": paper,
+                }
                 continue
             tried = find_key(column, row)
             reason = row[tried[0]].get("reason", "") if tried else "no metric for this column is configured"

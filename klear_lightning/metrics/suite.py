@@ -148,7 +148,9 @@ class MetricSuite:
                 continue
             metric.update(generated, reference if metric.needs_reference else None)
 
-    def update_metric(self, row: str, name: str, generated: list[MediaClip], reference: list[MediaClip] | None = None) -> None:
+    def update_metric(
+        self, row: str, name: str, generated: list[MediaClip], reference: list[MediaClip] | None = None
+    ) -> None:
         """Feed one metric of one row (a routed benchmark such as Verse-Bench feeds each metric its own
         subset of clips); a metric that needs references and gets none is reported as not computed."""
         metric = self.metrics[row][name]

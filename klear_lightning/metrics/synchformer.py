@@ -68,8 +68,12 @@ def log_mel(segments: Tensor, mel_bins: int = 128) -> Tensor:
     lead = segments.shape[:-1]
     flat = segments.reshape(-1, segments.shape[-1])
     window = F.pad(torch.hann_window(400), (312, 312))
-    spec = torch.stft(flat, n_fft=1024, hop_length=160, window=window, center=True,
-                      pad_mode="reflect", return_complex=True).abs() ** 2
+    spec = (
+        torch.stft(
+            flat, n_fft=1024, hop_length=160, window=window, center=True, pad_mode="reflect", return_complex=True
+        ).abs()
+        ** 2
+    )
     mel = torch.einsum("nft,fm->nmt", spec, mel_filterbank(513, mel_bins, AUDIO_SR))
     mel = torch.log(mel + 1e-6)
     mel = F.pad(mel, (0, max(0, MEL_FRAMES - mel.shape[-1])))[..., :MEL_FRAMES]
@@ -100,22 +104,22 @@ class SyncInputs:
         return self.video.shape[0]
 
 
-def prepare_clip(video: Tensor, fps: float, audio: Tensor, sample_rate: int,
-                 image_size: int = 224, mel_bins: int = 128) -> SyncInputs:
+def prepare_clip(
+    video: Tensor, fps: float, audio: Tensor, sample_rate: int, image_size: int = 224, mel_bins: int = 128
+) -> SyncInputs:
     """Resample, resize and cut a clip into the segments shared by both modalities."""
     frames = resample_video(video, fps, VIDEO_FPS)
     wave = resample(audio, sample_rate, AUDIO_SR)
     n_audio = max(0, (wave.shape[0] - SEGMENT_SAMPLES) // SEGMENT_HOP_SAMPLES + 1)
     n = min(segment_count(frames.shape[0]), n_audio)
     if n == 0:
-        return SyncInputs(video=torch.zeros(0, 3, SEGMENT_FRAMES, image_size, image_size),
-                          mel=torch.zeros(0, mel_bins, MEL_FRAMES))
-    pixels = normalized(frames[: (n - 1) * SEGMENT_HOP_FRAMES + SEGMENT_FRAMES], image_size,
-                        (0.5,) * 3, (0.5,) * 3)
+        return SyncInputs(
+            video=torch.zeros(0, 3, SEGMENT_FRAMES, image_size, image_size), mel=torch.zeros(0, mel_bins, MEL_FRAMES)
+        )
+    pixels = normalized(frames[: (n - 1) * SEGMENT_HOP_FRAMES + SEGMENT_FRAMES], image_size, (0.5,) * 3, (0.5,) * 3)
     v_idx = torch.arange(n)[:, None] * SEGMENT_HOP_FRAMES + torch.arange(SEGMENT_FRAMES)
     a_idx = torch.arange(n)[:, None] * SEGMENT_HOP_SAMPLES + torch.arange(SEGMENT_SAMPLES)
-    return SyncInputs(video=rearrange(pixels[v_idx], "s t c h w -> s c t h w"),
-                      mel=log_mel(wave[a_idx], mel_bins))
+    return SyncInputs(video=rearrange(pixels[v_idx], "s t c h w -> s c t h w"), mel=log_mel(wave[a_idx], mel_bins))
 
 
 VERSEBENCH_SHORT_SIDE = 256
@@ -135,13 +139,17 @@ def versebench_pixels(frames: Tensor, image_size: int = 224) -> Tensor:
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
         x = x.round().clamp(0, 255)
     eh, ew = nh // 2 * 2, nw // 2 * 2
-    top, left = (nh - eh) // 2 + int(round((eh - image_size) / 2.0)), (nw - ew) // 2 + int(round((ew - image_size) / 2.0))
-    x = x[..., top: top + image_size, left: left + image_size]
+    top, left = (
+        (nh - eh) // 2 + int(round((eh - image_size) / 2.0)),
+        (nw - ew) // 2 + int(round((ew - image_size) / 2.0)),
+    )
+    x = x[..., top : top + image_size, left : left + image_size]
     return ((x.half() / 255.0 - 0.5) / 0.5).float()
 
 
-def versebench_window(video: Tensor, fps: float, audio: Tensor, sample_rate: int,
-                      image_size: int = 224, mel_bins: int = 128) -> SyncInputs | None:
+def versebench_window(
+    video: Tensor, fps: float, audio: Tensor, sample_rate: int, image_size: int = 224, mel_bins: int = 128
+) -> SyncInputs | None:
     """Verse-Bench's one window of 11 segments from frame 2 (audio sample 1280) of the first 4 s;
     None when the clip (video and audio cut to the shorter, at most 10 s) is under 4 s."""
     frames = resample_video(video, fps, VIDEO_FPS)
@@ -151,12 +159,11 @@ def versebench_window(video: Tensor, fps: float, audio: Tensor, sample_rate: int
         return None
     span = (VERSEBENCH_SEGMENTS - 1) * SEGMENT_HOP_FRAMES + SEGMENT_FRAMES
     first = VERSEBENCH_START_FRAME
-    pixels = versebench_pixels(frames[first: first + span], image_size)
+    pixels = versebench_pixels(frames[first : first + span], image_size)
     a0 = int(first / VIDEO_FPS * AUDIO_SR)
     v_idx = torch.arange(VERSEBENCH_SEGMENTS)[:, None] * SEGMENT_HOP_FRAMES + torch.arange(SEGMENT_FRAMES)
     a_idx = a0 + torch.arange(VERSEBENCH_SEGMENTS)[:, None] * SEGMENT_HOP_SAMPLES + torch.arange(SEGMENT_SAMPLES)
-    return SyncInputs(video=rearrange(pixels[v_idx], "s t c h w -> s c t h w"),
-                      mel=log_mel(wave[a_idx], mel_bins))
+    return SyncInputs(video=rearrange(pixels[v_idx], "s t c h w -> s c t h w"), mel=log_mel(wave[a_idx], mel_bins))
 
 
 class DeSync(ClipMetric):
@@ -172,9 +179,11 @@ class DeSync(ClipMetric):
         if protocol_kind not in ("avbench", "versebench"):
             raise ValueError(f"protocol_kind must be avbench or versebench, got {protocol_kind!r}")
         other = "_signed" if protocol_kind == "avbench" else "_abs"
-        self.columns = (Column(key, label, higher_is_better=False),
-                        Column(f"{key}{other}", f"{label} ({other[1:]})", higher_is_better=False),
-                        Column(f"{key}_too_short", f"{label}: clips too short", False))
+        self.columns = (
+            Column(key, label, higher_is_better=False),
+            Column(f"{key}{other}", f"{label} ({other[1:]})", higher_is_better=False),
+            Column(f"{key}_too_short", f"{label}: clips too short", False),
+        )
         self.protocol = protocol
         super().__init__()
         self.model = model
@@ -198,8 +207,10 @@ class DeSync(ClipMetric):
         if inputs.segments < self.segments:
             return None
         starts = [0, inputs.segments - self.segments]
-        return (torch.stack([inputs.video[s: s + self.segments] for s in starts]),
-                torch.stack([inputs.mel[s: s + self.segments] for s in starts]))
+        return (
+            torch.stack([inputs.video[s : s + self.segments] for s in starts]),
+            torch.stack([inputs.mel[s : s + self.segments] for s in starts]),
+        )
 
     @torch.no_grad()
     def offsets(self, clip: MediaClip) -> Tensor | None:
@@ -224,8 +235,9 @@ class DeSync(ClipMetric):
             self.n += 1
 
     def compute(self) -> dict[str, Tensor]:
-        self.require(self.n >= 1, f"no clip long enough for a {self.segments}-segment window "
-                     f"({int(self.too_short)} too short)")
+        self.require(
+            self.n >= 1, f"no clip long enough for a {self.segments}-segment window ({int(self.too_short)} too short)"
+        )
         key = self.columns[0].key
         mean_abs, mean_signed = self.abs_sum / self.n_windows, self.signed_sum / self.n_windows
         main, other = (mean_abs, mean_signed) if self.kind == "avbench" else (mean_signed, mean_abs)
@@ -233,33 +245,51 @@ class DeSync(ClipMetric):
 
 
 def _shared_synchformer(ctx: BuildContext) -> Synchformer:
-    return ctx.load("synchformer", "the Synchformer weights (synchformer_state_dict.pth or a Synchformer "
-                    "training checkpoint such as 24-01-04T16-39-21.pt)",
-                    lambda path: load_synchformer(path).to(ctx.device))
+    return ctx.load(
+        "synchformer",
+        "the Synchformer weights (synchformer_state_dict.pth or a Synchformer "
+        "training checkpoint such as 24-01-04T16-39-21.pt)",
+        lambda path: load_synchformer(path).to(ctx.device),
+    )
 
 
-@register_metric("desync_avbench", group="av",
-                 description="Synchformer offset, mean |offset| over the first and last 4.8 s")
+@register_metric(
+    "desync_avbench", group="av", description="Synchformer offset, mean |offset| over the first and last 4.8 s"
+)
 def build_desync_avbench(ctx: BuildContext) -> ClipMetric:
-    return DeSync(_shared_synchformer(ctx), "desync_avbench", "DeSync",
-                  protocol="av-benchmark: Synchformer, 25 fps 224 px, 16 kHz, 14 segments of 0.64 s "
-                           "(hop 0.32 s), first and last 4.8 s windows, mean |offset| in s",
-                  protocol_kind="avbench")
+    return DeSync(
+        _shared_synchformer(ctx),
+        "desync_avbench",
+        "DeSync",
+        protocol="av-benchmark: Synchformer, 25 fps 224 px, 16 kHz, 14 segments of 0.64 s "
+        "(hop 0.32 s), first and last 4.8 s windows, mean |offset| in s",
+        protocol_kind="avbench",
+    )
 
 
-@register_metric("desync_versebench", group="av",
-                 description="Verse-Bench AV-A: signed Synchformer offset of one 11-segment window")
+@register_metric(
+    "desync_versebench", group="av", description="Verse-Bench AV-A: signed Synchformer offset of one 11-segment window"
+)
 def build_desync_versebench(ctx: BuildContext) -> ClipMetric:
     model = _shared_synchformer(ctx)
     rows = model.transformer.pos_emb_cfg.pos_emb.shape[1]
     need = 2 + VERSEBENCH_SEGMENTS * (VIDEO_TOKENS + AUDIO_TOKENS)
     if rows < need:
-        raise MetricUnavailable(f"desync_versebench: the Synchformer checkpoint's positional table has "
-                                f"{rows} rows, the 11-segment window needs {need}")
-    trim = f"positional table {rows} -> {need} rows as Verse-Bench's loader trims" if rows > need else \
-        f"positional table {rows} rows"
-    return DeSync(model, "desync_versebench", "AV-A",
-                  protocol="Verse-Bench AV-A: Synchformer, 25 fps, short side 256, centre crop 224, "
-                           "16 kHz; the first 4 s, 11 segments of 0.64 s (hop 0.32 s) from frame 2; "
-                           f"{trim}; top-1 offset in s, signed mean over clips",
-                  protocol_kind="versebench")
+        raise MetricUnavailable(
+            f"desync_versebench: the Synchformer checkpoint's positional table has "
+            f"{rows} rows, the 11-segment window needs {need}"
+        )
+    trim = (
+        f"positional table {rows} -> {need} rows as Verse-Bench's loader trims"
+        if rows > need
+        else f"positional table {rows} rows"
+    )
+    return DeSync(
+        model,
+        "desync_versebench",
+        "AV-A",
+        protocol="Verse-Bench AV-A: Synchformer, 25 fps, short side 256, centre crop 224, "
+        "16 kHz; the first 4 s, 11 segments of 0.64 s (hop 0.32 s) from frame 2; "
+        f"{trim}; top-1 offset in s, signed mean over clips",
+        protocol_kind="versebench",
+    )

@@ -48,8 +48,7 @@ VERSEBENCH_MAX_OFFSET = 14  # frames; a scene at or beyond drops its clip
 SAMPLES_PER_FRAME = AUDIO_SR // int(VIDEO_FPS)
 
 
-def mfcc(wave: Tensor, sample_rate: int = AUDIO_SR, numcep: int = 13, nfilt: int = 26,
-         nfft: int = 512) -> Tensor:
+def mfcc(wave: Tensor, sample_rate: int = AUDIO_SR, numcep: int = 13, nfilt: int = 26, nfft: int = 512) -> Tensor:
     """python_speech_features.mfcc with its defaults (25 ms rectangular frames, 10 ms step,
     pre-emphasis 0.97, lifter 22, c0 replaced by log energy) -> (numcep, frames)."""
     sig = wave.double().numpy()
@@ -85,8 +84,9 @@ def crop_faces(frames: Tensor, boxes: Tensor, size: int = 224, scale: float = CR
         pad = int(bs * (1 + 2 * scale))
         img = F.pad(frame.permute(2, 0, 1).float(), (pad, pad, pad, pad), value=110.0)
         my, mx = (y0 + y1) / 2 + pad, (x0 + x1) / 2 + pad
-        face = img[:, int(my - bs): int(my + bs * (1 + 2 * scale)),
-                   int(mx - bs * (1 + scale)): int(mx + bs * (1 + scale))]
+        face = img[
+            :, int(my - bs) : int(my + bs * (1 + 2 * scale)), int(mx - bs * (1 + scale)) : int(mx + bs * (1 + scale))
+        ]
         crops.append(F.interpolate(face[None], size=(size, size), mode="bilinear", align_corners=False)[0])
     return torch.stack(crops, dim=1).flip(0)
 
@@ -118,9 +118,8 @@ def track_distances(net: SyncNet, lips: Tensor, audio: Tensor, batch: int = 64) 
     vf, af = [], []
     for s in range(0, frames - 5, batch):
         idx = range(s, min(frames - 5, s + batch))
-        vf.append(net.forward_lip(torch.stack([lips[:, i: i + 5] for i in idx]).to(device)).cpu())
-        af.append(net.forward_aud(torch.stack([mfcc_feat[None, :, 4 * i: 4 * i + 20] for i in idx])
-                                  .to(device)).cpu())
+        vf.append(net.forward_lip(torch.stack([lips[:, i : i + 5] for i in idx]).to(device)).cpu())
+        af.append(net.forward_aud(torch.stack([mfcc_feat[None, :, 4 * i : 4 * i + 20] for i in idx]).to(device)).cpu())
     return shift_distances(torch.cat(vf), torch.cat(af))
 
 
@@ -139,11 +138,15 @@ class LipSync(ClipMetric):
     clips without one are counted in `lse_no_face` (never scored as zeros)."""
 
     modalities = ("video", "audio")
-    columns = (Column("lse_c_syncnet", "LSE-C", higher_is_better=True),
-               Column("lse_d_syncnet", "LSE-D", higher_is_better=False),
-               Column("lse_no_face", "LSE: clips without a face track", higher_is_better=False))
-    protocol = ("syncnet_python: 25 fps, 224 px face crops, 16 kHz MFCC, 5-frame windows, "
-                "offsets -15..15 frames, LSE-C = median - min, LSE-D = min of mean distance")
+    columns = (
+        Column("lse_c_syncnet", "LSE-C", higher_is_better=True),
+        Column("lse_d_syncnet", "LSE-D", higher_is_better=False),
+        Column("lse_no_face", "LSE: clips without a face track", higher_is_better=False),
+    )
+    protocol = (
+        "syncnet_python: 25 fps, 224 px face crops, 16 kHz MFCC, 5-frame windows, "
+        "offsets -15..15 frames, LSE-C = median - min, LSE-D = min of mean distance"
+    )
 
     def __init__(self, net: SyncNet, detector: FaceDetector | None) -> None:
         super().__init__()
@@ -177,8 +180,11 @@ class LipSync(ClipMetric):
 
     def compute(self) -> dict[str, Tensor]:
         self.require(self.n >= 1, f"no clip with a usable face track ({int(self.no_face)} without)")
-        return {"lse_c_syncnet": self.conf_sum / self.n, "lse_d_syncnet": self.dist_sum / self.n,
-                "lse_no_face": self.no_face.double()}
+        return {
+            "lse_c_syncnet": self.conf_sum / self.n,
+            "lse_d_syncnet": self.dist_sum / self.n,
+            "lse_no_face": self.no_face.double(),
+        }
 
 
 def face_scenes(boxes: list[Tensor | None], min_frames: int) -> list[tuple[int, Tensor]]:
@@ -200,13 +206,18 @@ class LipSyncVerseBench(ClipMetric):
     dropped and counted (`lse_versebench_dropped`)."""
 
     modalities = ("video", "audio")
-    columns = (Column("lse_c_versebench", "SNC", higher_is_better=True),
-               Column("lse_versebench_dropped", "SNC: clips dropped (no 2 s face run, or |offset| >= 14)",
-                      higher_is_better=False))
-    protocol = ("Verse-Bench SNC: syncnet_python LSE-C per scene (consecutive frames with a face, >= 2 s; "
-                "crop scale 0.3, per-frame boxes; the scene's audio), mean over scenes; clips with a scene "
-                "offset >= 14 frames or no scene dropped; faces from S3FD or SyncWorld annotations "
-                "(Verse-Bench: insightface)")
+    columns = (
+        Column("lse_c_versebench", "SNC", higher_is_better=True),
+        Column(
+            "lse_versebench_dropped", "SNC: clips dropped (no 2 s face run, or |offset| >= 14)", higher_is_better=False
+        ),
+    )
+    protocol = (
+        "Verse-Bench SNC: syncnet_python LSE-C per scene (consecutive frames with a face, >= 2 s; "
+        "crop scale 0.3, per-frame boxes; the scene's audio), mean over scenes; clips with a scene "
+        "offset >= 14 frames or no scene dropped; faces from S3FD or SyncWorld annotations "
+        "(Verse-Bench: insightface)"
+    )
 
     def __init__(self, net: SyncNet, detector: FaceDetector | None) -> None:
         super().__init__()
@@ -233,8 +244,8 @@ class LipSyncVerseBench(ClipMetric):
         confs = []
         for first, boxes in face_scenes(self.faces(clip, frames), VERSEBENCH_MIN_SCENE_FRAMES):
             last = first + boxes.shape[0] - 1
-            lips = crop_faces(frames[first: last + 1], boxes, scale=VERSEBENCH_CROP_SCALE)
-            conf, _, offset = score_track(self.net, lips, audio[first * SAMPLES_PER_FRAME: last * SAMPLES_PER_FRAME])
+            lips = crop_faces(frames[first : last + 1], boxes, scale=VERSEBENCH_CROP_SCALE)
+            conf, _, offset = score_track(self.net, lips, audio[first * SAMPLES_PER_FRAME : last * SAMPLES_PER_FRAME])
             if abs(offset) >= VERSEBENCH_MAX_OFFSET:
                 return None
             confs.append(conf)

@@ -75,7 +75,8 @@ class _SyncWorldMetric(ClipMetric):
 
     def _scored(self, generated: list[MediaClip]) -> list[MediaClip]:
         return [
-            c for c in generated
+            c
+            for c in generated
             if c.meta.get("source", "syncworld") == "syncworld" and c.meta.get("split") in self.splits
         ]
 

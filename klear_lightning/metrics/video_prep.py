@@ -25,7 +25,7 @@ def resize_center_crop(frames: Tensor, size: int) -> Tensor:
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
     top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top: top + size, left: left + size].clamp(0, 255) / 255.0
+    return x[..., top : top + size, left : left + size].clamp(0, 255) / 255.0
 
 
 def normalized(frames: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

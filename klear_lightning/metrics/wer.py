@@ -44,8 +44,7 @@ SAMPLE_RATE = 16000
 def normalize_english(text: str) -> str:
     """Seed-TTS English normalisation: drop punctuation except "'", lowercase, collapse spaces."""
     kept = "".join(
-        ch for ch in text
-        if ch == "'" or not (ch in string.punctuation or unicodedata.category(ch).startswith("P"))
+        ch for ch in text if ch == "'" or not (ch in string.punctuation or unicodedata.category(ch).startswith("P"))
     )
     return re.sub(r"\s+", " ", kept).strip().lower()
 
@@ -97,8 +96,13 @@ class WhisperTranscriber:
 class WordErrorRate(ClipMetric):
     """Mean per-utterance WER of the clips that carry a transcript in their meta."""
 
-    def __init__(self, transcribe: Callable[[Sequence[MediaClip]], list[str]], key: str, protocol: str,
-                 score: Callable[[str, str], float] = utterance_wer) -> None:
+    def __init__(
+        self,
+        transcribe: Callable[[Sequence[MediaClip]], list[str]],
+        key: str,
+        protocol: str,
+        score: Callable[[str, str], float] = utterance_wer,
+    ) -> None:
         self.columns = (Column(key, "WER", higher_is_better=False),)
         self.protocol = protocol
         super().__init__()
@@ -119,7 +123,8 @@ class WordErrorRate(ClipMetric):
 
 def whisper_wer(transcribe: Callable[[Sequence[MediaClip]], list[str]], model_tag: str) -> WordErrorRate:
     return WordErrorRate(
-        transcribe, f"wer_whisper_{model_tag}_seedtts",
+        transcribe,
+        f"wer_whisper_{model_tag}_seedtts",
         f"Seed-TTS: Whisper {model_tag} (faster-whisper), punctuation except ' removed, lowercase, jiwer per utterance, "
         "mean; reference: the spoken words (annotation.spoken, else the transcript)",
     )
@@ -132,23 +137,37 @@ class SenseVoiceTranscriber:
         from funasr import AutoModel
         from funasr.utils.postprocess_utils import rich_transcription_postprocess
 
-        self.model = AutoModel(model=str(model_dir), vad_model=str(vad_dir), vad_kwargs={"max_single_segment_time": 30000},
-                               device=device, disable_update=True)
+        self.model = AutoModel(
+            model=str(model_dir),
+            vad_model=str(vad_dir),
+            vad_kwargs={"max_single_segment_time": 30000},
+            device=device,
+            disable_update=True,
+        )
         self.postprocess = rich_transcription_postprocess
 
     def __call__(self, clips: Sequence[MediaClip]) -> list[str]:
         texts = []
         for clip in clips:
             wave = clip_audio(clip, SAMPLE_RATE, "SenseVoice").numpy()
-            res = self.model.generate(input=wave, fs=SAMPLE_RATE, cache={}, language="auto", use_itn=True,
-                                      batch_size_s=60, merge_vad=True, merge_length_s=15)
+            res = self.model.generate(
+                input=wave,
+                fs=SAMPLE_RATE,
+                cache={},
+                language="auto",
+                use_itn=True,
+                batch_size_s=60,
+                merge_vad=True,
+                merge_length_s=15,
+            )
             texts.append(self.postprocess(res[0]["text"]) if res else "")
         return texts
 
 
 def sensevoice_wer(transcribe: Callable[[Sequence[MediaClip]], list[str]]) -> WordErrorRate:
     return WordErrorRate(
-        transcribe, "wer_sensevoice_versebench",
+        transcribe,
+        "wer_sensevoice_versebench",
         "Verse-Bench: SenseVoiceSmall (FunASR, fsmn-vad, ITN), strip + lowercase, punctuation kept, jiwer per utterance, "
         "mean; reference: the spoken words (annotation.spoken, else the transcript)",
         score=versebench_wer,
@@ -166,7 +185,9 @@ def _tag(model_dir: Path) -> str:
     return tag or "custom"
 
 
-@register_metric("wer_whisper_seedtts", group="tts", description="WER of generated speech vs transcript, Whisper (Seed-TTS)")
+@register_metric(
+    "wer_whisper_seedtts", group="tts", description="WER of generated speech vs transcript, Whisper (Seed-TTS)"
+)
 def build_wer(ctx: BuildContext) -> ClipMetric:
     if ctx.checkpoints.get("whisper"):
         model_dir = ctx.checkpoint("whisper", "a CTranslate2 Whisper directory")
@@ -194,13 +215,21 @@ def vet_pickles(directory: Path) -> Path:
     return directory
 
 
-@register_metric("wer_sensevoice_versebench", group="tts", description="WER of generated speech vs transcript, SenseVoice (Verse-Bench)")
+@register_metric(
+    "wer_sensevoice_versebench",
+    group="tts",
+    description="WER of generated speech vs transcript, SenseVoice (Verse-Bench)",
+)
 def build_wer_sensevoice(ctx: BuildContext) -> ClipMetric:
     model_dir = ctx.load("sensevoice", "a local SenseVoiceSmall directory (FunAudioLLM/SenseVoiceSmall)", vet_pickles)
     vad_dir = ctx.load("sensevoice_vad", "a local fsmn-vad directory (funasr/fsmn-vad)", vet_pickles)
     try:
         import funasr  # noqa: F401
     except ImportError as err:
-        raise MetricUnavailable("wer_sensevoice_versebench needs FunASR: pip install funasr (and a torchaudio matching your torch)") from err
+        raise MetricUnavailable(
+            "wer_sensevoice_versebench needs FunASR: pip install funasr (and a torchaudio matching your torch)"
+        ) from err
     device = "cuda:0" if ctx.device.type == "cuda" else "cpu"
-    return sensevoice_wer(ctx.shared(f"sensevoice:{model_dir}", lambda: SenseVoiceTranscriber(model_dir, vad_dir, device)))
+    return sensevoice_wer(
+        ctx.shared(f"sensevoice:{model_dir}", lambda: SenseVoiceTranscriber(model_dir, vad_dir, device))
+    )

@@ -178,9 +178,7 @@ class AttentionBackend(Protocol):
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """SDPA on (B, N, H, D) tensors."""
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
-    )
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)
 
 
@@ -232,6 +230,8 @@ class PackedAttention:
             for qs, ks, vs in zip(q.split(plan.q_lens), k.split(plan.k_lens), v.split(plan.k_lens), strict=True)
         ]
         return torch.cat(outs)
+
+
 def _cu_seqlens(lens: list[int], device: torch.device) -> Tensor:
     return F.pad(torch.tensor(lens, device=device, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
 
@@ -239,8 +239,7 @@ def _cu_seqlens(lens: list[int], device: torch.device) -> Tensor:
 def _require_cuda(name: str) -> None:
     if not torch.cuda.is_available():
         raise RuntimeError(
-            f"attention_backend={name!r} needs a CUDA device and none is available; "
-            "use 'packed' or 'reference' on CPU"
+            f"attention_backend={name!r} needs a CUDA device and none is available; use 'packed' or 'reference' on CPU"
         )
 
 
@@ -259,9 +258,13 @@ class FlashAttention(PackedAttention):
         if not plan.q_lens:
             return q.new_zeros(0, *q.shape[1:])
         return self._varlen(
-            q, k, v,
-            _cu_seqlens(plan.q_lens, q.device), _cu_seqlens(plan.k_lens, q.device),
-            max(plan.q_lens), max(plan.k_lens),
+            q,
+            k,
+            v,
+            _cu_seqlens(plan.q_lens, q.device),
+            _cu_seqlens(plan.k_lens, q.device),
+            max(plan.q_lens),
+            max(plan.k_lens),
         )
 
 
@@ -289,8 +292,10 @@ class FlexAttention(PackedAttention):
 
         mask = self._create_block_mask(same_segment, None, None, q.shape[0], k.shape[0], device=q.device)
         out = self._flex(
-            rearrange(q, "n h d -> 1 h n d"), rearrange(k, "n h d -> 1 h n d"),
-            rearrange(v, "n h d -> 1 h n d"), block_mask=mask,
+            rearrange(q, "n h d -> 1 h n d"),
+            rearrange(k, "n h d -> 1 h n d"),
+            rearrange(v, "n h d -> 1 h n d"),
+            block_mask=mask,
         )
         return rearrange(out, "1 h n d -> n h d")
 

@@ -90,8 +90,17 @@ class ModelConfig:
         _choice("architecture", self.architecture, ARCHITECTURES)
         _choice("rope_mode", self.rope_mode, ROPE_MODES)
         _choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
-        for name in ("dim", "depth", "heads", "text_dim", "video_channels", "audio_channels",
-                     "video_patch", "audio_patch", "time_freq_dim"):
+        for name in (
+            "dim",
+            "depth",
+            "heads",
+            "text_dim",
+            "video_channels",
+            "audio_channels",
+            "video_patch",
+            "audio_patch",
+            "time_freq_dim",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.net.{name}: must be > 0, got {getattr(self, name)}")
         if self.dim % self.heads:
@@ -156,9 +165,19 @@ def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(dim=64, depth=2, heads=4, text_dim=384, video_channels=16, audio_channels=16),
-    "small": ModelConfig(dim=512, depth=4, heads=8, text_dim=384, video_channels=16, audio_channels=16,
-                         video_patch=2, audio_patch=1),
-    "paper": ModelConfig(dim=3328, depth=32, heads=26, text_dim=3584, video_channels=16,
-                         audio_channels=64, video_patch=2, audio_patch=1, video_latent_fps=3.0,
-                         audio_latent_fps=44100 / 1024),
+    "small": ModelConfig(
+        dim=512, depth=4, heads=8, text_dim=384, video_channels=16, audio_channels=16, video_patch=2, audio_patch=1
+    ),
+    "paper": ModelConfig(
+        dim=3328,
+        depth=32,
+        heads=26,
+        text_dim=3584,
+        video_channels=16,
+        audio_channels=64,
+        video_patch=2,
+        audio_patch=1,
+        video_latent_fps=3.0,
+        audio_latent_fps=44100 / 1024,
+    ),
 }

@@ -22,10 +22,12 @@ def stream_layers(cfg: ModelConfig, last: bool) -> nn.ModuleDict:
     """Per-stream layers; with share_text_weights both text streams use the one under "text".
     In the last block the text streams' outputs are unused: their layers are `pre_only`."""
     names = ("video", "text", "audio") if cfg.share_text_weights else STREAMS
-    return nn.ModuleDict({
-        n: StreamLayer(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.norm_eps, pre_only=last and n not in GENERATED_STREAMS)
-        for n in names
-    })
+    return nn.ModuleDict(
+        {
+            n: StreamLayer(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.norm_eps, pre_only=last and n not in GENERATED_STREAMS)
+            for n in names
+        }
+    )
 
 
 def layer_key(cfg: ModelConfig, stream: str) -> str:
@@ -75,10 +77,14 @@ def joint_attention(
     def groups(streams: tuple[str, ...]) -> Tensor | None:
         if not isolate_modalities:
             return None
-        return torch.cat([
-            torch.full((tokens.valid[s].shape[1],), STREAM_GROUP[s], dtype=torch.long, device=tokens.valid[s].device)
-            for s in streams
-        ])
+        return torch.cat(
+            [
+                torch.full(
+                    (tokens.valid[s].shape[1],), STREAM_GROUP[s], dtype=torch.long, device=tokens.valid[s].device
+                )
+                for s in streams
+            ]
+        )
 
     plan = plan_attention(
         torch.cat([tokens.valid[s] for s in queries], dim=1),

@@ -46,8 +46,9 @@ class CrossAttention(nn.Module):
         self.k_norm = QKNorm(dim // heads, eps=eps)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, other: Tensor, rope_q: Tensor, rope_k: Tensor,
-                plan: AttentionPlan, backend: AttentionBackend) -> Tensor:
+    def forward(
+        self, x: Tensor, other: Tensor, rope_q: Tensor, rope_k: Tensor, plan: AttentionPlan, backend: AttentionBackend
+    ) -> Tensor:
         q = rearrange(self.q(self.norm_q(x)), "n (h d) -> n h d", h=self.heads)
         k, v = rearrange(self.kv(self.norm_kv(other)), "n (two h d) -> two n h d", two=2, h=self.heads)
         q = apply_rope(self.q_norm(q), rope_q)
@@ -71,17 +72,26 @@ class DualBlock(nn.Module):
     def queries(self, tower: str) -> tuple[str, ...]:
         return query_streams({s: self.layer(s) for s in TOWERS[tower]})
 
-    def forward(self, x: dict[str, Tensor], c: dict[str, Tensor], row: dict[str, Rows],
-                towers: dict[str, JointAttention], ropes: dict[str, Tensor], plans: dict[str, AttentionPlan],
-                backend: AttentionBackend, cross: bool) -> dict[str, Tensor]:
+    def forward(
+        self,
+        x: dict[str, Tensor],
+        c: dict[str, Tensor],
+        row: dict[str, Rows],
+        towers: dict[str, JointAttention],
+        ropes: dict[str, Tensor],
+        plans: dict[str, AttentionPlan],
+        backend: AttentionBackend,
+        cross: bool,
+    ) -> dict[str, Tensor]:
         """`towers[t]` planned for `queries(t)`; ropes / plans of the cross-attention by modality."""
         mods = {s: self.layer(s).modulation(c[s], row[s]) for s in STREAMS}
         out = {}
         for tower, streams in TOWERS.items():
             layers = [self.layer(s) for s in streams]
             att = towers[tower]
-            q, k, v = joint_qkv(layers, [x[s] for s in streams], [mods[s] for s in streams],
-                                att.q_rotation, att.k_rotation)
+            q, k, v = joint_qkv(
+                layers, [x[s] for s in streams], [mods[s] for s in streams], att.q_rotation, att.k_rotation
+            )
             attn = backend(q, k, v, att.plan).flatten(1)
             queries = self.queries(tower)
             for s, a in zip(queries, attn.split([x[s].shape[0] for s in queries]), strict=True):
@@ -114,8 +124,13 @@ class DualTower(Denoiser):
         plans = {}
         if not isolate_modalities:
             plans = {
-                m: plan_attention(tokens.valid[m], tokens.valid[OTHER[m]], dense=dense,
-                                  q_flat=tokens.flat[m], k_flat=tokens.flat[OTHER[m]])
+                m: plan_attention(
+                    tokens.valid[m],
+                    tokens.valid[OTHER[m]],
+                    dense=dense,
+                    q_flat=tokens.flat[m],
+                    k_flat=tokens.flat[OTHER[m]],
+                )
                 for m in TOWERS
             }
         attention: dict[tuple[tuple[str, ...], tuple[str, ...]], JointAttention] = {}

@@ -201,8 +201,16 @@ class StreamEmbedder(nn.Module):
     def positions(self, shapes: StreamShapes, video_frames: Tensor) -> dict[str, Tensor]:
         """MixD-RoPE position ids (B, L_s, 3) per stream; `video_frames` (B,) each sample's own video length."""
         cfg = self.cfg
-        return stream_positions(shapes, video_frames, cfg.rope_mode, cfg.video_latent_fps, cfg.audio_latent_fps,
-                                cfg.audio_patch, cfg.text_rope, cfg.rope_time_scale)
+        return stream_positions(
+            shapes,
+            video_frames,
+            cfg.rope_mode,
+            cfg.video_latent_fps,
+            cfg.audio_latent_fps,
+            cfg.audio_patch,
+            cfg.text_rope,
+            cfg.rope_time_scale,
+        )
 
 
 def shared_rows(t: Tensor, valid: Tensor) -> Tensor:
@@ -246,15 +254,20 @@ def _check_inputs(cfg: ModelConfig, inputs: ModelInputs) -> None:
     if h % cfg.video_patch or w % cfg.video_patch:
         raise ValueError(f"inputs.video spatial size {h}x{w} is not divisible by model.video_patch = {cfg.video_patch}")
     if inputs.audio.shape[2] % cfg.audio_patch:
-        raise ValueError(f"inputs.audio length {inputs.audio.shape[2]} is not divisible by model.audio_patch = {cfg.audio_patch}")
+        raise ValueError(
+            f"inputs.audio length {inputs.audio.shape[2]} is not divisible by model.audio_patch = {cfg.audio_patch}"
+        )
     for s in ("video_text", "audio_text"):
         emb = getattr(inputs, s)
         if emb.dim() != 3 or emb.shape[2] != cfg.text_dim:
             raise ValueError(f"inputs.{s} must be (B, L, {cfg.text_dim}) (model.text_dim), got {tuple(emb.shape)}")
     expected = {
-        "video_mask": (b, t), "video_t": (b, t),
-        "audio_mask": (b, inputs.audio.shape[2]), "audio_t": (b, inputs.audio.shape[2]),
-        "video_text_mask": tuple(inputs.video_text.shape[:2]), "audio_text_mask": tuple(inputs.audio_text.shape[:2]),
+        "video_mask": (b, t),
+        "video_t": (b, t),
+        "audio_mask": (b, inputs.audio.shape[2]),
+        "audio_t": (b, inputs.audio.shape[2]),
+        "video_text_mask": tuple(inputs.video_text.shape[:2]),
+        "audio_text_mask": tuple(inputs.audio_text.shape[:2]),
     }
     for name, shape in expected.items():
         got = tuple(getattr(inputs, name).shape)

@@ -49,8 +49,9 @@ class JointBlock(nn.Module):
         `attention` planned for this block's `queries`."""
         layers = [self.layer(s) for s in STREAMS]
         mods = {s: layer.modulation(c[s], row[s]) for s, layer in zip(STREAMS, layers, strict=True)}
-        q, k, v = joint_qkv(layers, [x[s] for s in STREAMS], list(mods.values()),
-                            attention.q_rotation, attention.k_rotation)
+        q, k, v = joint_qkv(
+            layers, [x[s] for s in STREAMS], list(mods.values()), attention.q_rotation, attention.k_rotation
+        )
         out = backend(q, k, v, attention.plan).flatten(1)
         parts = out.split([x[s].shape[0] for s in self.queries])
         return {s: self.layer(s).residual(x[s], o, mods[s]) for s, o in zip(self.queries, parts, strict=True)}

@@ -19,7 +19,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 KLEAR = Path(sys.executable).with_name("klear")  # the installed entry point
 
 
-def klear(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def klear(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """`klear <args>` through the installed entry point in a fresh process, run in `cwd`, with
     `subprocess_env()` (KLEAR_DEBUG unset unless `env` sets it). The timeout only guards against a hang:
     a 40-step `klear fit` took over 300 s on two cores shared with other work."""

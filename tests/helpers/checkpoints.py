@@ -17,9 +17,16 @@ def tiny_syncworld_checkpoint(root: Path) -> tuple[Path, Path]:
     generate_syncworld(root / "data", clips_per_split=2, splits=["sound"])
     cfg = {
         "model": {"net": {"dim": 32, "depth": 1, "heads": 2, "video_patch": 2, "audio_patch": 2}},
-        "data": {"class_path": "klear_lightning.data.datamodule.AVDataModule",
-                 "init_args": {"root": str(root / "data"), "train_splits": {"sound": 1.0}, "num_workers": 0,
-                               "clip": {"duration": 1.0, "fps": 8.0, "height": 32, "width": 32}, "stats_samples": 2}},
+        "data": {
+            "class_path": "klear_lightning.data.datamodule.AVDataModule",
+            "init_args": {
+                "root": str(root / "data"),
+                "train_splits": {"sound": 1.0},
+                "num_workers": 0,
+                "clip": {"duration": 1.0, "fps": 8.0, "height": 32, "width": 32},
+                "stats_samples": 2,
+            },
+        },
     }
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))

@@ -14,9 +14,24 @@ def smooth_frames(t: int, h: int, w: int) -> np.ndarray:
 def make_sample(key: str, split: str = "sound", seconds: float = 1.0, **meta) -> AVSample:
     rng = np.random.default_rng(abs(hash(key)) % 2**32)
     audio = (rng.integers(-16000, 16000, int(16000 * seconds)) / 32768).astype(np.float32)
-    record = {"video_caption": f"a ball {key}", "audio_caption": "a bounce", "transcript": "", "split": split,
-              "annotation": {"events": [0.5]}, "source": "test"}
+    record = {
+        "video_caption": f"a ball {key}",
+        "audio_caption": "a bounce",
+        "transcript": "",
+        "split": split,
+        "annotation": {"events": [0.5]},
+        "source": "test",
+    }
     record.update(meta)
-    return AVSample(key, smooth_frames(int(8 * seconds), 32, 32), 8.0, audio, 16000, record,
-                    {latent_name("pixel", "1"): rng.standard_normal((4, 2, 2)).astype(np.float32),
-                     embedding_name("video_text", "minilm", "1"): rng.standard_normal((5, 8)).astype(np.float32)})
+    return AVSample(
+        key,
+        smooth_frames(int(8 * seconds), 32, 32),
+        8.0,
+        audio,
+        16000,
+        record,
+        {
+            latent_name("pixel", "1"): rng.standard_normal((4, 2, 2)).astype(np.float32),
+            embedding_name("video_text", "minilm", "1"): rng.standard_normal((5, 8)).astype(np.float32),
+        },
+    )

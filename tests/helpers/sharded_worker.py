@@ -30,8 +30,17 @@ from klear_lightning.tasks import TaskBatch
 
 
 def tiny(**overrides) -> ModelConfig:
-    base = dict(dim=32, depth=2, heads=2, text_dim=24, video_channels=4, audio_channels=3, video_patch=2,
-                audio_patch=1, attention_backend="reference")
+    base = dict(
+        dim=32,
+        depth=2,
+        heads=2,
+        text_dim=24,
+        video_channels=4,
+        audio_channels=3,
+        video_patch=2,
+        audio_patch=1,
+        attention_backend="reference",
+    )
     return ModelConfig.preset("tiny", **{**base, **overrides})
 
 

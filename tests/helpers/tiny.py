@@ -23,7 +23,12 @@ from klear_lightning.streams import AVBatch
 
 TEXT_DIM = 16
 GEOMETRY = LatentGeometry(
-    video_channels=4, video_temporal_factor=4, video_spatial_factor=8, video_causal=True, audio_channels=4, audio_hop=2000
+    video_channels=4,
+    video_temporal_factor=4,
+    video_spatial_factor=8,
+    video_causal=True,
+    audio_channels=4,
+    audio_hop=2000,
 )
 SEQUENCE = SequenceSpec(ClipSpec(duration=1.0, fps=9.0, height=16, width=16, sample_rate=16000), GEOMETRY)
 
@@ -102,9 +107,15 @@ class _WaveDecoder:
 
 def tiny_config(**overrides: Any) -> ModelConfig:
     base = dict(
-        dim=32, depth=2, heads=2, text_dim=TEXT_DIM, video_channels=GEOMETRY.video_channels,
-        audio_channels=GEOMETRY.audio_channels, video_latent_fps=SEQUENCE.video_latent_fps,
-        audio_latent_fps=SEQUENCE.audio_latent_fps, attention_backend="reference",
+        dim=32,
+        depth=2,
+        heads=2,
+        text_dim=TEXT_DIM,
+        video_channels=GEOMETRY.video_channels,
+        audio_channels=GEOMETRY.audio_channels,
+        video_latent_fps=SEQUENCE.video_latent_fps,
+        audio_latent_fps=SEQUENCE.audio_latent_fps,
+        attention_backend="reference",
     )
     base.update(overrides)
     return ModelConfig.preset("tiny", **base)
@@ -120,6 +131,12 @@ def tiny_module(**overrides: Any) -> KlearModule:
 
 def quiet_trainer(tmp_path, steps: int, **kw: Any) -> L.Trainer:
     return L.Trainer(
-        default_root_dir=tmp_path, max_steps=steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, **kw,
+        default_root_dir=tmp_path,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        **kw,
     )

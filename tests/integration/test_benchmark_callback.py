@@ -19,10 +19,14 @@ def make_batch(indices: list[int]) -> AVBatch:
     idx = torch.tensor(indices, dtype=torch.float32)
     audio = (idx[:, None, None] + 1) * torch.linspace(-0.1, 0.1, 16).reshape(1, 2, 8)
     return AVBatch(
-        video=torch.zeros(b, 2, 1, 2, 2), video_mask=torch.ones(b, 1, dtype=torch.bool),
-        audio=audio, audio_mask=torch.ones(b, 8, dtype=torch.bool),
-        video_text=torch.zeros(b, 3, 4), video_text_mask=torch.ones(b, 3, dtype=torch.bool),
-        audio_text=torch.zeros(b, 3, 4), audio_text_mask=torch.ones(b, 3, dtype=torch.bool),
+        video=torch.zeros(b, 2, 1, 2, 2),
+        video_mask=torch.ones(b, 1, dtype=torch.bool),
+        audio=audio,
+        audio_mask=torch.ones(b, 8, dtype=torch.bool),
+        video_text=torch.zeros(b, 3, 4),
+        video_text_mask=torch.ones(b, 3, dtype=torch.bool),
+        audio_text=torch.zeros(b, 3, 4),
+        audio_text_mask=torch.ones(b, 3, dtype=torch.bool),
         meta=[{"key": f"clip{i}"} for i in indices],
     )
 
@@ -55,8 +59,11 @@ class FakeModule(L.LightningModule):
         has_audio = recipe is None or recipe.audio is not Role.ABSENT
         return [
             MediaClip(
-                video=torch.zeros(2, 4, 4, 3, dtype=torch.uint8) if has_video else None, fps=8.0,
-                audio=batch.audio[i].flatten() * scale if has_audio else None, sample_rate=16000, meta=batch.meta[i],
+                video=torch.zeros(2, 4, 4, 3, dtype=torch.uint8) if has_video else None,
+                fps=8.0,
+                audio=batch.audio[i].flatten() * scale if has_audio else None,
+                sample_rate=16000,
+                meta=batch.meta[i],
             )
             for i in range(batch.batch_size)
         ]
@@ -98,15 +105,28 @@ def expected_values(n: int) -> tuple[float, float]:
 
 def trainer(tmp_path, callback, logger, epochs: int = 2) -> L.Trainer:
     return L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[callback],
-        limit_train_batches=1, num_sanity_val_steps=1, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=[callback],
+        limit_train_batches=1,
+        num_sanity_val_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
 
 
 def test_validation_scores_a_fixed_subset_at_the_interval(tmp_path, test_metrics):
-    cfg = MetricsConfig(metrics=["peak_test", "gap_test", "weights_test"], tasks=["t2a", "t2v"],
-                        clips_per_task=4, sampling_steps=7, seed=123)
+    cfg = MetricsConfig(
+        metrics=["peak_test", "gap_test", "weights_test"],
+        tasks=["t2a", "t2v"],
+        clips_per_task=4,
+        sampling_steps=7,
+        seed=123,
+    )
     module, logger = FakeModule(), RecordingLogger()
     callback = BenchmarkCallback(cfg, every_n_val_epochs=2)
     trainer(tmp_path, callback, logger, epochs=4).fit(module, loader(5), loader(7))
@@ -122,8 +142,10 @@ def test_validation_scores_a_fixed_subset_at_the_interval(tmp_path, test_metrics
     # the first four clips, both tasks, the configured steps and seed, guidance kept from the module
     assert len(module.calls) == 2 * 2 * 2
     assert module.calls[:4] == [
-        ("t2a", 7, 123, 2.0, ["clip0", "clip1", "clip2"]), ("t2v", 7, 123, 2.0, ["clip0", "clip1", "clip2"]),
-        ("t2a", 7, 123, 2.0, ["clip3"]), ("t2v", 7, 123, 2.0, ["clip3"]),
+        ("t2a", 7, 123, 2.0, ["clip0", "clip1", "clip2"]),
+        ("t2v", 7, 123, 2.0, ["clip0", "clip1", "clip2"]),
+        ("t2a", 7, 123, 2.0, ["clip3"]),
+        ("t2v", 7, 123, 2.0, ["clip3"]),
     ]
     assert module.calls[:4] == module.calls[4:]
     assert callback.suite.skipped == {"weights_test": "set metrics.checkpoints.fake_net to a fake checkpoint"}
@@ -144,7 +166,9 @@ def test_ground_truth_is_scored_once_and_logged_at_every_validation(tmp_path, te
     assert module.reference_calls == 2  # the two kept batches, decoded at the first validation only
 
     module, logger = FakeModule(), RecordingLogger()
-    cfg_off = MetricsConfig(metrics=["peak_test"], tasks=["t2a"], clips_per_task=4, sampling_steps=2, ground_truth=False)
+    cfg_off = MetricsConfig(
+        metrics=["peak_test"], tasks=["t2a"], clips_per_task=4, sampling_steps=2, ground_truth=False
+    )
     trainer(tmp_path, BenchmarkCallback(cfg_off), logger, epochs=1).fit(module, loader(5), loader(7))
     assert not any(k.startswith("val/ground_truth/") for _, m in logger.records for k in m)
     assert module.reference_calls == 0  # peak_test needs no reference: nothing decoded
@@ -153,9 +177,14 @@ def test_ground_truth_is_scored_once_and_logged_at_every_validation(tmp_path, te
 def test_test_run_writes_report_and_mlflow_artifacts(tmp_path, test_metrics):
     from lightning.pytorch.loggers import MLFlowLogger
 
-    cfg = MetricsConfig(metrics=["weights_test", "peak_test", "gap_test"], tasks=["t2a", "t2v"], test_clips_per_task=None)
-    logger = MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                          artifact_location=str(tmp_path / "artifacts"))
+    cfg = MetricsConfig(
+        metrics=["weights_test", "peak_test", "gap_test"], tasks=["t2a", "t2v"], test_clips_per_task=None
+    )
+    logger = MLFlowLogger(
+        experiment_name="bench",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "artifacts"),
+    )
     callback = BenchmarkCallback(cfg)
     t = trainer(tmp_path, callback, logger)
     t.test(FakeModule(), loader(5))

@@ -15,8 +15,13 @@ from tests.helpers.tiny import RandomAVData, quiet_trainer, tiny_config, tiny_mo
 
 def _klear_checkpoint(path, cfg: ModelConfig) -> None:
     model = build_model(cfg)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "klear": {"model_config": asdict(cfg)}}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "klear": {"model_config": asdict(cfg)},
+        },
+        path,
+    )
 
 
 class _Foreign:
@@ -37,7 +42,9 @@ def test_unreadable_files_name_the_setting(tmp_path):
     for path in (truncated, noise):
         with pytest.raises(CheckpointError, match=r"^ckpt_path: .* is not a checkpoint written by torch\.save"):
             read_checkpoint(path)
-    with pytest.raises(CheckpointError, match=r"^ckpt_path: .* refused \(checkpoints are read with weights_only=True\)"):
+    with pytest.raises(
+        CheckpointError, match=r"^ckpt_path: .* refused \(checkpoints are read with weights_only=True\)"
+    ):
         read_checkpoint(pickled)
     assert "state_dict" in read_checkpoint(good)
 
@@ -55,7 +62,9 @@ def test_foreign_checkpoints_are_refused(tmp_path):
 def test_checkpoint_of_another_model_names_the_differing_field(tmp_path):
     other = tmp_path / "other.ckpt"
     _klear_checkpoint(other, tiny_config(dim=64, heads=4))
-    with pytest.raises(CheckpointError, match=r"^model\.init_from: .* another model: model\.net\.dim = 64 there, 32 here"):
+    with pytest.raises(
+        CheckpointError, match=r"^model\.init_from: .* another model: model\.net\.dim = 64 there, 32 here"
+    ):
         load_model_weights(other, build_model(tiny_config(dim=32, heads=4)))
 
 

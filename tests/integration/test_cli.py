@@ -52,15 +52,23 @@ def test_research_config_with_each_ablation_overlay_parses_and_changes_only_its_
     assert cfg.data.init_args.clip == base.data.init_args.clip and cfg.data.init_args.batch_size == 8
     if not overlay.startswith("curriculum/"):  # one stage of the baseline's length; the curriculum splits it
         assert cfg.trainer.max_steps == base.trainer.max_steps
-    changed = {k for k in ("architecture", "dim", "rope_mode", "rope_time_scale")
-               if getattr(cfg.model.net, k) != getattr(base.model.net, k)}
-    expected = {"single_vs_dual_tower.yaml": {"architecture", "dim"}, "rope_offset.yaml": {"rope_mode", "rope_time_scale"},
-                "rope_time_scale_1.yaml": {"rope_time_scale"}}
+    changed = {
+        k
+        for k in ("architecture", "dim", "rope_mode", "rope_time_scale")
+        if getattr(cfg.model.net, k) != getattr(base.model.net, k)
+    }
+    expected = {
+        "single_vs_dual_tower.yaml": {"architecture", "dim"},
+        "rope_offset.yaml": {"rope_mode", "rope_time_scale"},
+        "rope_time_scale_1.yaml": {"rope_time_scale"},
+    }
     assert changed == expected.get(overlay, set())
 
 
 def test_research_curriculum_has_the_baselines_total_steps_and_chains():
-    stages = [_parse(RESEARCH / "baseline.yaml", RESEARCH / "ablations" / "curriculum" / f"stage{i}.yaml") for i in (1, 2, 3)]
+    stages = [
+        _parse(RESEARCH / "baseline.yaml", RESEARCH / "ablations" / "curriculum" / f"stage{i}.yaml") for i in (1, 2, 3)
+    ]
     assert sum(s.trainer.max_steps for s in stages) == _parse(RESEARCH / "baseline.yaml").trainer.max_steps
     for before, after in zip(stages, stages[1:]):
         saved = [c.init_args.dirpath for c in before.trainer.callbacks if c.class_path.endswith("ModelCheckpoint")]
@@ -76,9 +84,14 @@ def test_research_dual_tower_arm_within_five_percent_of_the_single_tower():
 
     module, data = parse_modules(RESEARCH / "baseline.yaml")
     single = module.model_config
-    dual = replace(single, **_parse(RESEARCH / "baseline.yaml", RESEARCH / "ablations" / "single_vs_dual_tower.yaml")
-                   .model.net.as_dict() | {k: getattr(single, k) for k in ("video_channels", "audio_channels", "text_dim",
-                                                                            "video_latent_fps", "audio_latent_fps")})
+    dual = replace(
+        single,
+        **_parse(RESEARCH / "baseline.yaml", RESEARCH / "ablations" / "single_vs_dual_tower.yaml").model.net.as_dict()
+        | {
+            k: getattr(single, k)
+            for k in ("video_channels", "audio_channels", "text_dim", "video_latent_fps", "audio_latent_fps")
+        },
+    )
     count = [sum(p.numel() for p in build_model(ModelConfig(**vars(c))).parameters()) for c in (single, dual)]
     assert dual.architecture == "dual_tower"
     assert abs(count[1] / count[0] - 1) <= 0.05, count
@@ -105,16 +118,28 @@ def test_demo_stages_chain_into_one_mlflow_database():
     one = _parse(CONFIGS / "demo.yaml")
     two = _parse(CONFIGS / "demo.yaml", CONFIGS / "demo_specialize.yaml")
     assert two.stage == "demo_specialize" and two.model.init_from == "runs/demo/checkpoints/last.ckpt"
-    assert any(c.init_args.dirpath == two.model.init_from.rsplit("/", 1)[0] for c in one.trainer.callbacks
-               if c.class_path.endswith("ModelCheckpoint") and c.init_args.save_last)
-    assert two.trainer.logger.init_args.tracking_uri == "sqlite:///" + one.trainer.logger.init_args.run_dir + "/mlflow.db"
+    assert any(
+        c.init_args.dirpath == two.model.init_from.rsplit("/", 1)[0]
+        for c in one.trainer.callbacks
+        if c.class_path.endswith("ModelCheckpoint") and c.init_args.save_last
+    )
+    assert (
+        two.trainer.logger.init_args.tracking_uri == "sqlite:///" + one.trainer.logger.init_args.run_dir + "/mlflow.db"
+    )
     assert set(two.model.task_weights) == {"ti2av", "a2v"} and two.model.net == one.model.net
     assert "sound" not in two.data.init_args.train_splits
 
 
 def test_linked_fields_are_not_settable():
     with pytest.raises(SystemExit):
-        _parse_args = ["fit", "--config", str(CONFIGS / "demo.yaml"), "--model.net.video_channels", "7", "--print_config"]
+        _parse_args = [
+            "fit",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            "--model.net.video_channels",
+            "7",
+            "--print_config",
+        ]
         main(_parse_args)
 
 
@@ -164,7 +189,7 @@ def test_klear_summary_memory_per_rank_of_the_paper_config():
     lines = done.stdout.strip().splitlines()
     n = int(lines[-1].removeprefix("parameters: "))
     assert lines[-2].startswith("peak_memory_per_rank_gib: ")
-    memory = "\n".join(lines[next(i for i, x in enumerate(lines) if x.startswith("memory per rank")):])
+    memory = "\n".join(lines[next(i for i, x in enumerate(lines) if x.startswith("memory per rank")) :])
     assert "FSDP2 over 128 ranks, batch 1 x" in memory and "with activation checkpointing as configured" in memory
     # each rank holds 1/128 of the fp32 master weights
     params_gib = float(next(x for x in lines if "parameters (fp32 master shards)" in x).split()[-1])
@@ -172,13 +197,23 @@ def test_klear_summary_memory_per_rank_of_the_paper_config():
 
 
 def test_flatten_config():
-    assert flatten_config({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
+    assert flatten_config({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
+        "a.b": "1",
+        "a.c.d": "[1, 2]",
+        "e": "None",
+    }
 
 
 def _cached_keys(root: Path, partition: str, split: str) -> list[str]:
     from klear_lightning.data.shards import iter_tar, read_index
 
-    return [k for s in read_index(root / partition, split) for raw in iter_tar(s.url) for k in raw if k.startswith("latent.")]
+    return [
+        k
+        for s in read_index(root / partition, split)
+        for raw in iter_tar(s.url)
+        for k in raw
+        if k.startswith("latent.")
+    ]
 
 
 def test_bootstrap_generates_at_clip_size_then_caches(tmp_path, capsys):
@@ -188,8 +223,16 @@ def test_bootstrap_generates_at_clip_size_then_caches(tmp_path, capsys):
     from klear_lightning.data.shards import iter_tar, parse_sample, read_index
 
     root = tmp_path / "sw"
-    cfg = _parse_args("--config", str(CONFIGS / "demo.yaml"), "--data.init_args.root", str(root),
-                      "--data.init_args.train_splits", "{sound: 1.0}", "--syncworld_clips_per_split", "2")
+    cfg = _parse_args(
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.train_splits",
+        "{sound: 1.0}",
+        "--syncworld_clips_per_split",
+        "2",
+    )
     bootstrap_from_config(cfg)
     assert sorted(p.name for p in (root / "train").iterdir()) == ["sound"]
     rec = parse_sample(next(iter_tar(read_index(root / "train", "sound")[0].url)), "first")
@@ -206,8 +249,16 @@ def test_bootstrap_draws_the_scene_and_refuses_a_root_generated_otherwise(tmp_pa
     error naming both, never silently trained on; the same config reuses it."""
 
     root = tmp_path / "sw"
-    args = ["--config", str(CONFIGS / "demo.yaml"), "--data.init_args.root", str(root),
-            "--data.init_args.train_splits", "{sound: 1.0}", "--syncworld_clips_per_split", "1"]
+    args = [
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.train_splits",
+        "{sound: 1.0}",
+        "--syncworld_clips_per_split",
+        "1",
+    ]
     bootstrap_from_config(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))
     assert json.loads((root / "syncworld.json").read_text())["config"]["scene"]["object_scale"] == 2.0
     bootstrap_from_config(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))  # same: reused
@@ -226,7 +277,21 @@ def test_cache_subcommand_adds_latents(tmp_path, capsys):
             s = make_sample(f"k{i}", "s")
             s.arrays = {}
             w.write(s)
-    main(["cache", "--root", str(tmp_path), "--splits", "[s]", "--partitions", "[train]", "--clip.duration", "1.0", "--workers", "1"])
+    main(
+        [
+            "cache",
+            "--root",
+            str(tmp_path),
+            "--splits",
+            "[s]",
+            "--partitions",
+            "[train]",
+            "--clip.duration",
+            "1.0",
+            "--workers",
+            "1",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert (report["cached"], report["failed"]) == (2, [])
     assert len(_cached_keys(tmp_path, "train", "s")) == 4

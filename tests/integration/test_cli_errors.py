@@ -12,10 +12,6 @@ from tests.helpers import ROOT, klear, only_error_line
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
-
-
-
-
 def test_help_lists_every_command_with_one_line(tmp_path):
     done = klear("--help", cwd=tmp_path)
     assert done.returncode == 0
@@ -50,7 +46,10 @@ def test_bad_attention_backend_and_bad_value_type_are_one_line(tmp_path):
 @pytest.mark.parametrize("how", ["--debug", "KLEAR_DEBUG"])
 def test_debug_shows_the_traceback(tmp_path, how):
     args = ("syncworld", "--out", str(tmp_path / "sw"), "--clips_per_split", "0")
-    done = klear(*((how, *args) if how == "--debug" else args), cwd=tmp_path,
-                 env={"KLEAR_DEBUG": "1"} if how == "KLEAR_DEBUG" else None)
+    done = klear(
+        *((how, *args) if how == "--debug" else args),
+        cwd=tmp_path,
+        env={"KLEAR_DEBUG": "1"} if how == "KLEAR_DEBUG" else None,
+    )
     assert done.returncode != 0 and "Traceback" in done.stderr
     assert "ConfigError: clips_per_split: must be >= 1, got 0" in done.stderr

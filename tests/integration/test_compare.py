@@ -29,7 +29,9 @@ VALUES = {
 
 
 def _run(client, exp, ablation, seed, value, start, status="FINISHED", stage="pretrain", other=None):
-    run = client.create_run(exp, start_time=start, tags={"ablation": ablation, "seed": str(seed), "stage": stage, "sweep": "s"})
+    run = client.create_run(
+        exp, start_time=start, tags={"ablation": ablation, "seed": str(seed), "stage": stage, "sweep": "s"}
+    )
     client.log_metric(run.info.run_id, "m", value + 10.0, step=1)
     client.log_metric(run.info.run_id, "m", value, step=2)  # the last logged value counts
     if other is not None:
@@ -65,17 +67,35 @@ def _claims(path, items):
 
 
 def test_compare_over_seeds_intervals_and_verdicts(runs, tmp_path, capsys):
-    claims = _claims(tmp_path / "claims.yaml", [
-        {"arm": "better", "metric": "m", "expect": "higher", "description": "better beats the baseline"},
-        {"arm": "better", "metric": "m", "expect": "lower", "description": "better is worse"},
-        {"arm": "same", "metric": "m", "expect": "higher", "description": "same is better"},
-        {"arm": "lonely", "metric": "m", "expect": "higher", "description": "one seed"},
-        {"arm": "baseline", "against": "better", "metric": "m", "expect": "lower", "description": "reversed pair"},
-        {"arm": "absent", "metric": "m", "expect": "higher", "description": "no such arm"},
-    ])
+    claims = _claims(
+        tmp_path / "claims.yaml",
+        [
+            {"arm": "better", "metric": "m", "expect": "higher", "description": "better beats the baseline"},
+            {"arm": "better", "metric": "m", "expect": "lower", "description": "better is worse"},
+            {"arm": "same", "metric": "m", "expect": "higher", "description": "same is better"},
+            {"arm": "lonely", "metric": "m", "expect": "higher", "description": "one seed"},
+            {"arm": "baseline", "against": "better", "metric": "m", "expect": "lower", "description": "reversed pair"},
+            {"arm": "absent", "metric": "m", "expect": "higher", "description": "no such arm"},
+        ],
+    )
     out = tmp_path / "cmp"
-    main(["compare", "--run_dir", str(runs), "--stage", "pretrain", "--metrics", "[other]", "--claims", str(claims),
-          "--maximize", "[m]", "--out", str(out)])
+    main(
+        [
+            "compare",
+            "--run_dir",
+            str(runs),
+            "--stage",
+            "pretrain",
+            "--metrics",
+            "[other]",
+            "--claims",
+            str(claims),
+            "--maximize",
+            "[m]",
+            "--out",
+            str(out),
+        ]
+    )
     data = json.loads((out / "comparison.json").read_text())
     assert data["interval"]["method"] == "student_t" and data["baseline"] == "baseline"
     assert data["metrics"] == ["other", "m"]  # claims' metrics added
@@ -134,22 +154,57 @@ def _bad_input(tmp_path, runs):
     (tmp_path / "a_file").write_text("")
     run = ["--run_dir", str(runs)]
     return {
-        "no_database": (["--run_dir", str(tmp_path), "--metrics", "[m]"], f"error: run_dir: no mlflow.db in {tmp_path} "),
+        "no_database": (
+            ["--run_dir", str(tmp_path), "--metrics", "[m]"],
+            f"error: run_dir: no mlflow.db in {tmp_path} ",
+        ),
         "no_metric": ([*run], "error: metrics: give at least one metric (or --claims)"),
-        "maximize": ([*run, "--metrics", "[m]", "--maximize", "[n]"], "error: maximize: names metrics not in --metrics: ['n']"),
+        "maximize": (
+            [*run, "--metrics", "[m]", "--maximize", "[n]"],
+            "error: maximize: names metrics not in --metrics: ['n']",
+        ),
         "no_runs": ([*run, "--metrics", "[m]", "--stage", "nope"], "error: stage: no finished runs in "),
-        "experiment": ([*run, "--metrics", "[m]", "--experiment", "nope"], "error: experiment: no MLflow experiment named 'nope'"),
-        "claims_missing": ([*run, "--claims", str(tmp_path / "none.yaml")], f"error: claims: no file at {tmp_path / 'none.yaml'}"),
-        "claims_yaml": ([*run, "--claims", str(tmp_path / "broken.yaml")], f"error: claims: {tmp_path / 'broken.yaml'} is not valid YAML"),
-        "claims_expect": ([*run, "--claims", str(bad_expect)], f"error: claims: {bad_expect}: item 0: expect must be one of"),
-        "claims_keys": ([*run, "--claims", str(missing_key)], f"error: claims: {missing_key}: item 0: missing ['description']"),
+        "experiment": (
+            [*run, "--metrics", "[m]", "--experiment", "nope"],
+            "error: experiment: no MLflow experiment named 'nope'",
+        ),
+        "claims_missing": (
+            [*run, "--claims", str(tmp_path / "none.yaml")],
+            f"error: claims: no file at {tmp_path / 'none.yaml'}",
+        ),
+        "claims_yaml": (
+            [*run, "--claims", str(tmp_path / "broken.yaml")],
+            f"error: claims: {tmp_path / 'broken.yaml'} is not valid YAML",
+        ),
+        "claims_expect": (
+            [*run, "--claims", str(bad_expect)],
+            f"error: claims: {bad_expect}: item 0: expect must be one of",
+        ),
+        "claims_keys": (
+            [*run, "--claims", str(missing_key)],
+            f"error: claims: {missing_key}: item 0: missing ['description']",
+        ),
         "out_is_file": ([*run, "--metrics", "[m]", "--out", str(tmp_path / "a_file")], "error: out: "),
         "argument": ([*run, "--metrics", "[m]", "--nope", "1"], "error: --nope: unrecognized argument"),
     }
 
 
-@pytest.mark.parametrize("kind", ["no_database", "no_metric", "maximize", "no_runs", "experiment", "claims_missing",
-                                  "claims_yaml", "claims_expect", "claims_keys", "out_is_file", "argument"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "no_database",
+        "no_metric",
+        "maximize",
+        "no_runs",
+        "experiment",
+        "claims_missing",
+        "claims_yaml",
+        "claims_expect",
+        "claims_keys",
+        "out_is_file",
+        "argument",
+    ],
+)
 def test_user_errors_are_one_line_through_the_entry_point(runs, tmp_path, kind):
     args, expected = _bad_input(tmp_path, runs)[kind]
     line = only_error_line(klear("compare", *args, cwd=tmp_path))
@@ -177,7 +232,9 @@ def test_the_study_claims_name_its_arms_and_the_keys_klear_test_logs():
     research = ROOT / "configs" / "research"
     claims = load_claims(research / "claims.yaml")
     base = yaml.safe_load((research / "baseline.yaml").read_text())
-    arms = {base["ablation"]} | {yaml.safe_load(p.read_text())["ablation"] for p in (research / "ablations").rglob("*.yaml")}
+    arms = {base["ablation"]} | {
+        yaml.safe_load(p.read_text())["ablation"] for p in (research / "ablations").rglob("*.yaml")
+    }
     assert {c.arm for c in claims} | {c.against for c in claims if c.against} <= arms
     assert {c.arm for c in claims} == arms - {"baseline", "paper_tasks", "original_scene"}, "every study arm is claimed"
     benchmark = next(c for c in base["trainer"]["callbacks"] if c["class_path"].endswith("BenchmarkCallback"))

@@ -32,8 +32,10 @@ def test_task_weights_all_zero(tmp_path):
 
 
 def test_missing_data_path(tmp_path):
-    data = {"class_path": "klear_lightning.data.datamodule.AVDataModule",
-            "init_args": {"root": str(tmp_path / "nowhere"), "train_splits": {"sound": 1.0}}}
+    data = {
+        "class_path": "klear_lightning.data.datamodule.AVDataModule",
+        "init_args": {"root": str(tmp_path / "nowhere"), "train_splits": {"sound": 1.0}},
+    }
     with pytest.raises(ConfigError, match=r"^data\.init_args\.root: path does not exist: .*nowhere"):
         _run(tmp_path, data=data)
 
@@ -44,9 +46,14 @@ def test_unknown_attention_backend(tmp_path):
 
 
 def test_codec_model_width_mismatch(tmp_path):
-    module = tiny_module(net=tiny_module().model_config.__class__.preset(
-        "tiny", dim=32, depth=1, heads=2, text_dim=16, video_channels=8, audio_channels=4))
-    with pytest.raises(ConfigError, match=r"^model\.net\.video_channels = 8 does not match the video codec channels = 4"):
+    module = tiny_module(
+        net=tiny_module().model_config.__class__.preset(
+            "tiny", dim=32, depth=1, heads=2, text_dim=16, video_channels=8, audio_channels=4
+        )
+    )
+    with pytest.raises(
+        ConfigError, match=r"^model\.net\.video_channels = 8 does not match the video codec channels = 4"
+    ):
         quiet_trainer(tmp_path, steps=1).fit(module, datamodule=RandomAVData())
 
 
@@ -55,10 +62,30 @@ def test_latent_fps_mismatch_outside_the_cli(tmp_path, field, value):
     """A module built in Python (no CLI links) whose latent rates differ from the data's would give
     aligned MixD-RoPE wrong audio times: it fails before training, naming the field."""
     base = tiny_module().model_config
-    module = tiny_module(net=base.__class__.preset(
-        "tiny", **{**{k: getattr(base, k) for k in ("dim", "depth", "heads", "text_dim", "video_channels",
-                                                     "audio_channels", "video_latent_fps", "audio_latent_fps")},
-                   "rope_mode": "aligned", field: value}))
+    module = tiny_module(
+        net=base.__class__.preset(
+            "tiny",
+            **{
+                **{
+                    k: getattr(base, k)
+                    for k in (
+                        "dim",
+                        "depth",
+                        "heads",
+                        "text_dim",
+                        "video_channels",
+                        "audio_channels",
+                        "video_latent_fps",
+                        "audio_latent_fps",
+                    )
+                },
+                "rope_mode": "aligned",
+                field: value,
+            },
+        )
+    )
     expected = getattr(RandomAVData().sequence, field)
-    with pytest.raises(ConfigError, match=rf"^model\.net\.{field} = {value} does not match the data's {field} = {expected}"):
+    with pytest.raises(
+        ConfigError, match=rf"^model\.net\.{field} = {value} does not match the data's {field} = {expected}"
+    ):
         quiet_trainer(tmp_path, steps=1).fit(module, datamodule=RandomAVData())

@@ -27,8 +27,9 @@ def defect_set(tmp_path_factory) -> tuple[Path, list[Truth]]:
     """One clean clip of `sound` and `singing` each, one clip per defect kind, an undecodable file,
     a file without audio and a clean clip without captions (no flite needed)."""
     root = tmp_path_factory.mktemp("curate_inputs")
-    truth = write_defect_set(root, clean_per_split=1, defects_per_kind=1, seed=3, duration=2.0, fps=FPS,
-                             size=64, splits=("sound", "singing"))
+    truth = write_defect_set(
+        root, clean_per_split=1, defects_per_kind=1, seed=3, duration=2.0, fps=FPS, size=64, splits=("sound", "singing")
+    )
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     frames = np.random.default_rng(0).integers(0, 255, (32, 64, 64, 3), dtype=np.uint8)
     write_mkv(root / "silent_film.mkv", frames, FPS, None, 16000)
@@ -73,8 +74,13 @@ def test_accepted_clips_prepare_as_they_are(one_worker, tmp_path):
     from klear_lightning.data.shards import iter_tar
     from klear_lightning.sequence import ClipSpec
 
-    report = prepare(one_worker / "accepted.jsonl", tmp_path, "curated", workers=1,
-                     clip=ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000))
+    report = prepare(
+        one_worker / "accepted.jsonl",
+        tmp_path,
+        "curated",
+        workers=1,
+        clip=ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000),
+    )
     assert report.failed == [] and report.written == len(lines)
     [shard] = (tmp_path / "train" / "curated").glob("*.tar")
     videos = {raw["__key__"]: decode_media(raw["mp4"], audio=False).video for raw in iter_tar(shard)}
@@ -88,22 +94,38 @@ def test_rerun_resumes_and_two_workers_agree(defect_set, one_worker, tmp_path):
     shutil.copytree(one_worker, tmp_path / "resumed")
     results = (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()
     (tmp_path / "resumed" / "results.jsonl").write_text("\n".join(results[:-3]) + "\n" + results[-3][:40])
-    done = klear("curate", "--inputs", root, "--out", tmp_path / "resumed", "--config", one_worker.parent / "curate.yaml")
+    done = klear(
+        "curate", "--inputs", root, "--out", tmp_path / "resumed", "--config", one_worker.parent / "curate.yaml"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "resumed" / "accepted.jsonl").read_text() == (one_worker / "accepted.jsonl").read_text()
     resumed = (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()
-    assert len(resumed) == len(results) and resumed[: len(results) - 4] == results[: len(results) - 4]  # only the rest redone
-    done = klear("curate", "--inputs", root, "--out", tmp_path / "two", "--config", one_worker.parent / "curate.yaml",
-                 "--workers", 2)
+    assert (
+        len(resumed) == len(results) and resumed[: len(results) - 4] == results[: len(results) - 4]
+    )  # only the rest redone
+    done = klear(
+        "curate",
+        "--inputs",
+        root,
+        "--out",
+        tmp_path / "two",
+        "--config",
+        one_worker.parent / "curate.yaml",
+        "--workers",
+        2,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "two" / "accepted.jsonl").read_text() == (one_worker / "accepted.jsonl").read_text()
 
 
-@pytest.mark.parametrize("text, line", [
-    ("min_snr_db: loud\n", "error: min_snr_db: expected float, got 'loud'"),
-    ("min_snr: 10\n", "error: min_snr: unknown field"),
-    ("max_silence_ratio: 1.5\n", "error: max_silence_ratio: must be in [0, 1], got 1.5"),
-])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("min_snr_db: loud\n", "error: min_snr_db: expected float, got 'loud'"),
+        ("min_snr: 10\n", "error: min_snr: unknown field"),
+        ("max_silence_ratio: 1.5\n", "error: max_silence_ratio: must be in [0, 1], got 1.5"),
+    ],
+)
 def test_bad_config_fails_with_one_line(tmp_path, text, line):
     (tmp_path / "curate.yaml").write_text(text)
     done = klear("curate", "--inputs", tmp_path, "--out", tmp_path / "out", "--config", tmp_path / "curate.yaml")
@@ -140,7 +162,9 @@ def test_synchformer_scores_long_clips_when_configured(tmp_path):
     from klear_lightning.curate.stages import ClipScorer, split_source
     from klear_lightning.metrics.nets import synchformer as sfnet
 
-    model = sfnet.Synchformer(sfnet.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1, image_size=32))
+    model = sfnet.Synchformer(
+        sfnet.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1, image_size=32)
+    )
     with torch.no_grad():
         model.transformer.off_head.weight.zero_()
         model.transformer.off_head.bias.zero_()
@@ -158,5 +182,7 @@ def test_synchformer_scores_long_clips_when_configured(tmp_path):
     assert "av_offset_xcorr_s" in rec.scores and "4.8 s" in rec.skipped["av_offset_synchformer_s"]
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     (tmp_path / "curate.yaml").write_text(f"synchformer: {tmp_path / 'bad.pth'}\n")
-    done = klear("curate", "--inputs", tmp_path / "short", "--out", tmp_path / "out", "--config", tmp_path / "curate.yaml")
+    done = klear(
+        "curate", "--inputs", tmp_path / "short", "--out", tmp_path / "out", "--config", tmp_path / "curate.yaml"
+    )
     assert done.returncode == 2 and done.stderr.strip().startswith("error: synchformer: could not load"), done.stderr

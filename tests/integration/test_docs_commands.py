@@ -20,8 +20,11 @@ def documented_commands() -> list[tuple[str, list[str]]]:
     found = []
     for path in DOCS:
         text = path.read_text()
-        lines = [line for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
-                 for line in block.replace("\\\n", " ").splitlines()]
+        lines = [
+            line
+            for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+            for line in block.replace("\\\n", " ").splitlines()
+        ]
         lines += re.findall(r"`([^`\n]*klear [^`\n]* --[^`\n]*)`", text)
         for line in lines:
             match = INVOCATION.search(line.split(" # ")[0].strip())

@@ -26,9 +26,16 @@ def test_validation_media_are_generated_with_the_ema_weights(tmp_path, ema_first
     ema = EMA(decay=0.5)
     media = MediaLogger(tasks=["t2a"], clips=1, sampler=sampler)
     trainer = L.Trainer(
-        default_root_dir=tmp_path, max_steps=3, val_check_interval=3, check_val_every_n_epoch=None,
-        limit_val_batches=1, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, logger=KlearMLFlowLogger(run_dir=str(tmp_path), experiment_name="ema"),
+        default_root_dir=tmp_path,
+        max_steps=3,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=KlearMLFlowLogger(run_dir=str(tmp_path), experiment_name="ema"),
         callbacks=[ema, media] if ema_first else [media, ema],
     )
     module = tiny_module(optim=OptimConfig(lr=3e-2), task_weights={"t2a": 1.0})
@@ -57,15 +64,24 @@ def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(tmp_pat
 
     class AfterStep(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen[trainer.global_step] = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()
-                                         if p.requires_grad}
+            seen[trainer.global_step] = {
+                n: p.detach().clone() for n, p in pl_module.model.named_parameters() if p.requires_grad
+            }
 
     ema = EMA(decay=0.5)
     module = tiny_module()
     start = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
-    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=3, accumulate_grad_batches=4, limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[AfterStep(), ema])
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=3,
+        accumulate_grad_batches=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[AfterStep(), ema],
+    )
     trainer.fit(module, datamodule=RandomAVData())
     assert trainer.global_step == 3 and ema.updates == 3
     assert sorted(seen) == [0, 1, 2, 3]

@@ -17,24 +17,46 @@ from tests.helpers import subprocess_env
 
 
 def _config(run: Path, steps: int, record: str, kill_at: int | None = None) -> dict:
-    kill = [{"class_path": "tests.helpers.callbacks.KillOnceAt", "init_args": {"step": kill_at, "marker": str(run / "killed")}}]
+    kill = [
+        {
+            "class_path": "tests.helpers.callbacks.KillOnceAt",
+            "init_args": {"step": kill_at, "marker": str(run / "killed")},
+        }
+    ]
     return {
         "seed_everything": 5,
         "trainer": {
-            "accelerator": "cpu", "devices": 2, "max_steps": steps, "gradient_clip_val": 0.5,
-            "limit_val_batches": 1, "val_check_interval": 2, "check_val_every_n_epoch": None,
+            "accelerator": "cpu",
+            "devices": 2,
+            "max_steps": steps,
+            "gradient_clip_val": 0.5,
+            "limit_val_batches": 1,
+            "val_check_interval": 2,
+            "check_val_every_n_epoch": None,
             "num_sanity_val_steps": 0,
             "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger", "init_args": {"run_dir": str(run)}},
-            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(run),
-            "strategy": {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-                         "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}},
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(run),
+            "strategy": {
+                "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+                "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+            },
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(run / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1,
-                               "filename": "{step}"}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(run / "ckpt"),
+                        "every_n_train_steps": 2,
+                        "save_top_k": -1,
+                        "filename": "{step}",
+                    },
+                },
                 {"class_path": "klear_lightning.callbacks.ema.EMA", "init_args": {"decay": 0.9}},
-                {"class_path": "klear_lightning.callbacks.media_logger.MediaLogger",
-                 "init_args": {"tasks": ["t2av"], "clips": 1, "sampler": {"steps": 2}}},
+                {
+                    "class_path": "klear_lightning.callbacks.media_logger.MediaLogger",
+                    "init_args": {"tasks": ["t2av"], "clips": 1, "sampler": {"steps": 2}},
+                },
                 {"class_path": "tests.helpers.callbacks.LossRecorder", "init_args": {"path": record}},
                 *(kill if kill_at else []),
             ],
@@ -52,8 +74,20 @@ def _config(run: Path, steps: int, record: str, kill_at: int | None = None) -> d
 def _torchrun(cfg: Path, *extra: str, killed: bool = False) -> None:
     env = subprocess_env()
     # --standalone: a free port (other test runs may share the machine)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-           "-m", "klear_lightning.cli", "fit", "--config", str(cfg), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "-m",
+        "klear_lightning.cli",
+        "fit",
+        "--config",
+        str(cfg),
+        *extra,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if killed:
         assert done.returncode != 0 and "exitcode: -9" in done.stderr, done.stderr[-4000:]  # SIGKILL
@@ -83,7 +117,9 @@ def test_fsdp2_two_processes_whole_path_killed_and_resumed(tmp_path):
     assert ckpt.is_dir() and (ckpt / "meta.pt").is_file(), "expected a sharded (distributed) checkpoint folder"
     assert not (tmp_path / "run" / "ckpt" / "step=4.ckpt").exists(), "killed before its step-4 checkpoint"
     media = tmp_path / "run" / "media" / "step_0000002" / "t2av"
-    assert sorted(p.suffix for p in media.iterdir()) == [".mp4", ".png", ".png", ".wav"], "validation media (and the panel) at step 2"
+    assert sorted(p.suffix for p in media.iterdir()) == [".mp4", ".png", ".png", ".wav"], (
+        "validation media (and the panel) at step 2"
+    )
     _torchrun(config, "--ckpt_path", str(ckpt))
     losses = _read(tmp_path / "loss")
     assert losses[0][1] != losses[1][1], "ranks must draw different noise"

@@ -29,8 +29,21 @@ def trained(tmp_path_factory):
 def test_generate_writes_media(trained, task):
     root, config, ckpt, clip = trained
     out = root / f"out_{task}"
-    args = ["generate", "--config", str(config), "--ckpt_path", str(ckpt), "--task", task,
-            "--prompt", "[a red ball bounces, a blue cube]", "--steps", "2", "--out", str(out)]
+    args = [
+        "generate",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(ckpt),
+        "--task",
+        task,
+        "--prompt",
+        "[a red ball bounces, a blue cube]",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
     if task == "ti2v":
         args += ["--image", str(clip)]
     if task == "v2a":

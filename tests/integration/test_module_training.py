@@ -18,7 +18,9 @@ from tests.helpers.tiny import SEQUENCE, RandomAVData, quiet_trainer, tiny_confi
 
 
 def test_training_reduces_loss_and_logs_breakdown(tmp_path):
-    module = tiny_module(task_weights={"t2av": 1.0, "t2v": 1.0, "t2a": 1.0}, caption_dropout=0.0, optim=OptimConfig(lr=3e-3))
+    module = tiny_module(
+        task_weights={"t2av": 1.0, "t2v": 1.0, "t2a": 1.0}, caption_dropout=0.0, optim=OptimConfig(lr=3e-3)
+    )
     data = RandomAVData(batch_size=4)
     fixed = data.val[0]
     gen = (torch.Generator().manual_seed(5), torch.Generator().manual_seed(5))
@@ -47,7 +49,9 @@ def test_validation_scores_every_task_on_every_clip_whatever_the_task_weights(tm
     module = tiny_module(task_weights={"t2v": 1.0, "t2a": 1.0, "t2av": 1.0, "a2v": 1.0})
     data = RandomAVData(val_batches=2)
     before = _validate(module, data, tmp_path)
-    assert {k for k in before if k.startswith("val/loss_task/")} == {f"val/loss_task/{t}" for t in ("t2v", "t2a", "t2av", "a2v")}
+    assert {k for k in before if k.startswith("val/loss_task/")} == {
+        f"val/loss_task/{t}" for t in ("t2v", "t2a", "t2av", "a2v")
+    }
     module.task_sampler.set_weights({"t2v": 0.97, "t2a": 0.01, "t2av": 0.01, "a2v": 0.01})
     after = _validate(module, data, tmp_path)
     assert after == before
@@ -109,15 +113,29 @@ def test_media_logger_logs_mp4_wav_png_to_mlflow(tmp_path):
 
     logger = KlearMLFlowLogger(run_dir=str(tmp_path), experiment_name="media")
     media = MediaLogger(tasks=["t2av"], clips=1, sampler=SamplerConfig(steps=1))
-    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=1, logger=logger, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
-                        num_sanity_val_steps=0, val_check_interval=1, check_val_every_n_epoch=None,
-                        callbacks=[media])
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        val_check_interval=1,
+        check_val_every_n_epoch=None,
+        callbacks=[media],
+    )
     trainer.fit(tiny_module(), datamodule=RandomAVData())
     client = MlflowClient(logger._tracking_uri)
     names = [f.path for f in client.list_artifacts(logger.run_id, "media/step_0000001/t2av")]
     assert len(client.list_artifacts(logger.run_id, "media/reference")) == 3
-    assert sorted(p.rsplit("/", 1)[1] for p in names) == ["panel.png", "t2av_0.mp4", "t2av_0.wav", "t2av_0_spectrogram.png"]
+    assert sorted(p.rsplit("/", 1)[1] for p in names) == [
+        "panel.png",
+        "t2av_0.mp4",
+        "t2av_0.wav",
+        "t2av_0_spectrogram.png",
+    ]
     assert any(k.startswith("val/loss_task/") for k in trainer.callback_metrics)
     from PIL import Image
 

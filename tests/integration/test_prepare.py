@@ -63,7 +63,9 @@ def caption(path, text="a bar sweeps across; a steady tone"):
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
     write_media(d / "landscape.mp4", "mp4", "libx264", (30, 48), 12, 2.5, "aac", 44100)
-    write_media(d / "portrait_odd.mkv", "matroska", "libx264", (57, 31), 10, 1.5, "libmp3lame", 22050, pix_fmt="yuv444p")
+    write_media(
+        d / "portrait_odd.mkv", "matroska", "libx264", (57, 31), 10, 1.5, "libmp3lame", 22050, pix_fmt="yuv444p"
+    )
     write_media(d / "really_mp4.mkv", "mp4", "libx264", (40, 40), 8, 1.0, "libmp3lame", 16000)
     write_media(d / "webm_named.mp4", "webm", "libvpx", (36, 64), 15, 1.2, "libopus", 48000)
     write_media(d / "pcm.mov", "mov", "mjpeg", (24, 24), 25, 1.0, "pcm_s16le", 8000, pix_fmt="yuvj420p", layout="mono")
@@ -79,15 +81,24 @@ def corpus(tmp_path_factory):
 
 def test_prepare_folder_odd_sizes_lying_extensions_and_report(corpus, tmp_path):
     clip = ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000)
-    report = prepare(corpus, tmp_path, "real", clip=clip, resolutions=[(48, 32), (32, 48)], workers=1, cache=True, maxcount=2)
+    report = prepare(
+        corpus, tmp_path, "real", clip=clip, resolutions=[(48, 32), (32, 48)], workers=1, cache=True, maxcount=2
+    )
     failed = {f.path.rsplit("/", 1)[-1]: f.reason for f in report.failed}
-    assert failed == {"garbage.mp4": "undecodable", "too_short.mp4": "too_short", "silent_film.mp4": "missing_stream",
-                      "uncaptioned.mp4": "missing_caption"}
+    assert failed == {
+        "garbage.mp4": "undecodable",
+        "too_short.mp4": "too_short",
+        "silent_film.mp4": "missing_stream",
+        "uncaptioned.mp4": "missing_caption",
+    }
     assert report.written == 5
     on_disk = json.loads((tmp_path / "train" / "real" / "prepare_report.json").read_text())
     assert on_disk["written"] == 5 and len(on_disk["failed"]) == 4
-    samples = {r.record["source"].rsplit("/", 1)[-1]: r.to_sample()
-               for s in read_index(tmp_path / "train", "real") for r in map(lambda raw: parse_sample(raw, s.url.name), iter_tar(s.url))}
+    samples = {
+        r.record["source"].rsplit("/", 1)[-1]: r.to_sample()
+        for s in read_index(tmp_path / "train", "real")
+        for r in map(lambda raw: parse_sample(raw, s.url.name), iter_tar(s.url))
+    }
     assert set(samples) == {"landscape.mp4", "portrait_odd.mkv", "really_mp4.mkv", "webm_named.mp4", "pcm.mov"}
     assert samples["landscape.mp4"].video.shape == (16, 32, 48, 3)
     assert samples["portrait_odd.mkv"].video.shape == (12, 48, 32, 3)
@@ -96,7 +107,7 @@ def test_prepare_folder_odd_sizes_lying_extensions_and_report(corpus, tmp_path):
     for s in samples.values():
         assert s.sample_rate == 16000 and s.fps == 8.0
         assert abs(s.audio.shape[0] - s.video.shape[0] * 2000) < 2000
-        spec = np.abs(np.fft.rfft(s.audio[: 4000]))
+        spec = np.abs(np.fft.rfft(s.audio[:4000]))
         assert abs(np.argmax(spec) * 16000 / 4000 - 440) <= 8, s.meta["source"]
     bar = samples["landscape.mp4"].video[3, 16, :, 0].astype(int)
     assert bar.max() - np.median(bar) > 100
@@ -110,8 +121,10 @@ def test_prepare_folder_odd_sizes_lying_extensions_and_report(corpus, tmp_path):
 
 def test_prepare_manifest_resumes_with_two_workers(corpus, tmp_path):
     manifest = tmp_path / "list.jsonl"
-    rows = [{"path": str(corpus / n), "video_caption": "a bar", "audio_caption": "a tone", "transcript": ""}
-            for n in ("landscape.mp4", "pcm.mov", "really_mp4.mkv")]
+    rows = [
+        {"path": str(corpus / n), "video_caption": "a bar", "audio_caption": "a tone", "transcript": ""}
+        for n in ("landscape.mp4", "pcm.mov", "really_mp4.mkv")
+    ]
     manifest.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
     clip = ClipSpec(duration=1.0)
     first = prepare(manifest, tmp_path / "out", "s", partition="val", clip=clip, workers=1, maxcount=1)

@@ -32,12 +32,17 @@ def syncworld(tmp_path_factory) -> Path:
     return root
 
 
-
-
 def _config(run_dir: Path, data_root: Path, kill_at: int | None) -> dict:
     callbacks = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(run_dir / "ckpt"), "every_n_train_steps": 3, "save_last": True, "save_top_k": -1}},
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": str(run_dir / "ckpt"),
+                "every_n_train_steps": 3,
+                "save_last": True,
+                "save_top_k": -1,
+            },
+        },
         {"class_path": "klear_lightning.callbacks.ema.EMA", "init_args": {"decay": 0.9}},
     ]
     if kill_at is not None:
@@ -47,10 +52,19 @@ def _config(run_dir: Path, data_root: Path, kill_at: int | None) -> dict:
         "stage": "pretrain",
         "ablation": "resume_test",
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "log_every_n_steps": 1,
-            "limit_val_batches": 0, "enable_progress_bar": False, "enable_model_summary": False,
-            "deterministic": True, "default_root_dir": str(run_dir),
-            "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger", "init_args": {"run_dir": str(run_dir)}},
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": STEPS,
+            "log_every_n_steps": 1,
+            "limit_val_batches": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "deterministic": True,
+            "default_root_dir": str(run_dir),
+            "logger": {
+                "class_path": "klear_lightning.logging.KlearMLFlowLogger",
+                "init_args": {"run_dir": str(run_dir)},
+            },
             "callbacks": callbacks,
         },
         "model": {
@@ -59,12 +73,20 @@ def _config(run_dir: Path, data_root: Path, kill_at: int | None) -> dict:
             "caption_dropout": 0.2,
             "optim": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},
         },
-        "data": {"class_path": "klear_lightning.data.AVDataModule", "init_args": {
-            "root": str(data_root), "train_splits": {"sound": 1.0}, "clip": dict(vars(CLIP)), "batch_size": 2,
-            "num_workers": 2, "epoch_samples": 12, "shuffle_buffer": 2, "seed": 1}},
+        "data": {
+            "class_path": "klear_lightning.data.AVDataModule",
+            "init_args": {
+                "root": str(data_root),
+                "train_splits": {"sound": 1.0},
+                "clip": dict(vars(CLIP)),
+                "batch_size": 2,
+                "num_workers": 2,
+                "epoch_samples": 12,
+                "shuffle_buffer": 2,
+                "seed": 1,
+            },
+        },
     }
-
-
 
 
 def _losses(run_dir: Path) -> tuple[int, dict[int, float]]:

@@ -21,8 +21,20 @@ SEED = 3
 
 def _torchrun(out: Path, world: int, *extra: str) -> list[dict]:
     env = subprocess_env()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--standalone",
-           str(ROOT / "tests" / "helpers" / "sharded_worker.py"), "--out", str(out), "--seed", str(SEED), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(world),
+        "--standalone",
+        str(ROOT / "tests" / "helpers" / "sharded_worker.py"),
+        "--out",
+        str(out),
+        "--seed",
+        str(SEED),
+        *extra,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]

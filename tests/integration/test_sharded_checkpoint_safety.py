@@ -46,8 +46,11 @@ def planted(tmp_path) -> tuple[Path, Path]:
 
 
 def test_real_metadata_passes_the_allow_list(tmp_path):
-    state = {"state_dict": {"model.w": torch.randn(4, 3), "model.h": torch.zeros(5, dtype=torch.bfloat16)},
-             "step": 7, "extra": {"names": ["a", "b"]}}
+    state = {
+        "state_dict": {"model.w": torch.randn(4, 3), "model.h": torch.zeros(5, dtype=torch.bfloat16)},
+        "step": 7,
+        "extra": {"names": ["a", "b"]},
+    }
     dcp.save(state, checkpoint_id=tmp_path)
     metadata = load_dcp_metadata(tmp_path)
     assert {"state_dict.model.w", "state_dict.model.h", "step"} <= set(metadata.state_dict_metadata)
@@ -70,8 +73,14 @@ def test_init_from_refuses_a_planted_metadata(planted):
 
 def _config(tmp_path: Path) -> Path:
     cfg = {
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 1, "logger": False,
-                    "enable_progress_bar": False, "default_root_dir": str(tmp_path / "run")},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 1,
+            "logger": False,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path / "run"),
+        },
         "model": {"net": {"dim": 32, "depth": 2, "heads": 2, "attention_backend": "reference"}},
         "data": {"class_path": "tests.helpers.tiny.RandomAVData", "init_args": {"seed": 2}},
     }

@@ -29,10 +29,6 @@ CLIP = ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000)
 STEPS = 4  # checkpoints at steps 2 and 4; the kill comes at the end of step 3
 
 
-
-
-
-
 def _weight_sum(checkpoint: Path) -> float:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     return sum(v.double().sum().item() for k, v in state.items() if k.startswith("model."))
@@ -52,25 +48,58 @@ def _base(tmp: Path, data_root: Path) -> Path:
         "stage": "tiny",
         "ablation": "baseline",
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "limit_val_batches": 0, "log_every_n_steps": 1,
-            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp / "elsewhere"),
-            "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger",
-                       "init_args": {"run_dir": str(tmp / "elsewhere"), "experiment_name": "tiny"}},
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": STEPS,
+            "limit_val_batches": 0,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp / "elsewhere"),
+            "logger": {
+                "class_path": "klear_lightning.logging.KlearMLFlowLogger",
+                "init_args": {"run_dir": str(tmp / "elsewhere"), "experiment_name": "tiny"},
+            },
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(tmp / "elsewhere"), "every_n_train_steps": 2}},
-                {"class_path": "tests.helpers.callbacks.KillSweepOnce",
-                 "init_args": {"seed": 1, "step": 3, "marker": str(tmp / "killed")}},
-                {"class_path": "klear_lightning.callbacks.benchmark.BenchmarkCallback",
-                 "init_args": {"metrics": {"metrics": ["colour_syncworld"], "tasks": ["t2av"], "sampling_steps": 2,
-                                           "ground_truth": False}}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(tmp / "elsewhere"), "every_n_train_steps": 2},
+                },
+                {
+                    "class_path": "tests.helpers.callbacks.KillSweepOnce",
+                    "init_args": {"seed": 1, "step": 3, "marker": str(tmp / "killed")},
+                },
+                {
+                    "class_path": "klear_lightning.callbacks.benchmark.BenchmarkCallback",
+                    "init_args": {
+                        "metrics": {
+                            "metrics": ["colour_syncworld"],
+                            "tasks": ["t2av"],
+                            "sampling_steps": 2,
+                            "ground_truth": False,
+                        }
+                    },
+                },
             ],
         },
-        "model": {"net": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "reference"},
-                  "task_weights": {"t2av": 1.0}, "optim": {"lr": 1e-3, "warmup_steps": 1}, "seed": 0},
-        "data": {"class_path": "klear_lightning.data.AVDataModule", "init_args": {
-            "root": str(data_root), "train_splits": {"sound": 1.0}, "clip": dict(vars(CLIP)), "batch_size": 2,
-            "num_workers": 0, "epoch_samples": 8, "seed": 0}},
+        "model": {
+            "net": {"dim": 32, "depth": 1, "heads": 2, "attention_backend": "reference"},
+            "task_weights": {"t2av": 1.0},
+            "optim": {"lr": 1e-3, "warmup_steps": 1},
+            "seed": 0,
+        },
+        "data": {
+            "class_path": "klear_lightning.data.AVDataModule",
+            "init_args": {
+                "root": str(data_root),
+                "train_splits": {"sound": 1.0},
+                "clip": dict(vars(CLIP)),
+                "batch_size": 2,
+                "num_workers": 0,
+                "epoch_samples": 8,
+                "seed": 0,
+            },
+        },
     }
     path = tmp / "base.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -85,8 +114,14 @@ def _overlay(tmp: Path, name: str, body: dict) -> Path:
 
 def _sweep(args: list[str]) -> subprocess.CompletedProcess:
     env = subprocess_env(MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false")
-    return subprocess.run([sys.executable, "-m", "klear_lightning.cli", "sweep", *args], env=env, capture_output=True,
-                          text=True, timeout=900, start_new_session=True)  # its own process group: the kill stays there
+    return subprocess.run(
+        [sys.executable, "-m", "klear_lightning.cli", "sweep", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        start_new_session=True,
+    )  # its own process group: the kill stays there
 
 
 def _headers(log: Path) -> list[str]:
@@ -162,28 +197,66 @@ def _stage(tmp: Path, k: int, steps: int, callbacks: list[dict], **model) -> Pat
     """A curriculum stage overlay whose logger, checkpoint folder and `init_from` point elsewhere:
     the sweep must move them into the run."""
     elsewhere = str(tmp / f"elsewhere_stage{k}")
-    return _overlay(tmp, f"stage{k}", {
-        "ablation": "curriculum", "stage": f"tiny_stage{k}",
-        "trainer": {"max_steps": steps, "default_root_dir": elsewhere,
-                    "logger": {"class_path": "klear_lightning.logging.KlearMLFlowLogger",
-                               "init_args": {"run_dir": elsewhere, "experiment_name": "tiny"}},
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": elsewhere, "every_n_train_steps": 2}},
-                                  {"class_path": "tests.helpers.callbacks.LogStartWeights"}, *callbacks]},
-        "model": {"init_from": None if k == 1 else f"{elsewhere}/last.ckpt", **model}})
+    return _overlay(
+        tmp,
+        f"stage{k}",
+        {
+            "ablation": "curriculum",
+            "stage": f"tiny_stage{k}",
+            "trainer": {
+                "max_steps": steps,
+                "default_root_dir": elsewhere,
+                "logger": {
+                    "class_path": "klear_lightning.logging.KlearMLFlowLogger",
+                    "init_args": {"run_dir": elsewhere, "experiment_name": "tiny"},
+                },
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"dirpath": elsewhere, "every_n_train_steps": 2},
+                    },
+                    {"class_path": "tests.helpers.callbacks.LogStartWeights"},
+                    *callbacks,
+                ],
+            },
+            "model": {"init_from": None if k == 1 else f"{elsewhere}/last.ckpt", **model},
+        },
+    )
 
 
 @pytest.mark.slow
 def test_staged_arm_killed_between_stages_and_rerun(tmp_path, syncworld):
     base = _base(tmp_path, syncworld)
-    kill = {"class_path": "tests.helpers.callbacks.KillSweepOnce", "init_args": {"seed": 1, "step": 3, "marker": str(tmp_path / "k")}}
-    score = {"class_path": "klear_lightning.callbacks.benchmark.BenchmarkCallback", "init_args": {"metrics": {
-        "metrics": ["colour_syncworld"], "tasks": ["t2av"], "sampling_steps": 2, "ground_truth": False}}}
-    stages = [_stage(tmp_path, 1, 4, []), _stage(tmp_path, 2, 4, [kill], optim={"lr": 3e-3, "warmup_steps": 1}),
-              _stage(tmp_path, 3, 2, [score])]
+    kill = {
+        "class_path": "tests.helpers.callbacks.KillSweepOnce",
+        "init_args": {"seed": 1, "step": 3, "marker": str(tmp_path / "k")},
+    }
+    score = {
+        "class_path": "klear_lightning.callbacks.benchmark.BenchmarkCallback",
+        "init_args": {
+            "metrics": {"metrics": ["colour_syncworld"], "tasks": ["t2av"], "sampling_steps": 2, "ground_truth": False}
+        },
+    }
+    stages = [
+        _stage(tmp_path, 1, 4, []),
+        _stage(tmp_path, 2, 4, [kill], optim={"lr": 3e-3, "warmup_steps": 1}),
+        _stage(tmp_path, 3, 2, [score]),
+    ]
     out = tmp_path / "study"
-    args = ["--config", str(base), "--overlays", f"[[{', '.join(map(str, stages))}]]", "--baseline", "false",
-            "--seeds", "[1]", "--partitions", "[test]", "--run_dir", str(out)]
+    args = [
+        "--config",
+        str(base),
+        "--overlays",
+        f"[[{', '.join(map(str, stages))}]]",
+        "--baseline",
+        "false",
+        "--seeds",
+        "[1]",
+        "--partitions",
+        "[test]",
+        "--run_dir",
+        str(out),
+    ]
     run = out / "runs" / "curriculum" / "seed_1"
 
     # stage 1 finishes, the sweep is killed at the end of stage 2's step 3 (its checkpoint: step 2)
@@ -237,7 +310,9 @@ def test_staged_arm_checks(tmp_path, syncworld):
     with pytest.raises(ValueError, match="a staged arm .* needs at least two stage overlays"):
         main(["sweep", "--config", str(base), "--overlays", f"[[{one}]]", "--run_dir", str(tmp_path / "s")])
     other = _overlay(tmp_path, "other", {})
-    with pytest.raises(ValueError, match=r"the stages of a staged arm must share one `ablation`, got \['one', 'other'\]"):
+    with pytest.raises(
+        ValueError, match=r"the stages of a staged arm must share one `ablation`, got \['one', 'other'\]"
+    ):
         main(["sweep", "--config", str(base), "--overlays", f"[[{one}, {other}]]", "--run_dir", str(tmp_path / "s")])
     assert not (tmp_path / "s" / "runs").exists()
 
@@ -249,7 +324,17 @@ def test_arms_need_distinct_names_before_anything_runs(tmp_path, syncworld):
         main(["sweep", "--config", str(base), "--overlays", f"[{same}]", "--run_dir", str(tmp_path / "s")])
     assert not (tmp_path / "s" / "runs").exists()
     with pytest.raises(ValueError, match="each item must be one '--key=value'"):
-        main(["sweep", "--config", str(base), "--overrides", "[--trainer.max_steps, '3']", "--run_dir", str(tmp_path / "s")])
+        main(
+            [
+                "sweep",
+                "--config",
+                str(base),
+                "--overrides",
+                "[--trainer.max_steps, '3']",
+                "--run_dir",
+                str(tmp_path / "s"),
+            ]
+        )
 
 
 def test_a_run_started_with_another_config_is_not_mixed(tmp_path, syncworld):

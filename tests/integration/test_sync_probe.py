@@ -26,10 +26,14 @@ def av_batch(seed: int, b: int = 4, t: int = 8) -> AVBatch:
     """Video latents equal to the audio latents frame by frame: perfectly synchronised streams."""
     audio = torch.randn(b, 2, t, generator=torch.Generator().manual_seed(seed))
     return AVBatch(
-        video=audio[..., None, None].clone(), video_mask=torch.ones(b, t, dtype=torch.bool),
-        audio=audio, audio_mask=torch.ones(b, t, dtype=torch.bool),
-        video_text=torch.zeros(b, 3, 4), video_text_mask=torch.ones(b, 3, dtype=torch.bool),
-        audio_text=torch.zeros(b, 3, 4), audio_text_mask=torch.ones(b, 3, dtype=torch.bool),
+        video=audio[..., None, None].clone(),
+        video_mask=torch.ones(b, t, dtype=torch.bool),
+        audio=audio,
+        audio_mask=torch.ones(b, t, dtype=torch.bool),
+        video_text=torch.zeros(b, 3, 4),
+        video_text_mask=torch.ones(b, 3, dtype=torch.bool),
+        audio_text=torch.zeros(b, 3, 4),
+        audio_text_mask=torch.ones(b, 3, dtype=torch.bool),
         meta=[{} for _ in range(b)],
     )
 
@@ -79,9 +83,18 @@ class RecordingLogger(Logger):
 def probe(model: nn.Module, tmp_path) -> dict[str, float]:
     logger = RecordingLogger()
     loader = DataLoader([0, 1, 2], batch_size=1, collate_fn=lambda ix: av_batch(ix[0]))
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=[SyncProbe(times=(0.5, 0.9))],
-                        limit_train_batches=1, num_sanity_val_steps=1, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[SyncProbe(times=(0.5, 0.9))],
+        limit_train_batches=1,
+        num_sanity_val_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(ProbeModule(model), loader, loader)
     return logger.records
 
@@ -112,9 +125,16 @@ def test_probe_rejects_bad_settings_and_modules_without_flow(tmp_path):
     module = NoFlow(Blind())
     module.flow = None
     loader = DataLoader([0], batch_size=1, collate_fn=lambda ix: av_batch(ix[0]))
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[SyncProbe()],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[SyncProbe()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(TypeError, match="NoFlow.flow and .model"):
         trainer.fit(module, loader, loader)
 
@@ -141,9 +161,17 @@ class SplitData(L.LightningDataModule):
 
 def test_probe_is_logged_per_validation_split(tmp_path):
     logger = RecordingLogger()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=logger, callbacks=[SyncProbe(times=(0.9,))],
-                        num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[SyncProbe(times=(0.9,))],
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(ProbeModule(SyncAware()), datamodule=SplitData())
     r = logger.records
     assert r["val/sync_probe/video/synced_n"] == 24 and r["val/sync_probe/video/unrelated_n"] == 24

@@ -86,7 +86,9 @@ def test_event_offset_median_is_the_typical_clip(clips):
     """Five clips in sync and three with a still picture (nothing detected, scored 750 ms): the mean
     is pulled up by the three, the median is the in-sync majority."""
     sound = clips["sound"]
-    still = [MediaClip(c.video[:1].expand_as(c.video).clone(), c.fps, c.audio, c.sample_rate, c.meta) for c in sound[5:8]]
+    still = [
+        MediaClip(c.video[:1].expand_as(c.video).clone(), c.fps, c.audio, c.sample_rate, c.meta) for c in sound[5:8]
+    ]
     got = score(SyncWorldEventOffset(), sound[:5] + still)
     assert got["sync_offset_median_ms_syncworld"] == pytest.approx(0.0, abs=5.0)
     assert got["sync_offset_ms_syncworld"] == pytest.approx(3 * 750.0 / 8, abs=5.0)

@@ -33,8 +33,11 @@ pytestmark = pytest.mark.skipif(_speech_backend() is not None, reason="SyncWorld
 
 def _write_item(folder, name, clip, audio_prompt, transcript, image):
     folder.mkdir(parents=True, exist_ok=True)
-    item = {"video_prompt": clip.video_caption, "audio_prompt": [audio_prompt] if audio_prompt else [],
-            "speech_prompt": {"text": transcript}}
+    item = {
+        "video_prompt": clip.video_caption,
+        "audio_prompt": [audio_prompt] if audio_prompt else [],
+        "speech_prompt": {"text": transcript},
+    }
     (folder / f"{name}.json").write_text(json.dumps(item))
     if image:
         (folder / f"{name}.png").write_bytes(_png(clip.video[0]))
@@ -81,20 +84,45 @@ def bench(tmp_path_factory):
     torch.manual_seed(0)
     clap = root / "clap"
     write_tokenizer(clap)
-    transformers.ClapModel(transformers.ClapConfig(
-        text_config=dict(vocab_size=300, hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=37,
-                         max_position_embeddings=80),
-        audio_config=dict(patch_embeds_hidden_size=8, depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], hidden_size=64),
-        projection_dim=16)).save_pretrained(clap)
-    metrics = {"metrics": ["motion_hs256", "fd_clap_versebench", "clap_score_versebench", "wer_whisper_seedtts"],
-               "checkpoints": {"clap": str(clap)}, "sampling_steps": 2}
+    transformers.ClapModel(
+        transformers.ClapConfig(
+            text_config=dict(
+                vocab_size=300,
+                hidden_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=1,
+                intermediate_size=37,
+                max_position_embeddings=80,
+            ),
+            audio_config=dict(
+                patch_embeds_hidden_size=8, depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], hidden_size=64
+            ),
+            projection_dim=16,
+        )
+    ).save_pretrained(clap)
+    metrics = {
+        "metrics": ["motion_hs256", "fd_clap_versebench", "clap_score_versebench", "wer_whisper_seedtts"],
+        "checkpoints": {"clap": str(clap)},
+        "sampling_steps": 2,
+    }
     return root, config, ckpt, prompts, references, json.dumps(metrics)
 
 
 def _run(bench, out, references=None):
     root, config, ckpt, prompts, _, metrics = bench
-    args = ["test", "--prompts", str(prompts), "--config", str(config), "--ckpt_path", str(ckpt),
-            "--out", str(out), "--metrics", metrics]
+    args = [
+        "test",
+        "--prompts",
+        str(prompts),
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--metrics",
+        metrics,
+    ]
     if references is not None:
         args += ["--references", str(references)]
     main(args)
@@ -104,7 +132,10 @@ def _run(bench, out, references=None):
 def test_prompt_folder_items_follow_verse_bench_layout(bench):
     items = {i.name: i for i in read_prompts(bench[3])}
     assert {n: (i.subset, i.task) for n, i in items.items()} == {
-        "talk0": ("set1", "ti2av"), "bounce0": ("set2", "t2av"), "talk1": ("set3", "ti2av")}
+        "talk0": ("set1", "ti2av"),
+        "bounce0": ("set2", "t2av"),
+        "talk1": ("set3", "ti2av"),
+    }
     assert items["bounce0"].audio_prompt and not items["bounce0"].transcript
     assert items["talk1"].transcript and not items["talk1"].audio_prompt
 

@@ -84,7 +84,11 @@ def test_packed_matches_reference_outputs_and_gradients(isolate: bool, layout: s
 @pytest.mark.parametrize("layout", ["own", "all"])
 def test_cross_attention_plan_with_a_sample_without_keys(layout: str):
     g = torch.Generator().manual_seed(2)
-    q, k, v = torch.randn(3, 5, 2, 4, generator=g), torch.randn(3, 7, 2, 4, generator=g), torch.randn(3, 7, 2, 4, generator=g)
+    q, k, v = (
+        torch.randn(3, 5, 2, 4, generator=g),
+        torch.randn(3, 7, 2, 4, generator=g),
+        torch.randn(3, 7, 2, 4, generator=g),
+    )
     q_valid = torch.ones(3, 5, dtype=torch.bool)
     k_valid = torch.rand(3, 7, generator=g) > 0.3
     k_valid[1] = False

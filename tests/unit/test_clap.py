@@ -14,9 +14,18 @@ transformers = pytest.importorskip("transformers")
 
 def tiny_config():
     return transformers.ClapConfig(
-        text_config=dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
-                         intermediate_size=37, max_position_embeddings=80, layer_norm_eps=1e-5),
-        audio_config=dict(patch_embeds_hidden_size=8, depths=[1, 1, 2, 1], num_attention_heads=[1, 1, 2, 2], hidden_size=64),
+        text_config=dict(
+            vocab_size=300,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=1,
+            intermediate_size=37,
+            max_position_embeddings=80,
+            layer_norm_eps=1e-5,
+        ),
+        audio_config=dict(
+            patch_embeds_hidden_size=8, depths=[1, 1, 2, 1], num_attention_heads=[1, 1, 2, 2], hidden_size=64
+        ),
         projection_dim=16,
     )
 
@@ -34,8 +43,13 @@ def clap_dir(tmp_path_factory):
 def clips(captions):
     g = torch.Generator().manual_seed(3)
     return [
-        MediaClip(video=None, fps=8.0, audio=torch.randn(16000 + 4000 * i, generator=g) * 0.2, sample_rate=16000,
-                  meta={"key": f"c{i}", "audio_caption": c} if c is not None else {"key": f"c{i}"})
+        MediaClip(
+            video=None,
+            fps=8.0,
+            audio=torch.randn(16000 + 4000 * i, generator=g) * 0.2,
+            sample_rate=16000,
+            meta={"key": f"c{i}", "audio_caption": c} if c is not None else {"key": f"c{i}"},
+        )
         for i, c in enumerate(captions)
     ]
 

@@ -52,7 +52,13 @@ def test_hf_encoder_from_local_path_with_random_weights(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    cfg = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     BertModel(cfg).save_pretrained(tmp_path / "tiny.bert")
     tokenizer.save_pretrained(tmp_path / "tiny.bert")
     enc = build_text_encoder(TextEncoderConfig(name="hf", path=str(tmp_path / "tiny.bert"), max_tokens=8))
@@ -124,7 +130,9 @@ def test_pixel_codec_round_trip_and_geometry():
     spec = SequenceSpec(ClipSpec(), geometry)
     assert spec.video_latent_hw == (8, 8) and spec.audio_latent_frames == 100
     pooled = build_video_codec(VideoCodecConfig(factor=2, pool=2))
-    assert pooled.encode(frames).shape == (2, 12, 16, 8, 8) and pooled.decode(pooled.encode(frames)).shape == frames.shape
+    assert (
+        pooled.encode(frames).shape == (2, 12, 16, 8, 8) and pooled.decode(pooled.encode(frames)).shape == frames.shape
+    )
 
 
 def test_stats_accumulator_matches_numpy(tmp_path):
@@ -147,8 +155,15 @@ def test_stats_accumulator_matches_numpy(tmp_path):
 
 @needs_diffusers
 def test_oobleck_loads_from_local_path(tmp_path):
-    diffusers.AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=[2, 4], channel_multiples=[1, 2], decoder_channels=8,
-                                 decoder_input_channels=4, audio_channels=2, sampling_rate=16000).save_pretrained(tmp_path / "vae")
+    diffusers.AutoencoderOobleck(
+        encoder_hidden_size=8,
+        downsampling_ratios=[2, 4],
+        channel_multiples=[1, 2],
+        decoder_channels=8,
+        decoder_input_channels=4,
+        audio_channels=2,
+        sampling_rate=16000,
+    ).save_pretrained(tmp_path / "vae")
     codec = build_audio_codec(AudioCodecConfig(name="oobleck", path=str(tmp_path / "vae")))
     assert (codec.channels, codec.hop, codec.sample_rate) == (4, 8, 16000)
     lat = codec.encode(torch.randn(2, 1600) * 0.1)
@@ -159,9 +174,13 @@ def test_oobleck_loads_from_local_path(tmp_path):
 @pytest.mark.parametrize("kind", ["cogvideox", "wan"])
 def test_video_vae_loads_from_local_path(tmp_path, kind):
     if kind == "cogvideox":
-        vae = diffusers.AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4)
+        vae = diffusers.AutoencoderKLCogVideoX(
+            block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4
+        )
     else:
-        vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+        vae = diffusers.AutoencoderKLWan(
+            base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4, latents_std=[1.0] * 4
+        )
     vae.save_pretrained(tmp_path / "vae")
     codec = build_video_codec(VideoCodecConfig(name=kind, path=str(tmp_path / "vae")))
     assert (codec.channels, codec.temporal_factor, codec.spatial_factor, codec.causal) == (4, 4, 8, True)

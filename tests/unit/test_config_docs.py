@@ -50,7 +50,9 @@ def test_every_config_argument_and_field_is_documented_where_declared():
             if not documented.get(name, "").strip():
                 missing.append(f"{cls.__name__}.{name}")
             config_dataclasses(hints.get(name), dataclasses_seen)
-    assert {"ModelConfig", "OptimConfig", "ParallelConfig", "SamplerConfig", "ClipSpec"} <= {c.__name__ for c in dataclasses_seen}
+    assert {"ModelConfig", "OptimConfig", "ParallelConfig", "SamplerConfig", "ClipSpec"} <= {
+        c.__name__ for c in dataclasses_seen
+    }
     for dc in dataclasses_seen:
         documented = descriptions(dc)
         missing += [f"{dc.__name__}.{f.name}" for f in dataclasses.fields(dc) if not documented.get(f.name, "").strip()]

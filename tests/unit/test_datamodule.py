@@ -95,8 +95,18 @@ def _add(tar, name, data):
 
 
 def _record(key, **over):
-    r = {"video_caption": "a ball", "audio_caption": "a bounce", "transcript": "", "split": "bad", "annotation": {},
-         "source": "test", "key": key, "duration": 1.0, "fps": 8.0, "sample_rate": 16000}
+    r = {
+        "video_caption": "a ball",
+        "audio_caption": "a bounce",
+        "transcript": "",
+        "split": "bad",
+        "annotation": {},
+        "source": "test",
+        "key": key,
+        "duration": 1.0,
+        "fps": 8.0,
+        "sample_rate": 16000,
+    }
     r.update(over)
     return r
 
@@ -124,10 +134,22 @@ def write_corrupt_split(root):
     entries = {
         "good0": {"mp4": mp4, "flac": flac, "json": json.dumps(_record("good0")).encode()},
         "trunc": {"mp4": mp4[: len(mp4) // 3], "flac": flac, "json": json.dumps(_record("trunc")).encode()},
-        "rate": {"mp4": mp4, "flac": encode_flac(good.audio, 22050), "json": json.dumps(_record("rate", sample_rate=22050)).encode()},
-        "nan": {"mp4": mp4, "flac": flac, "json": json.dumps(_record("nan")).encode(),
-                latent_name(VIDEO.name, VIDEO.version) + ".npy": npy_bytes(np.full((48, 8, 8, 8), np.nan, np.float32))},
-        "nocap": {"mp4": mp4, "flac": flac, "json": json.dumps({k: v for k, v in _record("nocap").items() if k != "video_caption"}).encode()},
+        "rate": {
+            "mp4": mp4,
+            "flac": encode_flac(good.audio, 22050),
+            "json": json.dumps(_record("rate", sample_rate=22050)).encode(),
+        },
+        "nan": {
+            "mp4": mp4,
+            "flac": flac,
+            "json": json.dumps(_record("nan")).encode(),
+            latent_name(VIDEO.name, VIDEO.version) + ".npy": npy_bytes(np.full((48, 8, 8, 8), np.nan, np.float32)),
+        },
+        "nocap": {
+            "mp4": mp4,
+            "flac": flac,
+            "json": json.dumps({k: v for k, v in _record("nocap").items() if k != "video_caption"}).encode(),
+        },
         "empty": {"mp4": mp4, "flac": b"", "json": json.dumps(_record("empty")).encode()},
         "mkv": {"mp4": _mkv_bytes(good.video), "flac": flac, "json": json.dumps(_record("mkv")).encode()},
         "huge": {"mp4": mp4, "flac": flac, "json": json.dumps(_record("huge", duration=900.0)).encode()},
@@ -140,20 +162,45 @@ def write_corrupt_split(root):
                 _add(tar, f"{key}.{ext}", data)
     whole = (d / "bad-000000.tar").read_bytes()
     (d / "bad-000001.tar").write_bytes(whole[: len(whole) // 2 + 700])
-    (d / "index.json").write_text(json.dumps({"__kind__": "wids-shard-index-v1", "wids_version": 1, "shardlist": [
-        {"url": "bad-000000.tar", "nsamples": len(entries)}, {"url": "bad-000001.tar", "nsamples": 0}]}))
+    (d / "index.json").write_text(
+        json.dumps(
+            {
+                "__kind__": "wids-shard-index-v1",
+                "wids_version": 1,
+                "shardlist": [
+                    {"url": "bad-000000.tar", "nsamples": len(entries)},
+                    {"url": "bad-000001.tar", "nsamples": 0},
+                ],
+            }
+        )
+    )
 
 
 def test_each_corrupt_kind_is_skipped_and_counted(tmp_path, caplog):
     write_corrupt_split(tmp_path)
-    dm = AVDataModule(tmp_path, {"bad": 1.0}, val_splits=["bad"], batch_size=4, num_workers=0, normalize=False,
-                      limits=LoaderLimits(max_duration=60.0))
+    dm = AVDataModule(
+        tmp_path,
+        {"bad": 1.0},
+        val_splits=["bad"],
+        batch_size=4,
+        num_workers=0,
+        normalize=False,
+        limits=LoaderLimits(max_duration=60.0),
+    )
     dm.setup("validate")
     keys = [m["key"] for b in dm.val_dataloader() for m in b.meta]
     counts = dm.skipped_counts()
     assert keys.count("good0") == 2 and keys.count("good1") == 1
-    for reason in ("truncated", "wrong_sample_rate", "nan_latent", "missing_caption", "empty_audio", "mislabelled_container",
-                   "oversize", "unknown_entry"):
+    for reason in (
+        "truncated",
+        "wrong_sample_rate",
+        "nan_latent",
+        "missing_caption",
+        "empty_audio",
+        "mislabelled_container",
+        "oversize",
+        "unknown_entry",
+    ):
         assert counts.get(reason, 0) >= 1, (reason, counts)
     assert counts.get("truncated_shard", 0) + counts.get("truncated", 0) >= 2
     assert "bad-000000.tar key 'trunc'" in caplog.text
@@ -166,7 +213,9 @@ def test_decoding_path_batches_masks_and_saved_stats(tmp_path):
                 s = make_sample(f"k{i}", "s", seconds=1.0 if i % 2 else 2.0)
                 s.arrays = {}
                 w.write(s)
-    dm = AVDataModule(tmp_path, {"s": 1.0}, clip=ClipSpec(duration=2.0), batch_size=4, num_workers=0, duration_bucket=100)
+    dm = AVDataModule(
+        tmp_path, {"s": 1.0}, clip=ClipSpec(duration=2.0), batch_size=4, num_workers=0, duration_bucket=100
+    )
     dm.setup("fit")
     assert (tmp_path / "stats" / f"{AUDIO.name}-{AUDIO.version}.json").exists()
     batches = list(dm.val_dataloader())
@@ -188,8 +237,16 @@ def test_resolution_buckets_fit_portrait_clips(tmp_path):
             s.video = np.ascontiguousarray(np.resize(s.video, (8, h, wd, 3)))
             s.arrays = {}
             w.write(s)
-    dm = AVDataModule(tmp_path, {"s": 1.0}, val_splits=["s"], clip=ClipSpec(duration=1.0), resolutions=[(48, 32)],
-                      batch_size=2, num_workers=0, normalize=False)
+    dm = AVDataModule(
+        tmp_path,
+        {"s": 1.0},
+        val_splits=["s"],
+        clip=ClipSpec(duration=1.0),
+        resolutions=[(48, 32)],
+        batch_size=2,
+        num_workers=0,
+        normalize=False,
+    )
     shapes = sorted((tuple(b.video.shape[-2:]), sorted(m["key"] for m in b.meta)) for b in dm.val_dataloader())
     assert shapes == [((8, 8), ["k0", "k2"]), ((12, 8), ["k1", "k3"])]
 
@@ -251,8 +308,16 @@ def test_training_on_unusable_data_fails_loudly(tmp_path, monkeypatch):
             s = make_sample(f"k{i}", "s")
             s.arrays = {}
             w.write(s)
-    dm = AVDataModule(tmp_path, {"s": 1.0}, clip=ClipSpec(sample_rate=24000), audio_codec=AudioCodecConfig(sample_rate=24000),
-                      batch_size=2, num_workers=0, normalize=False, shuffle_buffer=1)
+    dm = AVDataModule(
+        tmp_path,
+        {"s": 1.0},
+        clip=ClipSpec(sample_rate=24000),
+        audio_codec=AudioCodecConfig(sample_rate=24000),
+        batch_size=2,
+        num_workers=0,
+        normalize=False,
+        shuffle_buffer=1,
+    )
     dm.setup("fit")
     with pytest.raises(RuntimeError, match="in a row were skipped"):
         next(iter(dm.train_dataloader()))
@@ -264,8 +329,14 @@ def test_declared_geometry_gives_shapes_without_codecs_and_is_checked_against_th
     codec or encoder that disagrees names the declared field once it is loaded."""
     from klear_lightning.sequence import LatentGeometry
 
-    pixel = LatentGeometry(video_channels=48, video_temporal_factor=1, video_spatial_factor=4, video_causal=False,
-                           audio_channels=64, audio_hop=320)
+    pixel = LatentGeometry(
+        video_channels=48,
+        video_temporal_factor=1,
+        video_spatial_factor=4,
+        video_causal=False,
+        audio_channels=64,
+        audio_hop=320,
+    )
     dm = AVDataModule(tmp_path, {"s": 1.0}, geometry=pixel, text_dim=384)
     assert dm.sequence.geometry == pixel and dm.text_dim == 384
     assert "video_codec" not in vars(dm) and "text_encoder" not in vars(dm)  # nothing was loaded
@@ -292,6 +363,7 @@ def _keys(batch):
 def test_train_stream_resumes_exactly_from_state_dict(mixture_root, workers):
     """Stop mid-epoch (after a weight change), restore the state into a fresh module: the remaining
     batches of that epoch and the next epoch equal those of the uninterrupted stream."""
+
     def fresh():
         return mixture(mixture_root, {"a": 1.0, "b": 1.0, "c": 1.0}, num_workers=workers, epoch_samples=8 * 12, seed=5)
 

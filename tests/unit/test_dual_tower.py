@@ -14,8 +14,18 @@ MIX = ["t2v", "t2a", "t2av", "ti2v", "ti2av", "v2a", "a2v"]
 
 
 def config(**overrides) -> ModelConfig:
-    base = dict(architecture="dual_tower", dim=32, depth=2, heads=2, text_dim=24, video_channels=4,
-                audio_channels=3, video_patch=2, audio_patch=2, rope_mode="aligned")
+    base = dict(
+        architecture="dual_tower",
+        dim=32,
+        depth=2,
+        heads=2,
+        text_dim=24,
+        video_channels=4,
+        audio_channels=3,
+        video_patch=2,
+        audio_patch=2,
+        rope_mode="aligned",
+    )
     return ModelConfig.preset("tiny", **{**base, **overrides})
 
 

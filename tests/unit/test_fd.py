@@ -146,7 +146,9 @@ def test_cnn14_front_end_is_the_power_stft():
 
     wave = torch.randn(2, 4000)
     ours = Cnn14().spectrogram_extractor(wave)[:, 0]  # (B, T, F)
-    ref = torch.stft(wave, 512, 160, window=torch.hann_window(512), center=True, pad_mode="reflect", return_complex=True)
+    ref = torch.stft(
+        wave, 512, 160, window=torch.hann_window(512), center=True, pad_mode="reflect", return_complex=True
+    )
     assert torch.allclose(ours, ref.abs().pow(2).transpose(1, 2), rtol=1e-3, atol=1e-2)
 
 

@@ -30,8 +30,6 @@ EXPECTED = {
 }
 
 
-
-
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_make_inputs_follows_the_task_table(task):
     assert set(EXPECTED) == set(TASKS)
@@ -214,7 +212,8 @@ def test_shift_is_monotone_keeps_endpoints_and_matches_sd3():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field", [({"kind": "beta"}, "timesteps.kind"), ({"std": 0.0}, "timesteps.std"), ({"shift": -1.0}, "timesteps.shift")]
+    "kwargs, field",
+    [({"kind": "beta"}, "timesteps.kind"), ({"std": 0.0}, "timesteps.std"), ({"shift": -1.0}, "timesteps.shift")],
 )
 def test_timestep_sampler_rejects_bad_config(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -232,7 +231,11 @@ class NullCaptions(nn.Module):
 
 def _inputs(seed: int, text_len: int) -> ModelInputs:
     batch = make_batch(seed=seed, text_len=text_len)
-    return FlowMatching().make_inputs(batch, TaskBatch.from_names(["t2av", "t2v"]), torch.Generator().manual_seed(0)).inputs
+    return (
+        FlowMatching()
+        .make_inputs(batch, TaskBatch.from_names(["t2av", "t2v"]), torch.Generator().manual_seed(0))
+        .inputs
+    )
 
 
 def test_dropped_captions_are_the_null_embedding_whatever_the_caption():

@@ -46,8 +46,13 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, in
                 out.append((sub if sub in known else module, node.lineno))
         elif isinstance(node, ast.Import):
             out += [(alias.name, node.lineno) for alias in node.names]
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             out.append((str(node.args[0].value), node.lineno))
     return [(m, line) for m, line in out if m == PACKAGE or m.startswith(PACKAGE + ".")]
 
@@ -96,7 +101,9 @@ def test_no_import_goes_down_the_layer_order():
                     wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}, which has no layer")
                 continue
             if theirs[0] > mine[0]:
-                wrong.append(f"{path.relative_to(ROOT)}:{line} ({mine[1]}) imports {module} ({theirs[1]}), a higher layer")
+                wrong.append(
+                    f"{path.relative_to(ROOT)}:{line} ({mine[1]}) imports {module} ({theirs[1]}), a higher layer"
+                )
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
 
 

@@ -25,7 +25,9 @@ def test_applicability_follows_task_roles():
 
 def test_metric_rejects_clips_missing_its_modality():
     with pytest.raises(ValueError, match="has no audio"):
-        MeanPeak().update([MediaClip(video=torch.zeros(1, 2, 2, 3, dtype=torch.uint8), fps=8.0, audio=None, sample_rate=16000)])
+        MeanPeak().update(
+            [MediaClip(video=torch.zeros(1, 2, 2, 3, dtype=torch.uint8), fps=8.0, audio=None, sample_rate=16000)]
+        )
 
 
 def test_count_state_reduces_by_sum():

@@ -17,8 +17,7 @@ MIX = ["t2v", "t2a", "t2av", "ti2v", "ti2av", "v2a", "a2v"]
 
 
 def tiny(**overrides) -> ModelConfig:
-    base = dict(dim=32, depth=2, heads=2, text_dim=24, video_channels=4, audio_channels=3,
-                video_patch=2, audio_patch=2)
+    base = dict(dim=32, depth=2, heads=2, text_dim=24, video_channels=4, audio_channels=3, video_patch=2, audio_patch=2)
     return ModelConfig.preset("tiny", **{**base, **overrides})
 
 
@@ -148,10 +147,12 @@ def test_isolated_joint_prediction_equals_single_modality_task(mode: str):
     cfg = tiny(rope_mode=mode)
     model = randomised(cfg)
     joint = inputs(cfg, ["t2av"], pad=False)
-    t2v = with_changes(joint, audio_mask=torch.zeros_like(joint.audio_mask),
-                       audio_text_mask=torch.zeros_like(joint.audio_text_mask))
-    t2a = with_changes(joint, video_mask=torch.zeros_like(joint.video_mask),
-                       video_text_mask=torch.zeros_like(joint.video_text_mask))
+    t2v = with_changes(
+        joint, audio_mask=torch.zeros_like(joint.audio_mask), audio_text_mask=torch.zeros_like(joint.audio_text_mask)
+    )
+    t2a = with_changes(
+        joint, video_mask=torch.zeros_like(joint.video_mask), video_text_mask=torch.zeros_like(joint.video_text_mask)
+    )
     isolated = model(joint, isolate_modalities=True)
     torch.testing.assert_close(isolated.video, model(t2v).video)
     torch.testing.assert_close(isolated.audio, model(t2a).audio)
@@ -193,8 +194,14 @@ def own_frames(mask: torch.Tensor, unit: int = 1) -> int:
 
 def sample(x: ModelInputs, i: int, video_frames: int | None = None, audio_frames: int | None = None) -> ModelInputs:
     """Sample i of `x` alone, its video / audio cut to the given number of latent frames."""
-    cut = {"video": video_frames, "video_t": video_frames, "video_mask": video_frames,
-           "audio": audio_frames, "audio_t": audio_frames, "audio_mask": audio_frames}
+    cut = {
+        "video": video_frames,
+        "video_t": video_frames,
+        "video_mask": video_frames,
+        "audio": audio_frames,
+        "audio_t": audio_frames,
+        "audio_mask": audio_frames,
+    }
     out = {}
     for f in x.__dataclass_fields__:
         value = getattr(x, f)[i : i + 1]
@@ -215,9 +222,11 @@ def padded(x: ModelInputs, video_frames: int, audio_frames: int, seed: int = 1) 
 
     return replace(
         x,
-        video=more(x.video, (b, c, dv, h, w), 2), video_t=more(x.video_t, (b, dv), 1),
+        video=more(x.video, (b, c, dv, h, w), 2),
+        video_t=more(x.video_t, (b, dv), 1),
         video_mask=more(x.video_mask, (b, dv), 1),
-        audio=more(x.audio, (b, x.audio.shape[1], da), 2), audio_t=more(x.audio_t, (b, da), 1),
+        audio=more(x.audio, (b, x.audio.shape[1], da), 2),
+        audio_t=more(x.audio_t, (b, da), 1),
         audio_mask=more(x.audio_mask, (b, da), 1),
     )
 

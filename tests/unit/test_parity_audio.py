@@ -113,8 +113,11 @@ def test_parity_runner_writes_one_entry_per_extractor(tmp_path, monkeypatch):
 
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
     fake = {name: ParityResult(name, "ref", 1e-6, ("fmt",)) for name in ("clap", "panns", "passt", "whisper")}
-    monkeypatch.setattr(metric_parity, "run", lambda names=None: [*fake.values(),
-                        ParityResult("mos_predictor", "x", None, (), skipped="not implemented")])
+    monkeypatch.setattr(
+        metric_parity,
+        "run",
+        lambda names=None: [*fake.values(), ParityResult("mos_predictor", "x", None, (), skipped="not implemented")],
+    )
     metric_parity.main()
     out = json.loads((tmp_path / "metric_parity.json").read_text())["extractors"]
     assert set(out) == set(fake) | {"mos_predictor"}

@@ -73,10 +73,18 @@ def test_callback_moves_task_and_split_weights_and_restores():
     trainer, module = _Trainer({}), _Module()
     cb = Rebalance(rate=0.5)
     cb.on_fit_start(trainer, module)
-    start = {"val/loss_task/t2v": 2.0, "val/loss_task/t2a": 1.0, "val/loss_split/sound": 1.0,
-             "val/loss_split/speech_single": 1.0}
-    later = {"val/loss_task/t2v": 1.8, "val/loss_task/t2a": 0.5, "val/loss_split/sound": 0.5,
-             "val/loss_split/speech_single": 0.9}
+    start = {
+        "val/loss_task/t2v": 2.0,
+        "val/loss_task/t2a": 1.0,
+        "val/loss_split/sound": 1.0,
+        "val/loss_split/speech_single": 1.0,
+    }
+    later = {
+        "val/loss_task/t2v": 1.8,
+        "val/loss_task/t2a": 0.5,
+        "val/loss_split/sound": 0.5,
+        "val/loss_split/speech_single": 0.9,
+    }
     _validations(cb, trainer, module, start, later)
     assert module.task_sampler.weights["t2v"] > 0.5 > module.task_sampler.weights["t2a"]
     assert trainer.datamodule.weights["speech_single"] > 0.5
@@ -110,8 +118,9 @@ def test_maximize_gives_the_worst_item_more_weight_even_below_zero():
     trainer = _Trainer({})
     cb = Rebalance(task_metric="val/{task}/lipsync_corr", split_metric=None, maximize=True, relative=False, rate=1.0)
     cb.on_fit_start(trainer, module)
-    _validations(cb, trainer, module, {"val/t2v/lipsync_corr": -0.3, "val/t2a/lipsync_corr": 0.2,
-                                       "val/t2av/lipsync_corr": 0.6})
+    _validations(
+        cb, trainer, module, {"val/t2v/lipsync_corr": -0.3, "val/t2a/lipsync_corr": 0.2, "val/t2av/lipsync_corr": 0.6}
+    )
     w = module.task_sampler.weights
     assert w["t2v"] > 1 / 3 and w["t2v"] > w["t2a"] > w["t2av"]
     assert w["t2v"] == pytest.approx(1.3 / (1.3 + 0.8 + 0.4))

@@ -26,9 +26,17 @@ def suite(test_metrics):
 def test_report_cells_say_value_and_n_or_why_not(suite):
     report = build_report(suite, {"checkpoint": "demo.ckpt"})
     t2a, t2av, t2v = report["tasks"]["t2a"], report["tasks"]["t2av"], report["tasks"]["t2v"]
-    assert t2a["peak_test"] == {"status": "ok", "value": pytest.approx(0.375), "n": 2, "protocol": "test: mean max |audio|"}
+    assert t2a["peak_test"] == {
+        "status": "ok",
+        "value": pytest.approx(0.375),
+        "n": 2,
+        "protocol": "test: mean max |audio|",
+    }
     assert t2a["gap_test"]["value"] == pytest.approx(0.375)
-    assert t2a["weights_test"] == {"status": "not computed", "reason": "set metrics.checkpoints.fake_net to a fake checkpoint"}
+    assert t2a["weights_test"] == {
+        "status": "not computed",
+        "reason": "set metrics.checkpoints.fake_net to a fake checkpoint",
+    }
     assert t2v["peak_test"]["status"] == "n/a"
     assert t2av["gap_test"]["status"] == "not computed" and "reference" in t2av["gap_test"]["reason"]
     assert t2av["av_a_test"]["status"] == "not computed"
@@ -46,9 +54,12 @@ def test_columns_are_grouped_like_table_1(suite):
 def test_markdown_table_layout(suite):
     md = report_markdown(build_report(suite, {"checkpoint": "demo.ckpt"}))
     lines = md.splitlines()
-    lines = lines[lines.index("## All metrics"):] + lines[: lines.index("## All metrics")]
+    lines = lines[lines.index("## All metrics") :] + lines[: lines.index("## All metrics")]
     header = next(line for line in lines if line.startswith("| Task"))
-    assert header == "| Task | Video: weights_test | Audio: Peak ↑ | Audio: Gap ↓ | AV consistency: A ↓ | AV consistency: B ↑ |"
+    assert (
+        header
+        == "| Task | Video: weights_test | Audio: Peak ↑ | Audio: Gap ↓ | AV consistency: A ↓ | AV consistency: B ↑ |"
+    )
     row = next(line for line in lines if line.startswith("| t2a "))
     assert row == "| t2a | not computed [1] | 0.375 (N=2) | 0.375 (N=2) | n/a | n/a |"
     assert "[1] set metrics.checkpoints.fake_net to a fake checkpoint" in lines
@@ -77,14 +88,17 @@ def _ok(value, protocol):
 def test_table1_prefers_the_papers_protocol_and_marks_another():
     from klear_lightning.metrics.report import table1, table1_markdown
 
-    tasks = {"t2av": {
-        "fd_panns_avbench": _ok(1.5, "av-benchmark PANNs"),
-        "kl_panns_avbench": _ok(0.7, "av-benchmark PANNs KL"),
-        "clap_score_versebench": _ok(0.3, "Verse-Bench CLAP"),
-        "wer_whisper_tiny_en_seedtts": _ok(0.2, "Seed-TTS whisper"),
-        "wer_sensevoice_versebench": {"status": "not computed", "reason": "needs FunASR"},
-        "desync_versebench_abs": _ok(0.4, "abs"), "desync_versebench": _ok(-0.1, "signed"),
-    }}
+    tasks = {
+        "t2av": {
+            "fd_panns_avbench": _ok(1.5, "av-benchmark PANNs"),
+            "kl_panns_avbench": _ok(0.7, "av-benchmark PANNs KL"),
+            "clap_score_versebench": _ok(0.3, "Verse-Bench CLAP"),
+            "wer_whisper_tiny_en_seedtts": _ok(0.2, "Seed-TTS whisper"),
+            "wer_sensevoice_versebench": {"status": "not computed", "reason": "needs FunASR"},
+            "desync_versebench_abs": _ok(0.4, "abs"),
+            "desync_versebench": _ok(-0.1, "signed"),
+        }
+    }
     cells = table1(tasks)["t2av"]
     assert cells["FD"]["key"] == "fd_panns_avbench" and cells["FD"]["paper_protocol"] is False
     assert cells["CLAP"]["key"] == "clap_score_versebench" and cells["CLAP"]["paper_protocol"] is True
@@ -93,6 +107,11 @@ def test_table1_prefers_the_papers_protocol_and_marks_another():
     assert cells["SNC"] == {"status": "not computed", "reason": "no metric for this column is configured"}
     md = table1_markdown(table1(tasks))
     assert md[2] == "| Row | MS | AS | ID | FD | KL | CLAP | WER | AV-A | SNC | MOS | IB |"
-    assert "| t2av | not computed | not computed | not computed | 1.5 † (N=3) | 0.7 † (N=3) | 0.3 (N=3) | 0.2 † (N=3) | -0.1 (N=3) |" in md[4]
-    assert any(line.startswith("- FD: `fd_panns_avbench`: av-benchmark PANNs † (the paper's: LAION CLAP") for line in md)
+    assert (
+        "| t2av | not computed | not computed | not computed | 1.5 † (N=3) | 0.7 † (N=3) | 0.3 (N=3) | 0.2 † (N=3) | -0.1 (N=3) |"
+        in md[4]
+    )
+    assert any(
+        line.startswith("- FD: `fd_panns_avbench`: av-benchmark PANNs † (the paper's: LAION CLAP") for line in md
+    )
     assert "- CLAP: `clap_score_versebench`: Verse-Bench CLAP" in md

@@ -18,11 +18,20 @@ SHAPES = StreamShapes(video_grid=(2, 2, 3), audio_tokens=4, video_text_tokens=3,
 FULL = torch.tensor([2])  # one sample whose video fills the grid's 2 latent frames
 
 
-def positions(mode: str, text_rope: bool = False, audio_patch: int = 2, time_scale: float = 1.0,
-              video_frames: torch.Tensor = FULL) -> dict[str, torch.Tensor]:
+def positions(
+    mode: str, text_rope: bool = False, audio_patch: int = 2, time_scale: float = 1.0, video_frames: torch.Tensor = FULL
+) -> dict[str, torch.Tensor]:
     """Positions of the first sample."""
-    pos = stream_positions(SHAPES, video_frames, mode, video_latent_fps=4.0, audio_latent_fps=16.0,
-                           audio_patch=audio_patch, text_rope=text_rope, time_scale=time_scale)
+    pos = stream_positions(
+        SHAPES,
+        video_frames,
+        mode,
+        video_latent_fps=4.0,
+        audio_latent_fps=16.0,
+        audio_patch=audio_patch,
+        text_rope=text_rope,
+        time_scale=time_scale,
+    )
     return {s: p[0] for s, p in pos.items()}
 
 
@@ -121,10 +130,12 @@ def test_apply_rope_matches_complex_rotation_and_is_relative():
 
     # <R(p) q, R(p') k> depends on p - p' only.
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
     def score(pq: list[float], pk: list[float]) -> torch.Tensor:
         rq = rope_table(rope_angles(torch.tensor([pq]), sections, 10000.0), torch.device("cpu"))
         rk = rope_table(rope_angles(torch.tensor([pk]), sections, 10000.0), torch.device("cpu"))
         return (apply_rope(q, rq) * apply_rope(k, rk)).sum()
+
     torch.testing.assert_close(score([1, 2, 3], [0, 0, 1]), score([11, 7, 5], [10, 5, 3]))
     assert not math.isclose(score([1, 2, 3], [0, 0, 1]).item(), score([1, 2, 3], [0, 1, 1]).item())
 

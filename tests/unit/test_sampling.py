@@ -91,7 +91,9 @@ def test_same_seed_same_bytes_other_seed_differs(model):
     cfg = SamplerConfig(solver="heun", steps=2, video_guidance=2.0, modality_guidance=0.5, seed=11)
     a, b = sample(model, batch, tasks, cfg), sample(model, batch, tasks, cfg)
     assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
-    c = sample(model, batch, tasks, SamplerConfig(solver="heun", steps=2, video_guidance=2.0, modality_guidance=0.5, seed=12))
+    c = sample(
+        model, batch, tasks, SamplerConfig(solver="heun", steps=2, video_guidance=2.0, modality_guidance=0.5, seed=12)
+    )
     assert not torch.allclose(a.audio, c.audio)
 
 
@@ -171,5 +173,7 @@ def test_cuda_sampling_matches_cpu_under_the_same_seed(model):
     gpu = sample(gpu_model, batch.to("cuda"), tasks, cfg)
     again = sample(gpu_model, batch.to("cuda"), tasks, cfg)
     assert torch.equal(gpu.video, again.video) and torch.equal(gpu.audio, again.audio)
-    assert torch.allclose(gpu.video.cpu(), cpu.video, atol=1e-3) and torch.allclose(gpu.audio.cpu(), cpu.audio, atol=1e-3)
+    assert torch.allclose(gpu.video.cpu(), cpu.video, atol=1e-3) and torch.allclose(
+        gpu.audio.cpu(), cpu.audio, atol=1e-3
+    )
     assert torch.equal(gpu.video[0, :, 0].cpu(), batch.video[0, :, 0])

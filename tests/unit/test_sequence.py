@@ -6,7 +6,14 @@ from klear_lightning.sequence import ClipSpec, LatentGeometry, SequenceSpec
 def test_paper_like_geometry():
     # 44.1 kHz audio with a 1024x codec -> ~43 Hz latents; causal 4x video codec with 16x spatial.
     clip = ClipSpec(duration=4.0, fps=12.25, height=256, width=256, sample_rate=44100)
-    geo = LatentGeometry(video_channels=16, video_temporal_factor=4, video_spatial_factor=16, video_causal=True, audio_channels=64, audio_hop=1764)
+    geo = LatentGeometry(
+        video_channels=16,
+        video_temporal_factor=4,
+        video_spatial_factor=16,
+        video_causal=True,
+        audio_channels=64,
+        audio_hop=1764,
+    )
     seq = SequenceSpec(clip, geo, video_patch=1, audio_patch=1)
     assert seq.video_latent_frames == 1 + (49 - 1) // 4
     assert seq.video_latent_hw == (16, 16)

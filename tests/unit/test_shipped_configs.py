@@ -18,9 +18,13 @@ RESEARCH = CONFIGS / "research"
 
 def _stacks() -> list[tuple[Path, ...]]:
     demo = CONFIGS / "demo.yaml"
-    stacks = [(demo,), (demo, CONFIGS / "demo_specialize.yaml"), (CONFIGS / "pretrain.yaml",),
-              (CONFIGS / "pretrain.yaml", CONFIGS / "specialize.yaml"),
-              (CONFIGS / "pretrain.yaml", CONFIGS / "specialize.yaml", CONFIGS / "quality.yaml")]
+    stacks = [
+        (demo,),
+        (demo, CONFIGS / "demo_specialize.yaml"),
+        (CONFIGS / "pretrain.yaml",),
+        (CONFIGS / "pretrain.yaml", CONFIGS / "specialize.yaml"),
+        (CONFIGS / "pretrain.yaml", CONFIGS / "specialize.yaml", CONFIGS / "quality.yaml"),
+    ]
     stacks += [(demo, overlay) for overlay in sorted((CONFIGS / "ablations").glob("*.yaml"))]
     base = RESEARCH / "baseline.yaml"
     stacks += [(base,), (base, RESEARCH / "test_ood.yaml")]
@@ -47,6 +51,9 @@ def test_a_bad_callback_argument_is_one_config_error_naming_the_callback():
     config = parse_config("--config", str(RESEARCH / "baseline.yaml")).config
     benchmark = next(c for c in config.trainer.callbacks if c.class_path.endswith("BenchmarkCallback"))
     benchmark.init_args.metrics.metrics.append("wer_whisper")
-    with pytest.raises(ConfigError, match=r"^trainer\.callbacks\[\d\] \(.*BenchmarkCallback\): metrics\.metrics: "
-                                          r"unknown metric 'wer_whisper'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^trainer\.callbacks\[\d\] \(.*BenchmarkCallback\): metrics\.metrics: "
+        r"unknown metric 'wer_whisper'",
+    ):
         instantiate_callbacks(config)

@@ -12,8 +12,7 @@ SEQ = SequenceSpec(ClipSpec(), LatentGeometry(4, 4, 8, False, 3, 500), video_pat
 
 
 def tiny(**overrides) -> ModelConfig:
-    base = dict(dim=32, depth=2, heads=2, text_dim=24, video_channels=4, audio_channels=3,
-                video_patch=2, audio_patch=2)
+    base = dict(dim=32, depth=2, heads=2, text_dim=24, video_channels=4, audio_channels=3, video_patch=2, audio_patch=2)
     return ModelConfig.preset("tiny", **{**base, **overrides})
 
 
@@ -36,8 +35,12 @@ def test_token_counts_per_stream():
 
 
 def test_paper_summary_on_meta_device_is_26b():
-    seq = SequenceSpec(ClipSpec(duration=5.12, fps=25, height=480, width=832, sample_rate=48000),
-                       LatentGeometry(16, 8, 16, False, 64, 1024), video_patch=2, audio_patch=1)
+    seq = SequenceSpec(
+        ClipSpec(duration=5.12, fps=25, height=480, width=832, sample_rate=48000),
+        LatentGeometry(16, 8, 16, False, 64, 1024),
+        video_patch=2,
+        audio_patch=1,
+    )
     text = summarize(ModelConfig.preset("paper"), seq, text_tokens=256)
     n = int(text.splitlines()[-1].removeprefix("parameters: "))
     assert abs(n - 26e9) <= 0.1 * 26e9

@@ -58,7 +58,7 @@ def test_prepare_clip_segments_and_times():
     assert inputs.video.min() >= -1 and inputs.video.max() <= 1
     frames = sf.resample_video(clip.video, clip.fps, 25.0)
     for s in (0, 5, 13):  # segment s starts at frame 8 s (0.32 s hop) and spans 16 frames
-        expected = sf.normalized(frames[8 * s: 8 * s + 16], 32, (0.5,) * 3, (0.5,) * 3)
+        expected = sf.normalized(frames[8 * s : 8 * s + 16], 32, (0.5,) * 3, (0.5,) * 3)
         assert torch.allclose(inputs.video[s].transpose(0, 1), expected, atol=1e-5)
     short = _clip(0.5)
     assert sf.prepare_clip(short.video, short.fps, short.audio, short.sample_rate, 32).segments == 0
@@ -81,11 +81,11 @@ def test_space_attention_stays_within_a_frame():
     frames, patches = 4, 3
     x = torch.randn(1, 1 + frames * patches, 16)
     y = x.clone()
-    y[0, 1 + 2 * patches: 1 + 3 * patches] += 5.0  # perturb frame 2 only
+    y[0, 1 + 2 * patches : 1 + 3 * patches] += 5.0  # perturb frame 2 only
     out_x, out_y = attn(x, frames, "space"), attn(y, frames, "space")
     touched = torch.zeros(1 + frames * patches, dtype=torch.bool)
     touched[0] = True  # CLS attends to everything
-    touched[1 + 2 * patches: 1 + 3 * patches] = True
+    touched[1 + 2 * patches : 1 + 3 * patches] = True
     assert torch.allclose(out_x[0, ~touched], out_y[0, ~touched], atol=1e-6)
     assert not torch.allclose(out_x[0, touched], out_y[0, touched])
     t_x, t_y = attn(x, frames, "time"), attn(y, frames, "time")
@@ -181,8 +181,12 @@ def test_window_must_match_positional_table():
 
 def test_versebench_refuses_a_table_shorter_than_its_window(tmp_path):
     path = tmp_path / "sync.pth"
-    _save(sfnet.Synchformer(sfnet.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1,
-                                              image_size=32, segments=8)), path)
+    _save(
+        sfnet.Synchformer(
+            sfnet.SynchformerConfig(dim=48, video_depth=1, audio_depth=1, global_depth=1, image_size=32, segments=8)
+        ),
+        path,
+    )
     with pytest.raises(MetricUnavailable, match="114 rows, the 11-segment window needs 156"):
         REGISTRY["desync_versebench"].build(BuildContext.create({"synchformer": str(path)}))
 
@@ -200,9 +204,15 @@ def test_training_checkpoint_with_omegaconf_args_loads(tmp_path):
 
     model = sfnet.Synchformer(TINY).eval()
     path = tmp_path / "24-01-04T16-39-21.pt"
-    torch.save({"args": OmegaConf.create({"model": {"params": {"block_shape": [198]}}}),
-                "model": {f"module.{k}": v for k, v in model.state_dict().items()},
-                "metrics": {"accuracy_1": np.float64(0.5)}, "epoch": 3}, path)
+    torch.save(
+        {
+            "args": OmegaConf.create({"model": {"params": {"block_shape": [198]}}}),
+            "model": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "metrics": {"accuracy_1": np.float64(0.5)},
+            "epoch": 3,
+        },
+        path,
+    )
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # what the plain weights-only reader does
     assert sfnet.load_synchformer(path).config == TINY
@@ -214,8 +224,11 @@ def test_malicious_checkpoint_is_refused_and_reported_not_computed(tmp_path):
     torch.save({"args": _Payload(str(marker)), "model": sfnet.Synchformer(TINY).state_dict()}, path)
     with pytest.raises(UnsafeFileError, match=str(path)):
         sfnet.load_synchformer(path)
-    suite = MetricSuite(MetricsConfig(metrics=["desync_versebench", "desync_avbench"],
-                                      checkpoints={"synchformer": str(path)}, tasks=["t2av"]))
+    suite = MetricSuite(
+        MetricsConfig(
+            metrics=["desync_versebench", "desync_avbench"], checkpoints={"synchformer": str(path)}, tasks=["t2av"]
+        )
+    )
     assert set(suite.skipped) == {"desync_versebench", "desync_avbench"}
     assert str(path) in suite.skipped["desync_avbench"] and "refused" in suite.skipped["desync_avbench"]
     assert not marker.exists()

@@ -58,8 +58,23 @@ def test_mfcc_matches_python_speech_features():
     feat = syncnet.mfcc(wave.float())
     assert feat.shape == (13, 9)  # 1 + ceil((1600 - 400) / 160)
     # python_speech_features 0.6 mfcc(wave, 16000)[3], computed with that package
-    ref = torch.tensor([17.545208, 21.053866, -5.948978, -23.991209, -22.01593, -10.031489, -6.684401,
-                        -17.532012, -23.100453, -7.658479, 22.320252, 39.242306, 28.20174])
+    ref = torch.tensor(
+        [
+            17.545208,
+            21.053866,
+            -5.948978,
+            -23.991209,
+            -22.01593,
+            -10.031489,
+            -6.684401,
+            -17.532012,
+            -23.100453,
+            -7.658479,
+            22.320252,
+            39.242306,
+            28.20174,
+        ]
+    )
     assert torch.allclose(feat[:, 3], ref, atol=1e-3)
 
 
@@ -80,8 +95,9 @@ def _speaking_clip(annotated: bool) -> MediaClip:
     meta = {"key": "s0"}
     if annotated:
         meta["annotation"] = {"faces": [{"speaker": "center", "box": [10, 12, 50, 52]}]}
-    return MediaClip(video=video, fps=25.0, audio=0.1 * torch.randn(12 * 640, generator=g),
-                     sample_rate=16000, meta=meta)
+    return MediaClip(
+        video=video, fps=25.0, audio=0.1 * torch.randn(12 * 640, generator=g), sample_rate=16000, meta=meta
+    )
 
 
 def test_lse_metric_loads_saved_weights_and_counts_faceless_clips(tmp_path):
@@ -97,8 +113,10 @@ def test_lse_metric_loads_saved_weights_and_counts_faceless_clips(tmp_path):
     clip = _speaking_clip(True)
     box = torch.tensor([12.0, 10.0, 52.0, 50.0]).expand(12, 4)
     conf, dist, _ = syncnet.score_track(
-        syncnet_net.load_syncnet(tmp_path / "syncnet_v2.model"), syncnet.crop_faces(clip.video, box),
-        clip.audio * 32768.0)
+        syncnet_net.load_syncnet(tmp_path / "syncnet_v2.model"),
+        syncnet.crop_faces(clip.video, box),
+        clip.audio * 32768.0,
+    )
     assert float(out["lse_c_syncnet"]) == pytest.approx(conf, rel=1e-4)
     assert float(out["lse_d_syncnet"]) == pytest.approx(dist, rel=1e-4)
     faceless = REGISTRY["lse_syncnet"].build(BuildContext.create({"syncnet": str(tmp_path / "syncnet_v2.model")}))
@@ -160,8 +178,9 @@ def test_detector_runs_batched_on_saved_weights(tmp_path):
     assert all(torch.allclose(b, found[0]) for b in found)
     empty = face.FaceDetector(s3fd.load_s3fd(tmp_path / "sfd_face.pth"), threshold=1.1)
     assert empty.track(torch.zeros(2, 256, 256, 3, dtype=torch.uint8)) is None
-    assert torch.equal(face.median_filter(torch.tensor([[1.0], [9.0], [2.0], [3.0]]), 3)[:, 0],
-                       torch.tensor([1.0, 2.0, 3.0, 3.0]))
+    assert torch.equal(
+        face.median_filter(torch.tensor([[1.0], [9.0], [2.0], [3.0]]), 3)[:, 0], torch.tensor([1.0, 2.0, 3.0, 3.0])
+    )
 
 
 def test_annotation_boxes_convert_yx_to_xy():
@@ -217,8 +236,9 @@ def _long_speaking_clip(frames: int) -> MediaClip:
     g = torch.Generator().manual_seed(4)
     video = torch.randint(0, 256, (frames, 64, 64, 3), generator=g, dtype=torch.uint8)
     meta = {"key": f"long{frames}", "annotation": {"faces": [{"speaker": "center", "box": [10, 12, 50, 52]}]}}
-    return MediaClip(video=video, fps=25.0, audio=0.1 * torch.randn(frames * 640, generator=g),
-                     sample_rate=16000, meta=meta)
+    return MediaClip(
+        video=video, fps=25.0, audio=0.1 * torch.randn(frames * 640, generator=g), sample_rate=16000, meta=meta
+    )
 
 
 def test_lse_versebench_scores_scenes_and_drops_short_or_offset_clips(tmp_path, monkeypatch):
@@ -276,8 +296,11 @@ def test_malicious_weights_are_refused_and_reported_not_computed(tmp_path, key, 
     with pytest.raises(UnsafeFileError, match=str(bad)):
         loader(bad)
     checkpoints = {"syncnet": str(good), key: str(bad)}
-    suite = MetricSuite(MetricsConfig(metrics=["lse_syncnet", "lse_versebench"], checkpoints=checkpoints,
-                                      tasks=["t2av"]))
+    suite = MetricSuite(
+        MetricsConfig(metrics=["lse_syncnet", "lse_versebench"], checkpoints=checkpoints, tasks=["t2av"])
+    )
     assert set(suite.skipped) == {"lse_syncnet", "lse_versebench"}
-    assert f"metrics.checkpoints.{key}" in suite.skipped["lse_versebench"] and str(bad) in suite.skipped["lse_versebench"]
+    assert (
+        f"metrics.checkpoints.{key}" in suite.skipped["lse_versebench"] and str(bad) in suite.skipped["lse_versebench"]
+    )
     assert not marker.exists()

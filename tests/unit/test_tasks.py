@@ -35,7 +35,12 @@ def test_sampler_respects_weights():
 
 @pytest.mark.parametrize(
     "weights, field",
-    [({"t2x": 1.0}, "t2x"), ({"t2v": 0.0, "t2a": 0.0}, "all weights are zero"), ({"t2v": -1.0}, "task_weights.t2v"), ({}, "task_weights")],
+    [
+        ({"t2x": 1.0}, "t2x"),
+        ({"t2v": 0.0, "t2a": 0.0}, "all weights are zero"),
+        ({"t2v": -1.0}, "task_weights.t2v"),
+        ({}, "task_weights"),
+    ],
 )
 def test_sampler_rejects_bad_weights(weights, field):
     with pytest.raises(ValueError, match=field):

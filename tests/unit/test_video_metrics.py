@@ -28,8 +28,12 @@ def _translating(dx: float, dy: float, frames: int = 4, h: int = 96, w: int = 12
     out = []
     for t in range(frames):
         x, y = xs - dx * t, ys - dy * t
-        v = (0.5 + 0.2 * torch.sin(2 * math.pi * x / 23) * torch.cos(2 * math.pi * y / 17)
-             + 0.15 * torch.sin(2 * math.pi * (x + y) / 31) + 0.1 * torch.cos(2 * math.pi * (x - 2 * y) / 13))
+        v = (
+            0.5
+            + 0.2 * torch.sin(2 * math.pi * x / 23) * torch.cos(2 * math.pi * y / 17)
+            + 0.15 * torch.sin(2 * math.pi * (x + y) / 31)
+            + 0.1 * torch.cos(2 * math.pi * (x - 2 * y) / 13)
+        )
         out.append(v)
     grey = (torch.stack(out).clamp(0, 1) * 255).round().to(torch.uint8)
     return grey[..., None].expand(-1, -1, -1, 3).contiguous()
@@ -75,8 +79,14 @@ def test_dino_loads_official_layouts_and_interpolates_positions(tmp_path):
     with torch.no_grad():
         assert torch.allclose(a(x), net(x), atol=1e-5) and torch.allclose(b(x), net(x), atol=1e-5)
         assert a(torch.randn(1, 3, 64, 48)).shape == (1, 64)  # positional table resized to 4 x 3
-    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight",
-            "blocks.1.mlp.fc2.bias", "norm.weight"} <= set(net.state_dict())
+    assert {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.1.mlp.fc2.bias",
+        "norm.weight",
+    } <= set(net.state_dict())
 
 
 def test_identity_consistency_through_registry(tmp_path):
@@ -103,14 +113,26 @@ def test_identity_consistency_through_registry(tmp_path):
 def test_aesthetic_head_and_clip_through_registry(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16, projection_dim=24)
+    cfg = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+        projection_dim=24,
+    )
     clip = CLIPVisionModelWithProjection(cfg).eval()
     clip.save_pretrained(tmp_path / "clip")
     head = aesthetic_net.AestheticHead(24).eval()
     torch.save(head.state_dict(), tmp_path / "head.pth")
     assert [k for k in head.state_dict() if k.endswith("weight")] == [
-        "layers.0.weight", "layers.2.weight", "layers.4.weight", "layers.6.weight", "layers.7.weight"]
+        "layers.0.weight",
+        "layers.2.weight",
+        "layers.4.weight",
+        "layers.6.weight",
+        "layers.7.weight",
+    ]
     with pytest.raises(MetricUnavailable, match="clip_vision"):
         REGISTRY["aesthetic_laion"].build(BuildContext.create({"aesthetic_head": str(tmp_path / "head.pth")}))
     ctx = BuildContext.create({"clip_vision": str(tmp_path / "clip"), "aesthetic_head": str(tmp_path / "head.pth")})
@@ -167,8 +189,9 @@ def _tiny_dinov3(directory):
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     torch.manual_seed(0)
-    config = DINOv3ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             num_register_tokens=4)
+    config = DINOv3ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_register_tokens=4
+    )
     model = DINOv3ViTModel(config).eval()
     model.save_pretrained(directory)
     return model
@@ -178,10 +201,18 @@ def test_dinov3_versebench_uses_token_minus_two_of_224_square_frames(tmp_path):
     model = _tiny_dinov3(tmp_path / "dinov3")
     metric = REGISTRY["id_dinov3_versebench"].build(BuildContext.create({"dinov3": str(tmp_path / "dinov3")}))
     g = torch.Generator().manual_seed(5)
-    gen = MediaClip(video=torch.randint(0, 256, (3, 48, 80, 3), generator=g, dtype=torch.uint8), fps=8.0,
-                    audio=None, sample_rate=16000)
-    ref = MediaClip(video=torch.randint(0, 256, (2, 48, 80, 3), generator=g, dtype=torch.uint8), fps=8.0,
-                    audio=None, sample_rate=16000)
+    gen = MediaClip(
+        video=torch.randint(0, 256, (3, 48, 80, 3), generator=g, dtype=torch.uint8),
+        fps=8.0,
+        audio=None,
+        sample_rate=16000,
+    )
+    ref = MediaClip(
+        video=torch.randint(0, 256, (2, 48, 80, 3), generator=g, dtype=torch.uint8),
+        fps=8.0,
+        audio=None,
+        sample_rate=16000,
+    )
     metric.update([gen], [ref])
     with torch.no_grad():
         hidden_gen = model(pixel_values=identity.dinov3_inputs(gen.video)).last_hidden_state
@@ -193,15 +224,20 @@ def test_dinov3_versebench_uses_token_minus_two_of_224_square_frames(tmp_path):
     assert float(cls) != pytest.approx(float(expected), rel=1e-3)
     x = identity.dinov3_inputs(torch.full((1, 30, 90, 3), 255, dtype=torch.uint8))
     assert x.shape == (1, 3, 224, 224)  # squashed, not cropped
-    assert torch.allclose(x[0, :, 0, 0], (1 - torch.tensor(identity.IMAGENET_MEAN)) / torch.tensor(identity.IMAGENET_STD))
+    assert torch.allclose(
+        x[0, :, 0, 0], (1 - torch.tensor(identity.IMAGENET_MEAN)) / torch.tensor(identity.IMAGENET_STD)
+    )
 
 
 def test_dinov3_directory_without_safetensors_is_not_computed(tmp_path):
     (tmp_path / "dinov3").mkdir()
     _tiny_dinov3(tmp_path / "dinov3")
     (tmp_path / "dinov3" / "model.safetensors").unlink()
-    suite = MetricSuite(MetricsConfig(metrics=["id_dinov3_versebench"], checkpoints={"dinov3": str(tmp_path / "dinov3")},
-                                      tasks=["ti2v"]))
+    suite = MetricSuite(
+        MetricsConfig(
+            metrics=["id_dinov3_versebench"], checkpoints={"dinov3": str(tmp_path / "dinov3")}, tasks=["ti2v"]
+        )
+    )
     assert "metrics.checkpoints.dinov3" in suite.skipped["id_dinov3_versebench"]
 
 
@@ -235,8 +271,12 @@ def test_motion_raft_versebench_through_registry_and_malicious_weights(tmp_path,
     metric = REGISTRY["motion_raft_versebench"].build(BuildContext.create({"raft": str(path)}))
     monkeypatch.setattr(motion, "VERSEBENCH_ITERS", 2)  # 20 in the protocol: cut for CPU time
     g = torch.Generator().manual_seed(6)
-    clip = MediaClip(video=torch.randint(0, 256, (2, 126, 130, 3), generator=g, dtype=torch.uint8), fps=8.0,
-                     audio=None, sample_rate=16000)
+    clip = MediaClip(
+        video=torch.randint(0, 256, (2, 126, 130, 3), generator=g, dtype=torch.uint8),
+        fps=8.0,
+        audio=None,
+        sample_rate=16000,
+    )
     metric.update([clip])
     flows = motion.raft_flows(raft.load_raft(path), motion.versebench_resize(clip.video), iters=2)
     assert flows.shape == (1, 2, 128, 136)
@@ -247,7 +287,9 @@ def test_motion_raft_versebench_through_registry_and_malicious_weights(tmp_path,
     torch.save(state, path)
     with pytest.raises(UnsafeFileError, match=str(path)):
         raft.load_raft(path)
-    suite = MetricSuite(MetricsConfig(metrics=["motion_raft_versebench"], checkpoints={"raft": str(path)}, tasks=["t2v"]))
+    suite = MetricSuite(
+        MetricsConfig(metrics=["motion_raft_versebench"], checkpoints={"raft": str(path)}, tasks=["t2v"])
+    )
     assert "metrics.checkpoints.raft" in suite.skipped["motion_raft_versebench"]
     assert not marker.exists()
 
@@ -263,16 +305,31 @@ def test_aesthetic_v25_versebench_through_registry_and_malicious_head(tmp_path):
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(0)
-    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                 num_attention_heads=2, image_size=56, patch_size=14)).eval()
+    tower = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        )
+    ).eval()
     tower.save_pretrained(tmp_path / "siglip")
     head = aesthetic_net.AestheticV25Head(32).eval()
     torch.save(head.state_dict(), tmp_path / "aesthetic_predictor_v2_5.pth")
     checkpoints = {"siglip": str(tmp_path / "siglip"), "aesthetic_v25": str(tmp_path / "aesthetic_predictor_v2_5.pth")}
     metric = REGISTRY["aesthetic_v25_versebench"].build(BuildContext.create(checkpoints))
     g = torch.Generator().manual_seed(8)
-    clips = [MediaClip(video=torch.randint(0, 256, (n, 40, 60, 3), generator=g, dtype=torch.uint8), fps=8.0,
-                       audio=None, sample_rate=16000) for n in (3, 1)]
+    clips = [
+        MediaClip(
+            video=torch.randint(0, 256, (n, 40, 60, 3), generator=g, dtype=torch.uint8),
+            fps=8.0,
+            audio=None,
+            sample_rate=16000,
+        )
+        for n in (3, 1)
+    ]
     metric.update(clips)
     with torch.no_grad():
         per_clip = []

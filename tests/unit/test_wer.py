@@ -64,12 +64,18 @@ def test_sensevoice_needs_its_directories_then_funasr(tmp_path):
     if importlib.util.find_spec("funasr") is not None:
         pytest.skip("funasr is installed: the missing-package message cannot show")
     with pytest.raises(MetricUnavailable, match="pip install funasr"):
-        build(BuildContext.create({"sensevoice": str(tmp_path / "SenseVoiceSmall"), "sensevoice_vad": str(tmp_path / "fsmn-vad")}))
+        build(
+            BuildContext.create(
+                {"sensevoice": str(tmp_path / "SenseVoiceSmall"), "sensevoice_vad": str(tmp_path / "fsmn-vad")}
+            )
+        )
 
 
 def _clip(transcript: str | None, audio: torch.Tensor | None = None, sr: int = 16000) -> MediaClip:
     meta = {"key": "k"} if transcript is None else {"key": "k", "transcript": transcript}
-    return MediaClip(video=None, fps=8.0, audio=torch.zeros(1600) if audio is None else audio, sample_rate=sr, meta=meta)
+    return MediaClip(
+        video=None, fps=8.0, audio=torch.zeros(1600) if audio is None else audio, sample_rate=sr, meta=meta
+    )
 
 
 class FakeTranscriber:
@@ -77,7 +83,7 @@ class FakeTranscriber:
         self.texts = list(texts)
 
     def __call__(self, clips):
-        out, self.texts = self.texts[: len(clips)], self.texts[len(clips):]
+        out, self.texts = self.texts[: len(clips)], self.texts[len(clips) :]
         return out
 
 
@@ -158,6 +164,12 @@ def test_sensevoice_directories_with_a_malicious_pickle_are_refused_before_funas
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "fsmn-vad" / "model.pt")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "cfg": Exploit()}, tmp_path / "SenseVoiceSmall" / "model.pt")
     build = load_registry()["wer_sensevoice_versebench"].build
-    with pytest.raises(MetricUnavailable, match=r"metrics\.checkpoints\.sensevoice: .*SenseVoiceSmall/model\.pt: refused"):
-        build(BuildContext.create({"sensevoice": str(tmp_path / "SenseVoiceSmall"), "sensevoice_vad": str(tmp_path / "fsmn-vad")}))
+    with pytest.raises(
+        MetricUnavailable, match=r"metrics\.checkpoints\.sensevoice: .*SenseVoiceSmall/model\.pt: refused"
+    ):
+        build(
+            BuildContext.create(
+                {"sensevoice": str(tmp_path / "SenseVoiceSmall"), "sensevoice_vad": str(tmp_path / "fsmn-vad")}
+            )
+        )
     assert not (tmp_path / "pwned").exists()

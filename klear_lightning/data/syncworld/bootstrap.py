@@ -40,18 +40,41 @@ def bootstrap_syncworld(
         return
     scene = scene or SceneScale()
     size = {"size": clip.height} if clip.height == clip.width else {}
-    wanted = {"duration": clip.duration, "fps": int(clip.fps), "sample_rate": clip.sample_rate, **size,
-              "scene": asdict(scene)}
+    wanted = {
+        "duration": clip.duration,
+        "fps": int(clip.fps),
+        "sample_rate": clip.sample_rate,
+        **size,
+        "scene": asdict(scene),
+    }
     if (root / "train").is_dir():
         _check_existing_syncworld(root, wanted, clips_per_split)
         return
     splits = list(splits) or list(SPLITS)
     print(f"SyncWorld not found in {root}: generating {clips_per_split} clips per split (once)", flush=True)
-    generate_syncworld(root, clips_per_split=clips_per_split, seed=seed, splits=splits, duration=clip.duration,
-                       fps=int(clip.fps), sample_rate=clip.sample_rate, scene=scene, **size)
+    generate_syncworld(
+        root,
+        clips_per_split=clips_per_split,
+        seed=seed,
+        splits=splits,
+        duration=clip.duration,
+        fps=int(clip.fps),
+        sample_rate=clip.sample_rate,
+        scene=scene,
+        **size,
+    )
     print(f"caching latents and caption embeddings in {root}", flush=True)
-    cache_latents(root, splits, partitions=["train", "val", "test", "ood"], clip=clip, resolutions=resolutions,
-                  video_codec=video_codec, audio_codec=audio_codec, text_encoder=text_encoder, workers=workers)
+    cache_latents(
+        root,
+        splits,
+        partitions=["train", "val", "test", "ood"],
+        clip=clip,
+        resolutions=resolutions,
+        video_codec=video_codec,
+        audio_codec=audio_codec,
+        text_encoder=text_encoder,
+        workers=workers,
+    )
 
 
 def _check_existing_syncworld(root: Path, wanted: dict[str, Any], clips: int) -> None:

@@ -33,8 +33,12 @@ class SceneScale:
     object_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("face_radius", 0.2, 0.48), ("pair_face_radius", 0.15, 0.25),
-                             ("mouth_scale", 0.5, 1.5), ("object_scale", 0.5, 2.0)):
+        for name, lo, hi in (
+            ("face_radius", 0.2, 0.48),
+            ("pair_face_radius", 0.15, 0.25),
+            ("mouth_scale", 0.5, 1.5),
+            ("object_scale", 0.5, 2.0),
+        ):
             if not lo <= getattr(self, name) <= hi:
                 raise ValueError(f"SyncWorld scene.{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
 
@@ -57,7 +61,9 @@ class SyncWorldConfig:
         if self.size < 32 or self.size % 16:
             raise ConfigError(f"SyncWorldConfig.size: must be a multiple of 16 and >= 32, got {self.size}")
         if self.num_frames < 12:
-            raise ConfigError(f"SyncWorldConfig.duration: duration * fps must give at least 12 frames, got {self.num_frames}")
+            raise ConfigError(
+                f"SyncWorldConfig.duration: duration * fps must give at least 12 frames, got {self.num_frames}"
+            )
         if self.sample_rate < 8000:
             raise ConfigError(f"SyncWorldConfig.sample_rate: must be >= 8000, got {self.sample_rate}")
 

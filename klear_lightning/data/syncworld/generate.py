@@ -55,7 +55,9 @@ class HoldoutRule:
     def __post_init__(self) -> None:
         for combo in self.combos:
             if combo.get("split") not in SPLITS or len(combo) < 2:
-                raise ConfigError(f"holdout: combination {combo} needs a 'split' in {SPLITS} and at least one attribute")
+                raise ConfigError(
+                    f"holdout: combination {combo} needs a 'split' in {SPLITS} and at least one attribute"
+                )
             known = ATTRIBUTES[combo["split"]]
             for name, value in combo.items():
                 if name != "split" and value not in known.get(name, ()):

@@ -46,9 +46,7 @@ def sung_vowel(midi: int, vowel: str, seconds: float, sample_rate: int, loudness
     return loudness * wave * ramp * (0.6 + 0.4 * np.exp(-t / ACCENT))
 
 
-def make_singing_clip(
-    rng: np.random.Generator, cfg: SyncWorldConfig, forced: dict[str, str] | None = None
-) -> SyncClip:
+def make_singing_clip(rng: np.random.Generator, cfg: SyncWorldConfig, forced: dict[str, str] | None = None) -> SyncClip:
     """A face singing two or three notes (three from 1.8 s clips on), each a sustained vowel."""
     forced = forced or {}
     register = forced.get("register") or str(rng.choice(list(REGISTERS)))
@@ -70,12 +68,20 @@ def make_singing_clip(
         wave = sung_vowel(midi, vowel, seconds, cfg.sample_rate, loudness=float(rng.uniform(0.5, 1.0)))
         track[i0 : i0 + wave.size] = wave
         roundness[(frame_times >= start) & (frame_times < start + seconds)] = VOWELS[vowel][1]
-        notes.append({
-            "start": start, "end": start + seconds, "vowel": vowel,
-            "midi": midi, "note": note_name(midi), "pitch_hz": midi_to_hz(midi),
-        })
+        notes.append(
+            {
+                "start": start,
+                "end": start + seconds,
+                "vowel": vowel,
+                "midi": midi,
+                "note": note_name(midi),
+                "pitch_hz": midi_to_hz(midi),
+            }
+        )
         start += seconds + gap
-    face = FaceLayout(cy=cfg.size * 0.5, cx=cfg.size * 0.5, radius=cfg.size * cfg.scene.face_radius, mouth_scale=cfg.scene.mouth_scale)
+    face = FaceLayout(
+        cy=cfg.size * 0.5, cx=cfg.size * 0.5, radius=cfg.size * cfg.scene.face_radius, mouth_scale=cfg.scene.mouth_scale
+    )
     opening = opening_from_envelope(frame_envelope(track, cfg.sample_rate, cfg.fps, cfg.num_frames))
     frames = blank_frames(cfg)
     for k in range(cfg.num_frames):

@@ -161,7 +161,9 @@ def make_speech_single_clip(
     start = int(rng.integers(margin, cfg.num_samples - wave.size - margin + 1))
     track = np.zeros(cfg.num_samples)
     track[start : start + wave.size] = wave
-    face = FaceLayout(cy=cfg.size * 0.5, cx=cfg.size * 0.5, radius=cfg.size * cfg.scene.face_radius, mouth_scale=cfg.scene.mouth_scale)
+    face = FaceLayout(
+        cy=cfg.size * 0.5, cx=cfg.size * 0.5, radius=cfg.size * cfg.scene.face_radius, mouth_scale=cfg.scene.mouth_scale
+    )
     opening = _opening(track, cfg)
     frames = blank_frames(cfg)
     for k in range(cfg.num_frames):
@@ -212,8 +214,12 @@ def make_speech_multi_clip(
         cursor += wave.size + gap
     centres = dict(zip(SPEAKERS, (0.26, 0.74)))
     layouts = {
-        s: FaceLayout(cy=cfg.size * 0.5, cx=cfg.size * centres[s], radius=cfg.size * cfg.scene.pair_face_radius,
-                      mouth_scale=cfg.scene.mouth_scale)
+        s: FaceLayout(
+            cy=cfg.size * 0.5,
+            cx=cfg.size * centres[s],
+            radius=cfg.size * cfg.scene.pair_face_radius,
+            mouth_scale=cfg.scene.mouth_scale,
+        )
         for s in SPEAKERS
     }
     openings = {s: _opening(tracks[s], cfg) for s in SPEAKERS}

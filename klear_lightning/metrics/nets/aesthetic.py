@@ -17,9 +17,16 @@ class AestheticHead(nn.Module):
 
     def __init__(self, dim: int = 768) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
-                                    nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1),
-                                    nn.Linear(64, 16), nn.Linear(16, 1))
+        self.layers = nn.Sequential(
+            nn.Linear(dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
 
     def forward(self, embedding: Tensor) -> Tensor:
         return self.layers(embedding)[:, 0]
@@ -64,9 +71,17 @@ class AestheticV25Head(nn.Module):
 
     def __init__(self, dim: int = 1152) -> None:
         super().__init__()
-        self.scoring_head = nn.Sequential(nn.Linear(dim, 1024), nn.Dropout(0.5), nn.Linear(1024, 128),
-                                          nn.Dropout(0.5), nn.Linear(128, 64), nn.Dropout(0.5),
-                                          nn.Linear(64, 16), nn.Dropout(0.2), nn.Linear(16, 1))
+        self.scoring_head = nn.Sequential(
+            nn.Linear(dim, 1024),
+            nn.Dropout(0.5),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.5),
+            nn.Linear(128, 64),
+            nn.Dropout(0.5),
+            nn.Linear(64, 16),
+            nn.Dropout(0.2),
+            nn.Linear(16, 1),
+        )
 
     def forward(self, embedding: Tensor) -> Tensor:
         return self.scoring_head(embedding)[:, 0]

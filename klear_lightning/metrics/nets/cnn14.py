@@ -43,7 +43,9 @@ def slaney_mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: floa
         return torch.where(m >= 15.0, log, lin)
 
     fft_freqs = torch.linspace(0, sr / 2, n_fft // 2 + 1, dtype=torch.float64)
-    mels = torch.linspace(float(hz_to_mel(torch.tensor(fmin))), float(hz_to_mel(torch.tensor(fmax))), n_mels + 2, dtype=torch.float64)
+    mels = torch.linspace(
+        float(hz_to_mel(torch.tensor(fmin))), float(hz_to_mel(torch.tensor(fmax))), n_mels + 2, dtype=torch.float64
+    )
     hz = mel_to_hz(mels)
     lower = (fft_freqs[None, :] - hz[:-2, None]) / (hz[1:-1] - hz[:-2])[:, None]
     upper = (hz[2:, None] - fft_freqs[None, :]) / (hz[2:] - hz[1:-1])[:, None]

@@ -52,8 +52,7 @@ class PatchEmbed(nn.Module):
 class DinoViT(nn.Module):
     """DINO ViT: images (B, 3, H, W) normalised -> CLS features (B, D)."""
 
-    def __init__(self, dim: int = 384, depth: int = 12, heads: int = 6, patch: int = 16,
-                 image_size: int = 224) -> None:
+    def __init__(self, dim: int = 384, depth: int = 12, heads: int = 6, patch: int = 16, image_size: int = 224) -> None:
         super().__init__()
         self.patch = patch
         self.patch_embed = PatchEmbed(dim, patch)
@@ -94,8 +93,11 @@ def load_dino(path: str | Path, head_dim: int = 64) -> DinoViT:
         raise ValueError(f"{path}: not a DINO state dict (found {type(state).__name__})")
     if "teacher" in state:
         state = state["teacher"]
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()
-             if not k.removeprefix("module.").startswith("head.")}
+    state = {
+        k.removeprefix("module.").removeprefix("backbone."): v
+        for k, v in state.items()
+        if not k.removeprefix("module.").startswith("head.")
+    }
     try:
         dim = state["cls_token"].shape[-1]
         patch = state["patch_embed.proj.weight"].shape[-1]
@@ -103,8 +105,7 @@ def load_dino(path: str | Path, head_dim: int = 64) -> DinoViT:
         depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     except KeyError as err:
         raise ValueError(f"{path}: not a DINO ViT state dict (missing {err})") from err
-    net = DinoViT(dim=dim, depth=depth, heads=max(1, dim // head_dim), patch=patch,
-                  image_size=grid * patch)
+    net = DinoViT(dim=dim, depth=depth, heads=max(1, dim // head_dim), patch=patch, image_size=grid * patch)
     net.load_state_dict(state, strict=True)
     return net.eval()
 
@@ -116,6 +117,8 @@ def load_dinov3(directory: str | Path) -> nn.Module:
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: no config.json (expected a saved DINOv3 model directory, "
-                                f"e.g. dinov3-vitl16-pretrain-lvd1689m)")
+        raise FileNotFoundError(
+            f"{directory}: no config.json (expected a saved DINOv3 model directory, "
+            f"e.g. dinov3-vitl16-pretrain-lvd1689m)"
+        )
     return DINOv3ViTModel.from_pretrained(directory, local_files_only=True, use_safetensors=True).eval()

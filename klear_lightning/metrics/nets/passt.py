@@ -43,6 +43,7 @@ CHECKPOINT_FORMATS = (
 def kaldi_mel_banks(n_mels: int, n_fft: int, sr: float, fmin: float, fmax: float) -> Tensor:
     """Kaldi's triangular mel filters (`torchaudio.compliance.kaldi.get_mel_banks`, no VTLN warp),
     (n_mels, n_fft // 2 + 1) with a zero Nyquist column, as hear21passt pads them."""
+
     def mel(f: Tensor) -> Tensor:
         return 1127.0 * torch.log(1.0 + f / 700.0)
 
@@ -68,9 +69,17 @@ class PasstMel(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         x = F.conv1d(wave[:, None], self.preemphasis)[:, 0]
-        spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=WIN, window=self.window, center=True,
-                          normalized=False, return_complex=True)
-        power = spec.real ** 2 + spec.imag ** 2
+        spec = torch.stft(
+            x,
+            N_FFT,
+            hop_length=HOP,
+            win_length=WIN,
+            window=self.window,
+            center=True,
+            normalized=False,
+            return_complex=True,
+        )
+        power = spec.real**2 + spec.imag**2
         return (torch.log(self.mel_basis @ power + 1e-5) + 4.5) / 5.0
 
 
@@ -109,8 +118,16 @@ class _PatchEmbed(nn.Module):
 class PaSST(nn.Module):
     """PaSST-S (distilled: C and D tokens), eval forward: (B, 128, frames) log-mel -> (B, classes) logits."""
 
-    def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, mlp_hidden: int = 3072,
-                 f_grid: int = 12, t_grid: int = 99, classes: int = 527) -> None:
+    def __init__(
+        self,
+        dim: int = 768,
+        depth: int = 12,
+        heads: int = 12,
+        mlp_hidden: int = 3072,
+        f_grid: int = 12,
+        t_grid: int = 99,
+        classes: int = 527,
+    ) -> None:
         super().__init__()
         self.patch_embed = _PatchEmbed(dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -126,11 +143,15 @@ class PaSST(nn.Module):
     def forward(self, mel: Tensor) -> Tensor:
         x = self.patch_embed.proj(mel[:, None])  # (B, E, F, T)
         if x.shape[-1] > self.time_new_pos_embed.shape[-1]:
-            raise ValueError(f"PaSST: {x.shape[-1]} time patches exceed the position table's {self.time_new_pos_embed.shape[-1]} "
-                             "(windows are at most 10 s)")
+            raise ValueError(
+                f"PaSST: {x.shape[-1]} time patches exceed the position table's {self.time_new_pos_embed.shape[-1]} "
+                "(windows are at most 10 s)"
+            )
         x = x + self.time_new_pos_embed[..., : x.shape[-1]] + self.freq_new_pos_embed
         x = rearrange(x, "b e f t -> b (f t) e")
-        tokens = torch.cat([self.cls_token + self.new_pos_embed[:, :1], self.dist_token + self.new_pos_embed[:, 1:]], dim=1)
+        tokens = torch.cat(
+            [self.cls_token + self.new_pos_embed[:, :1], self.dist_token + self.new_pos_embed[:, 1:]], dim=1
+        )
         x = torch.cat([tokens.expand(x.shape[0], -1, -1), x], dim=1)
         for block in self.blocks:
             x = block(x)

@@ -151,8 +151,7 @@ class CorrPyramid:
         b, _, h, w = coords.shape
         centre = rearrange(coords, "b c h w -> (b h w) 1 1 c")
         out = [sample(level, centre / 2**i + self.delta.to(coords)) for i, level in enumerate(self.levels)]
-        return rearrange(torch.cat([o.reshape(b * h * w, -1) for o in out], dim=-1),
-                         "(b h w) c -> b c h w", b=b, h=h)
+        return rearrange(torch.cat([o.reshape(b * h * w, -1) for o in out], dim=-1), "(b h w) c -> b c h w", b=b, h=h)
 
 
 def coords_grid(batch: int, h: int, w: int) -> Tensor:

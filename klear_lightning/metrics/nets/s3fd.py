@@ -34,14 +34,18 @@ class L2Norm(nn.Module):
 def _vgg() -> nn.ModuleList:
     layers: list[nn.Module] = []
     c = 3
-    for widths, ceil in (((64, 64), False), ((128, 128), False), ((256,) * 3, True), ((512,) * 3, False),
-                         ((512,) * 3, False)):
+    for widths, ceil in (
+        ((64, 64), False),
+        ((128, 128), False),
+        ((256,) * 3, True),
+        ((512,) * 3, False),
+        ((512,) * 3, False),
+    ):
         for w in widths:
             layers += [nn.Conv2d(c, w, 3, 1, padding=1), nn.ReLU()]
             c = w
         layers.append(nn.MaxPool2d(2, 2, ceil_mode=ceil))
-    layers += [nn.Conv2d(512, 1024, 3, 1, padding=6, dilation=6), nn.ReLU(), nn.Conv2d(1024, 1024, 1, 1),
-               nn.ReLU()]
+    layers += [nn.Conv2d(512, 1024, 3, 1, padding=6, dilation=6), nn.ReLU(), nn.Conv2d(1024, 1024, 1, 1), nn.ReLU()]
     return nn.ModuleList(layers)
 
 
@@ -54,12 +58,17 @@ class S3FD(nn.Module):
         self.L2Norm3_3 = L2Norm(256, 10.0)
         self.L2Norm4_3 = L2Norm(512, 8.0)
         self.L2Norm5_3 = L2Norm(512, 5.0)
-        self.extras = nn.ModuleList([nn.Conv2d(1024, 256, 1, 1), nn.Conv2d(256, 512, 3, 2, padding=1),
-                                     nn.Conv2d(512, 128, 1, 1), nn.Conv2d(128, 256, 3, 2, padding=1)])
+        self.extras = nn.ModuleList(
+            [
+                nn.Conv2d(1024, 256, 1, 1),
+                nn.Conv2d(256, 512, 3, 2, padding=1),
+                nn.Conv2d(512, 128, 1, 1),
+                nn.Conv2d(128, 256, 3, 2, padding=1),
+            ]
+        )
         chans = (256, 512, 512, 1024, 512, 256)
         self.loc = nn.ModuleList(nn.Conv2d(c, 4, 3, 1, padding=1) for c in chans)
-        self.conf = nn.ModuleList(nn.Conv2d(c, 4 if i == 0 else 2, 3, 1, padding=1)
-                                  for i, c in enumerate(chans))
+        self.conf = nn.ModuleList(nn.Conv2d(c, 4 if i == 0 else 2, 3, 1, padding=1) for i, c in enumerate(chans))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         """x (B, 3, H, W) RGB minus `RGB_MEAN` -> loc (B, P, 4), face prob (B, P), feature map sizes."""
@@ -93,8 +102,7 @@ def priors(image_hw: tuple[int, int], sizes: list[tuple[int, int]]) -> Tensor:
         ys, xs = torch.meshgrid(torch.arange(fh), torch.arange(fw), indexing="ij")
         cx = (xs.flatten() + 0.5) * step / w
         cy = (ys.flatten() + 0.5) * step / h
-        out.append(torch.stack([cx, cy, torch.full_like(cx, min_size / w),
-                                torch.full_like(cy, min_size / h)], -1))
+        out.append(torch.stack([cx, cy, torch.full_like(cx, min_size / w), torch.full_like(cy, min_size / h)], -1))
     return torch.cat(out).float()
 
 

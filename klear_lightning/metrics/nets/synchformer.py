@@ -54,26 +54,32 @@ class SynchformerConfig:
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> SynchformerConfig:
         """Sizes read off a checkpoint (heads keep the released values)."""
+
         def depth(prefix: str) -> int:
-            return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+            return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
 
         try:
             dim = state["vproj.weight"].shape[0]
             grid2 = state["vfeat_extractor.pos_embed"].shape[1] - 1
             patch = state["vfeat_extractor.patch_embed_3d.proj.weight"].shape[-1]
-            cfg = cls(dim=dim, video_depth=depth("vfeat_extractor.blocks."),
-                      image_size=int(round(math.sqrt(grid2))) * patch, patch=patch,
-                      audio_depth=depth("afeat_extractor.ast.encoder.layer."),
-                      global_depth=depth("transformer.blocks."),
-                      mlp_ratio=state["transformer.blocks.0.mlp.0.weight"].shape[0] // dim,
-                      num_classes=state["transformer.off_head.weight"].shape[0])
+            cfg = cls(
+                dim=dim,
+                video_depth=depth("vfeat_extractor.blocks."),
+                image_size=int(round(math.sqrt(grid2))) * patch,
+                patch=patch,
+                audio_depth=depth("afeat_extractor.ast.encoder.layer."),
+                global_depth=depth("transformer.blocks."),
+                mlp_ratio=state["transformer.blocks.0.mlp.0.weight"].shape[0] // dim,
+                num_classes=state["transformer.off_head.weight"].shape[0],
+            )
             rows = state["transformer.pos_emb_cfg.pos_emb"].shape[1]
         except KeyError as err:
             raise ValueError(f"not a Synchformer state dict: missing {err}") from err
         cfg.segments, extra = divmod(rows - 2, VIDEO_TOKENS + AUDIO_TOKENS)
         if extra or cfg.segments < 1:
-            raise ValueError(f"positional table of {rows} rows is not 2 + {VIDEO_TOKENS + AUDIO_TOKENS} "
-                             f"tokens per segment")
+            raise ValueError(
+                f"positional table of {rows} rows is not 2 + {VIDEO_TOKENS + AUDIO_TOKENS} tokens per segment"
+            )
         return cfg
 
     @property
@@ -93,9 +99,16 @@ class AggregationLayer(nn.TransformerEncoderLayer):
     """Pre-norm encoder layer with a learned CLS token; returns the CLS output (N, L, D) -> (N, D)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int) -> None:
-        super().__init__(dim, heads, dim_feedforward=mlp_ratio * dim, dropout=0.0,
-                         activation=nn.GELU(), batch_first=True, norm_first=True,
-                         layer_norm_eps=1e-6)
+        super().__init__(
+            dim,
+            heads,
+            dim_feedforward=mlp_ratio * dim,
+            dropout=0.0,
+            activation=nn.GELU(),
+            batch_first=True,
+            norm_first=True,
+            layer_norm_eps=1e-6,
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
@@ -121,8 +134,7 @@ class DividedAttention(nn.Module):
         r = q_.shape[0] // q.shape[0]
         k_ = torch.cat([repeat(k[:, :1], "bh 1 d -> (bh r) 1 d", r=r), k_], dim=1)
         v_ = torch.cat([repeat(v[:, :1], "bh 1 d -> (bh r) 1 d", r=r), v_], dim=1)
-        out = rearrange(F.scaled_dot_product_attention(q_, k_, v_), f"{group} -> bh (f n) d",
-                        f=frames, bh=q.shape[0])
+        out = rearrange(F.scaled_dot_product_attention(q_, k_, v_), f"{group} -> bh (f n) d", f=frames, bh=q.shape[0])
         out = rearrange(torch.cat([cls_out, out], dim=1), "(b h) n d -> b n (h d)", b=b)
         return self.proj(out)
 
@@ -159,8 +171,7 @@ class MotionFormer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid**2 + 1, d))
         self.temp_embed = nn.Parameter(torch.zeros(1, self.frames, d))
-        self.blocks = nn.ModuleList(
-            DividedBlock(d, cfg.video_heads, cfg.mlp_ratio) for _ in range(cfg.video_depth))
+        self.blocks = nn.ModuleList(DividedBlock(d, cfg.video_heads, cfg.mlp_ratio) for _ in range(cfg.video_depth))
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.spatial_attn_agg = AggregationLayer(d, cfg.video_heads, cfg.mlp_ratio)
 
@@ -185,7 +196,8 @@ class ASTLayer(nn.Module):
         self.heads = heads
         self.attention = _holder(
             attention=_holder(query=nn.Linear(dim, dim), key=nn.Linear(dim, dim), value=nn.Linear(dim, dim)),
-            output=_holder(dense=nn.Linear(dim, dim)))
+            output=_holder(dense=nn.Linear(dim, dim)),
+        )
         self.intermediate = _holder(dense=nn.Linear(dim, mlp_ratio * dim))
         self.output = _holder(dense=nn.Linear(mlp_ratio * dim, dim))
         self.layernorm_before = nn.LayerNorm(dim, eps=1e-12)
@@ -208,9 +220,11 @@ class ASTEncoder(nn.Module):
             cls_token=nn.Parameter(torch.zeros(1, 1, d)),
             distillation_token=nn.Parameter(torch.zeros(1, 1, d)),
             position_embeddings=nn.Parameter(torch.zeros(1, self.freq_tokens * self.time_tokens + 2, d)),
-            patch_embeddings=_holder(projection=nn.Conv2d(1, d, 16, 10)))
-        self.encoder = _holder(layer=nn.ModuleList(
-            ASTLayer(d, cfg.audio_heads, cfg.mlp_ratio) for _ in range(cfg.audio_depth)))
+            patch_embeddings=_holder(projection=nn.Conv2d(1, d, 16, 10)),
+        )
+        self.encoder = _holder(
+            layer=nn.ModuleList(ASTLayer(d, cfg.audio_heads, cfg.mlp_ratio) for _ in range(cfg.audio_depth))
+        )
         self.layernorm = nn.LayerNorm(d, eps=1e-12)
 
     def forward(self, mel: Tensor) -> Tensor:
@@ -256,8 +270,7 @@ class GlobalBlock(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
         self.ln2 = nn.LayerNorm(dim)
         self.attn = GlobalAttention(dim, heads)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
-                                 nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln1(x))
@@ -275,8 +288,7 @@ class OffsetClassifier(nn.Module):
         self.OFF_tok = nn.Parameter(torch.zeros(1, 1, d))
         self.MOD_tok = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_emb_cfg = _holder(pos_emb=nn.Parameter(torch.zeros(1, cfg.global_length, d)))
-        self.blocks = nn.Sequential(
-            *(GlobalBlock(d, cfg.global_heads, cfg.mlp_ratio) for _ in range(cfg.global_depth)))
+        self.blocks = nn.Sequential(*(GlobalBlock(d, cfg.global_heads, cfg.mlp_ratio) for _ in range(cfg.global_depth)))
         self.ln_f = nn.LayerNorm(d)
         self.off_head = nn.Linear(d, cfg.num_classes)
 
@@ -284,14 +296,23 @@ class OffsetClassifier(nn.Module):
         """Offset logits; the positional table must match the window's token count, or be longer
         with `trim_table` (its first rows are used, as Verse-Bench's loader trims)."""
         b = v.shape[0]
-        x = torch.cat([self.OFF_tok.expand(b, -1, -1), self.vis_in_lnorm(v),
-                       self.MOD_tok.expand(b, -1, -1), self.aud_in_lnorm(a)], dim=1)
+        x = torch.cat(
+            [
+                self.OFF_tok.expand(b, -1, -1),
+                self.vis_in_lnorm(v),
+                self.MOD_tok.expand(b, -1, -1),
+                self.aud_in_lnorm(a),
+            ],
+            dim=1,
+        )
         pos = self.pos_emb_cfg.pos_emb
         tokens, rows = x.shape[1], pos.shape[1]
         if rows < tokens or (rows > tokens and not trim_table):
-            raise ValueError(f"Synchformer window has {tokens} tokens but the checkpoint's positional "
-                             f"table has {rows} rows ({(rows - 2) // (VIDEO_TOKENS + AUDIO_TOKENS)} "
-                             f"segments); refusing to run a window the table was not made for")
+            raise ValueError(
+                f"Synchformer window has {tokens} tokens but the checkpoint's positional "
+                f"table has {rows} rows ({(rows - 2) // (VIDEO_TOKENS + AUDIO_TOKENS)} "
+                f"segments); refusing to run a window the table was not made for"
+            )
         x = self.ln_f(self.blocks(x + pos[:, :tokens]))
         return self.off_head(x[:, 0])
 
@@ -311,13 +332,13 @@ class Synchformer(nn.Module):
 
     def video_features(self, video: Tensor) -> Tensor:
         b = video.shape[0]
-        return rearrange(self.vfeat_extractor(rearrange(video, "b s c t h w -> (b s) c t h w")),
-                         "(b s) t d -> b s t d", b=b)
+        return rearrange(
+            self.vfeat_extractor(rearrange(video, "b s c t h w -> (b s) c t h w")), "(b s) t d -> b s t d", b=b
+        )
 
     def audio_features(self, mel: Tensor) -> Tensor:
         b = mel.shape[0]
-        return rearrange(self.afeat_extractor(rearrange(mel, "b s f t -> (b s) f t")),
-                         "(b s) t d -> b s t d", b=b)
+        return rearrange(self.afeat_extractor(rearrange(mel, "b s f t -> (b s) f t")), "(b s) t d -> b s t d", b=b)
 
     def compare(self, vfeat: Tensor, afeat: Tensor, trim_table: bool = False) -> Tensor:
         """Offset logits (B, 21) for per-segment features (B, S, tv, D) and (B, S, ta, D)."""
@@ -336,11 +357,26 @@ CHECKPOINT_ALLOWED = (dict, list, int, float, str, bool, tuple, collections.defa
 
 
 CHECKPOINT_OPAQUE = (
-    "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
-    "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
-    *(f"omegaconf.nodes.{n}" for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode",
-                                       "BooleanNode", "BytesNode", "PathNode", "EnumNode")),
-    "numpy.dtype", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata",
+    *(
+        f"omegaconf.nodes.{n}"
+        for n in (
+            "AnyNode",
+            "StringNode",
+            "IntegerNode",
+            "FloatNode",
+            "BooleanNode",
+            "BytesNode",
+            "PathNode",
+            "EnumNode",
+        )
+    ),
+    "numpy.dtype",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
 )
 
 

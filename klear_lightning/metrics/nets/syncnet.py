@@ -16,8 +16,9 @@ def _bn_relu_2d(cin: int, cout: int, kernel: tuple[int, int], padding: tuple[int
     return [nn.Conv2d(cin, cout, kernel, padding=padding), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-def _bn_relu_3d(cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int],
-                padding: tuple[int, int, int]) -> list[nn.Module]:
+def _bn_relu_3d(
+    cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int], padding: tuple[int, int, int]
+) -> list[nn.Module]:
     return [nn.Conv3d(cin, cout, kernel, stride, padding), nn.BatchNorm3d(cout), nn.ReLU()]
 
 
@@ -31,22 +32,29 @@ class SyncNet(nn.Module):
     def __init__(self, dim: int = 1024) -> None:
         super().__init__()
         self.netcnnaud = nn.Sequential(
-            *_bn_relu_2d(1, 64, (3, 3), (1, 1)), nn.MaxPool2d(1, 1),
-            *_bn_relu_2d(64, 192, (3, 3), (1, 1)), nn.MaxPool2d(3, (1, 2)),
+            *_bn_relu_2d(1, 64, (3, 3), (1, 1)),
+            nn.MaxPool2d(1, 1),
+            *_bn_relu_2d(64, 192, (3, 3), (1, 1)),
+            nn.MaxPool2d(3, (1, 2)),
             *_bn_relu_2d(192, 384, (3, 3), (1, 1)),
             *_bn_relu_2d(384, 256, (3, 3), (1, 1)),
-            *_bn_relu_2d(256, 256, (3, 3), (1, 1)), nn.MaxPool2d(3, 2),
-            *_bn_relu_2d(256, 512, (5, 4), (0, 0)))
+            *_bn_relu_2d(256, 256, (3, 3), (1, 1)),
+            nn.MaxPool2d(3, 2),
+            *_bn_relu_2d(256, 512, (5, 4), (0, 0)),
+        )
         self.netfcaud = _fc(dim)
         self.netfclip = _fc(dim)
         self.netcnnlip = nn.Sequential(
-            *_bn_relu_3d(3, 96, (5, 7, 7), (1, 2, 2), (0, 0, 0)), nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+            *_bn_relu_3d(3, 96, (5, 7, 7), (1, 2, 2), (0, 0, 0)),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
             *_bn_relu_3d(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)),
             nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
             *_bn_relu_3d(256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)),
             *_bn_relu_3d(256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)),
-            *_bn_relu_3d(256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)), nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
-            *_bn_relu_3d(256, 512, (1, 6, 6), (1, 1, 1), (0, 0, 0)))
+            *_bn_relu_3d(256, 256, (1, 3, 3), (1, 1, 1), (0, 1, 1)),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+            *_bn_relu_3d(256, 512, (1, 6, 6), (1, 1, 1), (0, 0, 0)),
+        )
 
     def forward_aud(self, mfcc: Tensor) -> Tensor:
         return self.netfcaud(self.netcnnaud(mfcc).flatten(1))
