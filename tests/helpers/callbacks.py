@@ -33,17 +33,16 @@ class LossRecorder(L.Callback):
 
 
 class KillOnceAt(L.Callback):
-    """SIGKILLs its own process at the end of global step `step` (before that step's checkpoint),
-    once: `<marker>.rank<r>` records it, so the same command resumed runs through."""
+    """SIGKILLs its own process at the end of global step `step` (before that step's checkpoint) in a
+    run that did not start from a checkpoint, so the same command resumed with `--ckpt_path` runs
+    through. Every rank decides alone from its own state (a per-rank marker file raced: a rank that
+    torchrun stopped before its own kill had no marker and killed the resumed run)."""
 
-    def __init__(self, step: int, marker: str) -> None:
+    def __init__(self, step: int) -> None:
         self.step = step
-        self.marker = marker
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        done = Path(f"{self.marker}.rank{trainer.global_rank}")
-        if trainer.global_step == self.step and not done.exists():
-            done.touch()
+        if trainer.global_step == self.step and trainer.ckpt_path is None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -20,7 +20,7 @@ def _config(run: Path, steps: int, record: str, kill_at: int | None = None) -> d
     kill = [
         {
             "class_path": "tests.helpers.callbacks.KillOnceAt",
-            "init_args": {"step": kill_at, "marker": str(run / "killed")},
+            "init_args": {"step": kill_at},
         }
     ]
     return {
