@@ -333,12 +333,13 @@ class Sweep:
 
     def run_all(self, runs: list[Run]) -> list[Outcome]:
         """Run `runs` `parallel` at a time, with a progress line per finished run."""
-        done = len([r for r in runs if self.finished(r)])
-        todo = [r for r in runs if not self.finished(r)]
-        for run in runs:
+        todo = []
+        for run in runs:  # each run's state.json read once
             if self.finished(run):
                 self._mark_finished(run)
-        total = len(runs)
+            else:
+                todo.append(run)
+        total, done = len(runs), len(runs) - len(todo)
         self.say(
             f"sweep {self.name}: {total} runs, {done} done, {len(todo)} to run, {self.parallel} at a time "
             f"with {self.threads} torch thread(s) each; logs in {self.run_dir}/runs/<arm>/seed_<seed>/"
