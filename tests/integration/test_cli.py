@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -159,11 +161,18 @@ def _summary_commands_in_docs() -> list[str]:
     return sorted({line for line in lines if line.startswith("klear summary ")})
 
 
+@functools.cache
+def _summary(*args: str) -> subprocess.CompletedProcess:
+    """`klear summary <args>` through the real command, each distinct command once (`make test`
+    distributes whole modules, so the tests below share this cache)."""
+    return klear("summary", *args, timeout=600)
+
+
 @pytest.mark.slow
 def test_klear_summary_of_the_paper_config_without_any_weights_or_data():
     """The paper config names codec and caption-encoder folders that are not on this machine: the
     summary still works (declared geometry), through the real `klear` command, and counts ~26B."""
-    done = klear("summary", "--config", "configs/pretrain.yaml", timeout=600)
+    done = _summary("--config", "configs/pretrain.yaml")
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"parameters: \d+", last), last
@@ -176,7 +185,7 @@ def test_the_summary_commands_the_docs_show_work():
     commands = _summary_commands_in_docs()
     assert "klear summary --config configs/pretrain.yaml" in commands
     for command in commands:
-        done = klear(*shlex.split(command)[1:], timeout=600)
+        done = _summary(*shlex.split(command)[2:])
         assert done.returncode == 0, f"{command}: {done.stderr[-3000:]}"
         assert done.stdout.strip().splitlines()[-1].startswith("parameters: "), command
 
@@ -184,7 +193,7 @@ def test_the_summary_commands_the_docs_show_work():
 @pytest.mark.slow
 def test_klear_summary_memory_per_rank_of_the_paper_config():
     """`--world_size 128`: memory lines per rank, the peak just before the parameter count."""
-    done = klear("summary", "--config", "configs/pretrain.yaml", "--world_size", "128", timeout=600)
+    done = _summary("--config", "configs/pretrain.yaml", "--world_size", "128")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     n = int(lines[-1].removeprefix("parameters: "))

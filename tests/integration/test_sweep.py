@@ -1,9 +1,13 @@
 """`klear sweep` through the real command on a tiny config: the sweep is SIGKILLed mid-run and rerun
-(with an arm added, two runs at a time): the finished run is not repeated, the killed fit resumes
-from its checkpoint in the same MLflow run, a failing arm is reported with its log and does not
-stop the others, and each run's test and ood scores land in its MLflow run. A staged arm (a
-curriculum) trains its stages in order, each from the previous one's weights, killed between
-stages and rerun, into one MLflow run."""
+(with an arm and a partition added, two runs at a time): the finished phases are not repeated, the
+added partition is scored on the finished run, the killed fit resumes from its checkpoint in the same
+MLflow run, a failing arm is reported with its log and does not stop the others, and each run's test
+and ood scores land in its MLflow run. A staged arm (a curriculum) trains its stages in order, each
+from the previous one's weights, killed between stages and rerun, into one MLflow run.
+
+The sweep that is killed runs as the installed command in its own process group (the kill takes the
+group); the reruns call the same entry point, `klear_lightning.cli.main`, in this process, which
+saves a Python start (six seconds of imports) per rerun. The runs themselves are always subprocesses."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from klear_lightning.data.cache import cache_latents
 from klear_lightning.data.syncworld import generate_syncworld
 from klear_lightning.logging import sqlite_uri
 from klear_lightning.sequence import ClipSpec
-from tests.helpers import subprocess_env
+from tests.helpers import ROOT, subprocess_env
 
 CLIP = ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000)
 STEPS = 4  # checkpoints at steps 2 and 4; the kill comes at the end of step 3
@@ -124,43 +128,58 @@ def _sweep(args: list[str]) -> subprocess.CompletedProcess:
     )  # its own process group: the kill stays there
 
 
+def _rerun(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """`klear sweep <args>` through `main` in this process: (exit status, stdout)."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the runs' configs name tests.helpers callbacks
+    capsys.readouterr()
+    try:
+        main(["sweep", *args])
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 2
+    return status, capsys.readouterr().out
+
+
 def _headers(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith("# ")] if log.exists() else []
 
 
 @pytest.mark.slow
-def test_sweep_killed_and_rerun(tmp_path, syncworld):
+def test_sweep_killed_and_rerun(tmp_path, syncworld, capsys, monkeypatch):
     base = _base(tmp_path, syncworld)
     out = tmp_path / "study"
     args = ["--config", str(base), "--seeds", "[0, 1]", "--run_dir", str(out)]
     runs = {(arm, seed): out / "runs" / arm / f"seed_{seed}" for arm in ("baseline", "broken") for seed in (0, 1)}
 
-    # one run at a time: seed 0 finishes, seed 1 is killed with the sweep at the end of its step 3
-    first = _sweep(args)
+    # one run at a time, test partition only: seed 0 finishes, seed 1 is killed with the sweep at the
+    # end of its step 3
+    first = _sweep(args + ["--partitions", "[test]"])
     assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr[-3000:]
-    assert yaml.safe_load((runs[("baseline", 0)] / "state.json").read_text())["done"] == ["fit", "test", "ood"]
+    assert yaml.safe_load((runs[("baseline", 0)] / "state.json").read_text())["done"] == ["fit", "test"]
     assert yaml.safe_load((runs[("baseline", 1)] / "state.json").read_text())["done"] == []
     assert (runs[("baseline", 1)] / "checkpoints" / "last.ckpt").exists()
 
-    # rerun, two at a time, with an arm added: dim 32 is not divisible by 5 heads, so its runs parse,
-    # then fail when they build the model
+    # rerun, two at a time, with the ood partition (the default test + ood) and an arm added: dim 32 is
+    # not divisible by 5 heads, so its runs parse, then fail when they build the model
     broken = _overlay(tmp_path, "broken", {"model": {"net": {"heads": 5}}})
-    second = _sweep(args + ["--overlays", f"[{broken}]", "--parallel", "2"])
-    assert second.returncode == 1, second.stdout + second.stderr[-3000:]
-    lines = second.stdout.splitlines()
-    assert "4 runs, 1 done, 3 to run, 2 at a time" in lines[0], lines[0]
+    status, stdout = _rerun(args + ["--overlays", f"[{broken}]", "--parallel", "2"], capsys, monkeypatch)
+    assert status == 1, stdout
+    lines = stdout.splitlines()
+    assert "4 runs, 0 done, 4 to run, 2 at a time" in lines[0], lines[0]
     assert any("start baseline seed 1 (resuming from step 2)" in line for line in lines)
-    assert any(re.search(r"\[2/4 done, [02] left\] baseline seed 1: done in ", line) for line in lines), second.stdout
+    assert any(re.search(r"\[\d/4 done, \d left\] baseline seed 1: done in ", line) for line in lines), stdout
     for seed in (0, 1):
         log = runs[("broken", seed)] / "fit.log"
         assert any(f"FAILED broken seed {seed}: fit exited with 2: {log}" in line for line in lines)
         assert "32 is not divisible by model.net.heads = 5" in log.read_text()
-    assert "sweep study: 2 of 4 runs done, 2 failed:" in second.stdout
+    assert "sweep study: 2 of 4 runs done, 2 failed:" in stdout
     assert f"klear compare --run_dir {out} --sweep study --baseline baseline" in lines[-1]
 
-    # the finished run was not repeated; the killed fit ran twice, the second time from its checkpoint
+    # the finished run only gained the ood phase; the killed fit ran twice, the second time from its
+    # checkpoint
     for phase in ("fit", "test", "ood"):
         assert len(_headers(runs[("baseline", 0)] / f"{phase}.log")) == 1, phase
+    assert yaml.safe_load((runs[("baseline", 0)] / "state.json").read_text())["done"] == ["fit", "test", "ood"]
     fit = _headers(runs[("baseline", 1)] / "fit.log")
     assert len(fit) == 2 and "--ckpt_path" not in fit[0] and "--ckpt_path" in fit[1]
 
@@ -187,9 +206,9 @@ def test_sweep_killed_and_rerun(tmp_path, syncworld):
     # sweep): marked FINISHED, so klear compare counts the run
     seed0 = by_key[("baseline", 0)].info.run_id
     client.set_terminated(seed0, "FAILED")
-    third = _sweep(["--config", str(base), "--seeds", "[0, 1]", "--run_dir", str(out), "--partitions", "[test]"])
-    assert third.returncode == 0, third.stdout + third.stderr[-3000:]
-    assert "2 runs, 2 done, 0 to run" in third.stdout
+    status, stdout = _rerun(args + ["--partitions", "[test]"], capsys, monkeypatch)
+    assert status == 0, stdout
+    assert "2 runs, 2 done, 0 to run" in stdout
     assert client.get_run(seed0).info.status == "FINISHED"
 
 
@@ -225,7 +244,7 @@ def _stage(tmp: Path, k: int, steps: int, callbacks: list[dict], **model) -> Pat
 
 
 @pytest.mark.slow
-def test_staged_arm_killed_between_stages_and_rerun(tmp_path, syncworld):
+def test_staged_arm_killed_between_stages_and_rerun(tmp_path, syncworld, capsys, monkeypatch):
     base = _base(tmp_path, syncworld)
     kill = {
         "class_path": "tests.helpers.callbacks.KillSweepOnce",
@@ -265,11 +284,11 @@ def test_staged_arm_killed_between_stages_and_rerun(tmp_path, syncworld):
     assert yaml.safe_load((run / "state.json").read_text())["done"] == ["stage1"]
     assert (run / "stage2" / "checkpoints" / "last.ckpt").exists()
 
-    second = _sweep(args)
-    assert second.returncode == 0, second.stdout + second.stderr[-3000:]
-    assert "1 runs, 0 done, 1 to run" in second.stdout.splitlines()[0]
-    assert "start curriculum seed 1 stage2 (resuming from step 2)" in second.stdout
-    assert "start curriculum seed 1 stage1" not in second.stdout
+    status, stdout = _rerun(args, capsys, monkeypatch)
+    assert status == 0, stdout
+    assert "1 runs, 0 done, 1 to run" in stdout.splitlines()[0]
+    assert "start curriculum seed 1 stage2 (resuming from step 2)" in stdout
+    assert "start curriculum seed 1 stage1" not in stdout
     assert yaml.safe_load((run / "state.json").read_text())["done"] == ["stage1", "stage2", "stage3", "test"]
     assert len(_headers(run / "stage1" / "fit.log")) == 1, "a finished stage never reruns"
     fit2 = _headers(run / "stage2" / "fit.log")
