@@ -207,6 +207,7 @@ def main() -> None:
     else:
         truth = write_defect_set(inputs, clean_per_split=clean, defects_per_kind=per_kind, seed=0, fps=fps)
     klear = Path(sys.executable).parent / "klear"
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     # Ray starts its workers at niceness 15; on a machine busy with other jobs they would get almost
     # no CPU, so the measurement runs them at normal priority
@@ -219,6 +220,7 @@ def main() -> None:
         env=env,
     )
     wall = time.perf_counter() - start
+    load_after = os.getloadavg()[0]
     result = evaluate(truth, out, fps)
     report = json.loads((out / "curate_report.json").read_text())
     cpu = report["cpu_s"]
@@ -238,8 +240,9 @@ def main() -> None:
         "cpu_s": cpu,
         "cpu_s_per_input": round(cpu / len(truth), 3),
         "inputs_per_cpu_s": round(len(truth) / cpu, 3),
-        "note": "2 CPU cores shared with many other jobs (load 15-30 during the run), so throughput is given per "
-        "CPU second: the process time of the split and scoring stages in the Ray workers (Whisper tiny.en "
+        "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
+        "note": "the machine may be shared with other jobs (load_average_1min), so throughput is given per CPU "
+        "second: the process time of the split and scoring stages in the Ray workers (Whisper tiny.en "
         "transcribes every clip), without Ray's start-up; wall_s_last_run is the last (resumed) run's wall time",
     }
     recalls = ", ".join(f"{d} {r['recall']:.2f}" for d, r in result["recall"].items())
