@@ -1,10 +1,12 @@
 """`python -m benchmarks curate`: `klear curate` on SyncWorld clips with injected defects.
 
 Clean SyncWorld clips of every split, and copies of them with one known defect each (silence padding,
-noise masking to a low SNR, audio shifted by 0.4-0.6 s, two scenes spliced, frozen video, clipping),
-are written as Matroska files (h264 + 16-bit PCM) with caption sidecars; `klear curate` runs on the
-mix. Measured: per defect kind the recall of the filter meant to catch it, the false-reject rate on
-clean clips, the split-routing accuracy against SyncWorld's ground truth, and clips/s.
+noise masking to a low SNR, audio shifted by 0.4-0.6 s, two scenes spliced, frozen video, clipping,
+a speech clip dubbed with another clip's speech), are written as Matroska files (h264 + 16-bit PCM)
+with caption sidecars; `klear curate` runs on the mix. Measured: per defect kind the recall of the
+filter meant to catch it (None where that filter's model was not configured, with the share the other
+filters rejected anyway), the false-reject rate on clean clips, the split-routing accuracy against
+SyncWorld's ground truth, and clips/s.
 `write_defect_set` is also what the tests run `klear curate` on.
 """
 
@@ -26,8 +28,10 @@ DEFECTS: dict[str, str] = {
     "splice": "scene_split",
     "frozen": "motion",
     "clipping": "clipping_ratio",
+    "dub": "lipsync_syncnet",
 }
 SPLITS = ("sound", "speech_single", "speech_multi", "singing")
+SPEECH_SPLITS = ("speech_single", "speech_multi")
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,9 @@ def write_defect_set(
     splits: tuple[str, ...] = SPLITS,
 ) -> list[Truth]:
     """Clean clips (`clean_per_split` per split, room tone added) and `defects_per_kind` defective
-    copies per defect kind (each from its own clip, `splits` in turn) as `out/*.mkv` with
-    `<file>.json` captions; `out/truth.json` lists them. The speech splits need flite."""
+    copies per defect kind (each from its own clip, `splits` in turn; dubs from the speech splits
+    only, none when `splits` has no speech) as `out/*.mkv` with `<file>.json` captions;
+    `out/truth.json` lists them. The speech splits need flite."""
     from klear_lightning.data.syncworld.clip import SyncWorldConfig
     from klear_lightning.data.syncworld.generate import HoldoutRule, make_clip
 
@@ -139,10 +144,15 @@ def write_defect_set(
             write(f"clean_{split}_{index:03d}", clip, clip.video, room_tone(clip.audio, rng), "")
             index += 1
     for defect in DEFECTS:
-        for j in range(defects_per_kind):
-            split = splits[j % len(splits)]
+        kind_splits = [s for s in splits if s in SPEECH_SPLITS] if defect == "dub" else list(splits)
+        for j in range(defects_per_kind if kind_splits else 0):
+            split = kind_splits[j % len(kind_splits)]
             clip = make_clip(split, "train", index, seed, cfg, none)
-            if defect == "splice":
+            if defect == "dub":  # the picture of one speech clip with the speech of another (same split)
+                other = make_clip(split, "train", index + 1000, seed, cfg, none).audio[: clip.audio.size]
+                audio = room_tone(np.pad(other, (0, clip.audio.size - other.size)), rng)
+                write(f"{defect}_{split}_{index:03d}", clip, clip.video, audio, defect)
+            elif defect == "splice":
                 other = make_clip(splits[(j + 1) % len(splits)], "train", index + 1000, seed, cfg, none)
                 video = np.concatenate([clip.video, other.video])
                 audio = room_tone(np.concatenate([clip.audio, other.audio]), rng)
@@ -163,12 +173,16 @@ def evaluate(truth: list[Truth], out: Path, fps: int) -> dict:
         rec = json.loads(line)
         by_file.setdefault(Path(rec["path"]).name, []).append(rec)
     caught: dict[str, list[bool]] = {d: [] for d in DEFECTS}
+    not_run: dict[str, list[bool]] = {d: [] for d in DEFECTS}  # filter skipped: rejected by another filter?
     clean_rejected, routed, missed = [], [], []
     for t in truth:
         recs = sorted(by_file.get(t.file, []), key=lambda r: r["start"])
         if t.defect == "splice":
             cuts = [r["start"] for r in recs[1:]]
             hit = len(recs) >= 2 and any(abs(c - t.splice_at) <= 1.5 / fps for c in cuts)
+        elif t.defect and any(DEFECTS[t.defect] in r["skipped"] for r in recs):
+            not_run[t.defect].append(any(r["status"] != "accepted" for r in recs))
+            continue
         elif t.defect:
             hit = any(DEFECTS[t.defect] in r["failed"] for r in recs)
         if t.defect:
@@ -180,7 +194,16 @@ def evaluate(truth: list[Truth], out: Path, fps: int) -> dict:
         routed.append(bool(recs) and recs[0]["split"] == t.split)
     return {
         "recall": {
-            d: {"recall": float(np.mean(v)) if v else None, "n": len(v), "filter": DEFECTS[d]}
+            d: {
+                "recall": float(np.mean(v)) if v else None,
+                "n": len(v),
+                "filter": DEFECTS[d],
+                **(
+                    {"filter_not_run": len(not_run[d]), "rejected_by_other_filters": float(np.mean(not_run[d]))}
+                    if not_run[d]
+                    else {}
+                ),
+            }
             for d, v in caught.items()
         },
         "false_reject_rate": float(np.mean(clean_rejected)) if clean_rejected else None,
@@ -245,7 +268,9 @@ def main() -> None:
         "second: the process time of the split and scoring stages in the Ray workers (Whisper tiny.en "
         "transcribes every clip), without Ray's start-up; wall_s_last_run is the last (resumed) run's wall time",
     }
-    recalls = ", ".join(f"{d} {r['recall']:.2f}" for d, r in result["recall"].items())
+    recalls = ", ".join(
+        f"{d} {r['recall']:.2f}" if r["recall"] is not None else f"{d} not run" for d, r in result["recall"].items()
+    )
     write_result(
         "curate",
         record,

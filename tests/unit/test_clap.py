@@ -2,42 +2,21 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.parity.clap import transformers_to_laion, write_tokenizer
+from benchmarks.parity.clap import transformers_to_laion
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import resample
 from klear_lightning.metrics.base import BuildContext, MetricUnavailable
 from klear_lightning.metrics.nets.cnn14 import slaney_mel_filters
 from klear_lightning.metrics.suite import load_registry
+from tests.helpers.nets import save_tiny_clap, tiny_clap_config
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_config():
-    return transformers.ClapConfig(
-        text_config=dict(
-            vocab_size=300,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=1,
-            intermediate_size=37,
-            max_position_embeddings=80,
-            layer_norm_eps=1e-5,
-        ),
-        audio_config=dict(
-            patch_embeds_hidden_size=8, depths=[1, 1, 2, 1], num_attention_heads=[1, 1, 2, 2], hidden_size=64
-        ),
-        projection_dim=16,
-    )
 
 
 @pytest.fixture(scope="module")
 def clap_dir(tmp_path_factory):
     """A randomly initialised CLAP saved as a transformers directory with a byte-level tokenizer."""
-    directory = tmp_path_factory.mktemp("clap")
-    write_tokenizer(directory)
-    torch.manual_seed(0)
-    transformers.ClapModel(tiny_config()).save_pretrained(directory)
-    return directory
+    return save_tiny_clap(tmp_path_factory.mktemp("clap"))
 
 
 def clips(captions):
@@ -117,7 +96,7 @@ def test_laion_checkpoint_converts_into_the_transformers_model(clap_dir, tmp_pat
     from klear_lightning.metrics.clap import load_laion_checkpoint
 
     torch.manual_seed(1)
-    original = transformers.ClapModel(tiny_config()).eval()
+    original = transformers.ClapModel(tiny_clap_config()).eval()
     path = tmp_path / "630k-audioset-best.pt"
     torch.save({"epoch": 45, "state_dict": _to_laion(original.state_dict())}, path)
 
@@ -137,7 +116,7 @@ def test_laion_checkpoint_converts_into_the_transformers_model(clap_dir, tmp_pat
 def test_laion_checkpoint_with_another_mel_range_is_refused(tmp_path):
     from klear_lightning.metrics.clap import load_laion_checkpoint
 
-    state = _to_laion(transformers.ClapModel(tiny_config()).state_dict())
+    state = _to_laion(transformers.ClapModel(tiny_clap_config()).state_dict())
     state["module.audio_branch.logmel_extractor.melW"] = slaney_mel_filters(48000, 1024, 64, 0.0, 14000.0)
     path = tmp_path / "clap.pt"
     torch.save({"state_dict": state}, path)

@@ -161,6 +161,41 @@ def test_nms_and_track_gap_filling():
     assert track[0, 0] == 0.0 and track[:, 0].diff().min() >= 0
 
 
+def test_tracks_follow_each_face_by_overlap():
+    """Two faces that move and one that shows up in 3 frames of 20: two tracks, each staying with its
+    own face even in a frame where the detector lists them the other way round or misses one."""
+
+    class Scripted(face.FaceDetector):
+        def detect_all(self, frames):
+            out = []
+            for t in range(frames.shape[0]):
+                left = torch.tensor([10.0 + t, 10.0, 50.0 + t, 50.0])
+                right = torch.tensor([100.0 - t, 12.0, 140.0 - t, 52.0])
+                boxes = [right, left] if t % 2 else [left, right]
+                if t == 7:
+                    boxes = [right]
+                if t in (3, 4, 5):
+                    boxes.append(torch.tensor([60.0, 100.0, 90.0, 130.0]))
+                out.append(torch.stack(boxes))
+            return out
+
+    frames = torch.zeros(20, 160, 160, 3, dtype=torch.uint8)
+    tracks = Scripted(net=s3fd.S3FD()).tracks(frames)
+    assert len(tracks) == 2
+    left, right = sorted(tracks, key=lambda b: float(b[0, 0]))
+    t = torch.arange(20.0)
+    # each track's centre follows its own face (x = 30 + t and 120 - t) in every frame
+    assert torch.allclose((left[:, 0] + left[:, 2]) / 2, 30 + t, atol=1.5) and torch.allclose(
+        (right[:, 0] + right[:, 2]) / 2, 120 - t
+    )
+    assert Scripted(net=s3fd.S3FD()).detect(frames)[1].tolist() == [99.0, 12.0, 139.0, 52.0]  # best = first
+
+
+def test_small_videos_are_scaled_up_for_the_detector(tmp_path):
+    net = s3fd.S3FD().eval()
+    assert len(face.FaceDetector(net).detect_all(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))) == 2
+
+
 def test_detector_runs_batched_on_saved_weights(tmp_path):
     net = s3fd.S3FD().eval()
     with torch.no_grad():  # make every prior a confident face at zero offset
