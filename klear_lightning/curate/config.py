@@ -57,6 +57,11 @@ class CurateConfig:
         singing_min_periodic: a vocal non-speech clip is singing when this fraction of its audible
             40 ms frames is periodic ...
         singing_min_sustain: ... and its sounds hold (last-quarter over peak RMS) at least this much.
+        tagger: PANNs Cnn14 weights (16 kHz, `Cnn14_16k_mAP=0.438.pth`) with `tagger_labels`, AudioSet's
+            `class_labels_indices.csv`: the audio tagger decides vocal vs non-vocal (`tag_speech`,
+            `tag_singing`: the probabilities of the classes "Speech" and "Singing"). A clip whose larger
+            one reaches tagger_min_vocal is speech or singing, whichever is larger; otherwise `sound`.
+            Unset: Whisper's words and the voicing scores above route.
         sample_rate: audio is analysed at this rate (Hz).
     """
 
@@ -86,6 +91,9 @@ class CurateConfig:
     speech_min_words: int = 2
     singing_min_periodic: float = 0.8
     singing_min_sustain: float = 0.4
+    tagger: str | None = None
+    tagger_labels: str | None = None
+    tagger_min_vocal: float = 0.5
     sample_rate: int = 16000
 
     def __post_init__(self) -> None:
@@ -98,7 +106,13 @@ class CurateConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("max_silence_ratio", "max_clipping_ratio", "singing_min_periodic", "singing_min_sustain"):
+        for name in (
+            "max_silence_ratio",
+            "max_clipping_ratio",
+            "singing_min_periodic",
+            "singing_min_sustain",
+            "tagger_min_vocal",
+        ):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.max_duration < self.min_duration:
@@ -113,7 +127,11 @@ class CurateConfig:
             raise ConfigError(f"min_clap_similarity: must be in [-1, 1] (a cosine), got {self.min_clap_similarity}")
         if self.syncnet and not self.s3fd:
             raise ConfigError("syncnet: needs s3fd (SyncNet scores the face tracks S3FD finds)")
-        for name in ("synchformer", "whisper", "s3fd", "syncnet", "clap", "clap_tokenizer"):
+        if bool(self.tagger) != bool(self.tagger_labels):
+            raise ConfigError(
+                "tagger: needs tagger_labels (AudioSet's class_labels_indices.csv), and the other way round"
+            )
+        for name in ("synchformer", "whisper", "s3fd", "syncnet", "clap", "clap_tokenizer", "tagger", "tagger_labels"):
             path = getattr(self, name)
             if path is not None and not Path(path).expanduser().exists():
                 raise ConfigError(f"{name}: {path} does not exist")

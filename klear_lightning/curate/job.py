@@ -170,7 +170,9 @@ def check_models(cfg: CurateConfig) -> None:
     any worker starts."""
     import torch
 
+    from klear_lightning.curate.models import audioset_indices
     from klear_lightning.metrics.clap import load_clap
+    from klear_lightning.metrics.nets.cnn14 import load_cnn14
     from klear_lightning.metrics.nets.s3fd import load_s3fd
     from klear_lightning.metrics.nets.synchformer import load_synchformer
     from klear_lightning.metrics.nets.syncnet import load_syncnet
@@ -184,13 +186,19 @@ def check_models(cfg: CurateConfig) -> None:
         tokenizer = Path(cfg.clap_tokenizer).expanduser() if cfg.clap_tokenizer else None
         return load_clap(path, tokenizer, torch.device("cpu"))
 
+    def tagger(path: Path) -> object:
+        audioset_indices(Path(str(cfg.tagger_labels)).expanduser())
+        return load_cnn14(path)
+
     loaders = {"synchformer": load_synchformer, "whisper": whisper, "s3fd": load_s3fd, "syncnet": load_syncnet}
-    for name, load in {**loaders, "clap": clap}.items():
+    for name, load in {**loaders, "clap": clap, "tagger": tagger}.items():
         path = getattr(cfg, name)
         if not path:
             continue
         try:
             load(Path(path).expanduser())
+        except ConfigError:
+            raise
         except Exception as err:  # any failure to read the user's file is reported, not a traceback
             raise ConfigError(f"{name}: could not load {path}: {str(err).strip().splitlines()[0]}") from err
 

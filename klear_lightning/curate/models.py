@@ -6,13 +6,16 @@ loaded with the same loaders as the metrics:
 - lip-sync: SyncNet (`syncnet`, `syncnet_v2.model`) scores each face track against the audio as
   syncnet_python does (25 fps, LSE-C, offset in frames); the most confident track stands for the clip;
 - semantic: CLAP (`clap`, LAION's checkpoint or a transformers directory) gives the cosine between the
-  audio and its `audio_caption`.
+  audio and its `audio_caption`;
+- tagging: PANNs Cnn14 (`tagger`, with AudioSet's `class_labels_indices.csv` as `tagger_labels`) gives
+  the probabilities of "Speech" and "Singing", which route vocal clips and send the rest to `sound`.
 
 A model that is not configured is not loaded and its filter is reported skipped by the caller.
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +23,13 @@ import numpy as np
 import torch
 
 from klear_lightning.curate.config import CurateConfig
+from klear_lightning.errors import ConfigError
 from klear_lightning.media import MediaClip
 from klear_lightning.metrics.audio_prep import resample
 from klear_lightning.metrics.clap import ClapExtractor, load_clap
 from klear_lightning.metrics.face import FaceDetector
+from klear_lightning.metrics.nets.cnn14 import N_CLASSES, Cnn14, load_cnn14
+from klear_lightning.metrics.nets.cnn14 import SAMPLE_RATE as TAGGER_SR
 from klear_lightning.metrics.nets.s3fd import load_s3fd
 from klear_lightning.metrics.nets.syncnet import SyncNet, load_syncnet
 from klear_lightning.metrics.syncnet import AUDIO_SR, VIDEO_FPS, crop_faces, score_track
@@ -40,6 +46,42 @@ class LipSyncScore:
     offset: int
 
 
+VOCAL_CLASSES = ("Speech", "Singing")
+
+
+def audioset_indices(path: Path, names: tuple[str, ...] = VOCAL_CLASSES) -> tuple[int, ...]:
+    """The class indices of `names` in AudioSet's `class_labels_indices.csv` (index,mid,display_name)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        found = {row["display_name"]: int(row["index"]) for row in rows}
+    except (OSError, KeyError, ValueError) as err:
+        raise ConfigError(f"tagger_labels: {path} is not AudioSet's class_labels_indices.csv ({err})") from err
+    if len(rows) != N_CLASSES or not set(names) <= found.keys():
+        raise ConfigError(
+            f"tagger_labels: {path} must list AudioSet's {N_CLASSES} classes with {', '.join(names)}; got {len(rows)}"
+        )
+    return tuple(found[n] for n in names)
+
+
+@dataclass(frozen=True)
+class Tagger:
+    """PANNs Cnn14 and the indices of its "Speech" and "Singing" outputs."""
+
+    net: Cnn14
+    classes: tuple[int, ...]
+
+    @torch.no_grad()
+    def vocal(self, audio: np.ndarray, sr: int) -> tuple[float, float]:
+        """(P(speech), P(singing)) of mono audio; at least one second (zero-padded), as PANNs runs."""
+        wave = torch.from_numpy(audio.astype(np.float32))
+        wave = resample(wave, sr, TAGGER_SR) if sr != TAGGER_SR else wave
+        wave = torch.nn.functional.pad(wave, (0, max(0, TAGGER_SR - wave.numel())))
+        probs = torch.sigmoid(self.net(wave[None]).logits[0])
+        speech, singing = (float(probs[i]) for i in self.classes)
+        return speech, singing
+
+
 @dataclass
 class CurateModels:
     """The optional networks of one scoring worker (None: not configured)."""
@@ -47,17 +89,20 @@ class CurateModels:
     detector: FaceDetector | None = None
     syncnet: SyncNet | None = None
     clap: ClapExtractor | None = None
+    tagger: Tagger | None = None
 
     @classmethod
     def load(cls, cfg: CurateConfig) -> CurateModels:
         def path(p: str | None) -> Path | None:
             return Path(p).expanduser() if p else None
 
-        s3fd, syncnet, clap = path(cfg.s3fd), path(cfg.syncnet), path(cfg.clap)
+        s3fd, syncnet, clap, tagger = path(cfg.s3fd), path(cfg.syncnet), path(cfg.clap), path(cfg.tagger)
+        labels = path(cfg.tagger_labels)
         return cls(
             detector=FaceDetector(load_s3fd(s3fd)) if s3fd else None,
             syncnet=load_syncnet(syncnet) if syncnet else None,
             clap=load_clap(clap, path(cfg.clap_tokenizer), torch.device("cpu")) if clap else None,
+            tagger=Tagger(load_cnn14(tagger), audioset_indices(labels)) if tagger and labels else None,
         )
 
     @staticmethod

@@ -26,6 +26,8 @@ THRESHOLDS: dict[str, tuple[str | None, str | None]] = {
     "periodic_ratio": ("singing_min_periodic", None),
     "sustain": ("singing_min_sustain", None),
     "words": ("speech_min_words", None),
+    "tag_speech": ("tagger_min_vocal", None),
+    "tag_singing": ("tagger_min_vocal", None),
 }
 
 

@@ -252,8 +252,16 @@ class ClipScorer:
             rec.scores["words"] = float(words)
         else:
             rec.skipped["transcript"] = "transcribe: false (speech routed without a transcript)"
-        if self.whisper is not None and words >= cfg.speech_min_words:
-            rec.split = "speech_multi" if speakers >= 2 else "speech_single"
+        speech = "speech_multi" if speakers >= 2 else "speech_single"
+        if self.models.tagger is not None:
+            p_speech, p_singing = self.models.tagger.vocal(audio, cfg.sample_rate)
+            rec.scores["tag_speech"], rec.scores["tag_singing"] = round(p_speech, 6), round(p_singing, 6)
+            if max(p_speech, p_singing) < cfg.tagger_min_vocal:
+                rec.split = "sound"
+            else:
+                rec.split = speech if p_speech >= p_singing else "singing"
+        elif self.whisper is not None and words >= cfg.speech_min_words:
+            rec.split = speech
         elif periodic >= cfg.singing_min_periodic and sustain >= cfg.singing_min_sustain:
             rec.split = "singing"
         else:

@@ -65,3 +65,21 @@ def save_random_syncnet(path: Path) -> Path:
     torch.manual_seed(0)
     torch.save(SyncNet().state_dict(), path)
     return path
+
+
+def save_singing_tagger(weights: Path, labels: Path) -> tuple[Path, Path]:
+    """PANNs Cnn14 weights whose head hears "Singing" (class 1 of the labels file written beside it,
+    in AudioSet's `class_labels_indices.csv` layout) in anything, and "Speech" (class 0) in nothing."""
+    from klear_lightning.metrics.nets.cnn14 import N_CLASSES, Cnn14
+
+    torch.manual_seed(0)
+    net = Cnn14()
+    with torch.no_grad():
+        net.fc_audioset.weight.zero_()
+        net.fc_audioset.bias.fill_(-10.0)
+        net.fc_audioset.bias[1] = 10.0
+    torch.save({"model": net.state_dict()}, weights)
+    names = ["Speech", "Singing"] + [f"Class {i}" for i in range(2, N_CLASSES)]
+    rows = [f'{i},/m/{i:05d},"{name}"' for i, name in enumerate(names)]
+    labels.write_text("index,mid,display_name\n" + "\n".join(rows) + "\n")
+    return weights, labels

@@ -201,10 +201,11 @@ def test_synchformer_scores_long_clips_when_configured(tmp_path):
 @pytest.mark.flite
 @pytest.mark.skipif(not HAS_FLITE, reason="flite is not on PATH")
 def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
-    """S3FD, SyncNet and CLAP read from the config's paths (seeded random weights; the S3FD head is set
-    to see one face): face tracks count the speakers, SyncNet judges speech clips only, CLAP compares
-    every clip with its audio caption, and each threshold decides; unset, each filter is reported
-    skipped; a file that is not a checkpoint stops the command before any worker starts."""
+    """S3FD, SyncNet, CLAP and the PANNs tagger read from the config's paths (seeded random weights; the
+    S3FD head is set to see one face, the tagger's to hear singing): face tracks count the speakers,
+    SyncNet judges speech clips only, CLAP compares every clip with its audio caption, the tagger routes,
+    and each threshold decides; unset, each filter is reported skipped; a file that is not a checkpoint
+    stops the command before any worker starts."""
     from dataclasses import replace
 
     from klear_lightning.curate.config import CurateConfig
@@ -212,7 +213,7 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
     from klear_lightning.curate.records import Source
     from klear_lightning.curate.stages import ClipScorer, split_source
     from klear_lightning.errors import ConfigError
-    from tests.helpers.nets import save_one_face_s3fd, save_random_syncnet, save_tiny_clap
+    from tests.helpers.nets import save_one_face_s3fd, save_random_syncnet, save_singing_tagger, save_tiny_clap
 
     truth = write_defect_set(tmp_path, 1, 0, seed=5, duration=2.0, fps=FPS, splits=("sound", "speech_multi"))
     clean_sound, clean_speech = (t.file for t in truth)
@@ -250,3 +251,13 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
         check_models(CurateConfig(s3fd=paths["s3fd"], syncnet=str(tmp_path / "bad.model")))
     with pytest.raises(ConfigError, match=r"^syncnet: needs s3fd"):
         CurateConfig(syncnet=paths["syncnet"])
+    # the tagger decides the route: it hears singing in the speech clip, Whisper is not asked
+    weights, labels = save_singing_tagger(tmp_path / "Cnn14_16k.pth", tmp_path / "class_labels_indices.csv")
+    cfg = CurateConfig(tagger=str(weights), tagger_labels=str(labels), transcribe=False)
+    scorer = ClipScorer(cfg)
+    tagged = score(clean_speech)
+    assert tagged.split == "singing" and tagged.scores["tag_singing"] > 0.99 > 0.01 > tagged.scores["tag_speech"]
+    assert score(clean_speech, tagger_min_vocal=1.0).split == "sound"  # not vocal enough: sound
+    labels.write_text("index,mid,display_name\n0,/m/0,Speech\n")
+    with pytest.raises(ConfigError, match=r"^tagger_labels: .* must list AudioSet's 527 classes"):
+        check_models(cfg)
