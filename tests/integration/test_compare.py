@@ -219,9 +219,11 @@ def test_estimate_edge_cases():
     assert (flat.low, flat.high) == (1.0, 1.0) and flat.excludes_zero()
 
 
-def test_the_study_claims_name_its_arms_and_the_keys_klear_test_logs():
+@pytest.mark.parametrize("name, partition", [("claims.yaml", "test"), ("claims_ood.yaml", "ood")])
+def test_the_study_claims_name_its_arms_and_the_keys_klear_test_logs(name, partition):
     """configs/research/claims.yaml parses, names arms that configs/research/ defines and metric keys
-    that `klear test` logs with the research baseline's benchmark."""
+    that `klear test` logs with the research baseline's benchmark; claims_ood.yaml makes the same claims
+    on the `ood` partition's keys."""
 
     import yaml
 
@@ -230,7 +232,11 @@ def test_the_study_claims_name_its_arms_and_the_keys_klear_test_logs():
     from klear_lightning.metrics.wer import whisper_wer
 
     research = ROOT / "configs" / "research"
-    claims = load_claims(research / "claims.yaml")
+    claims = load_claims(research / name)
+    on_test = load_claims(research / "claims.yaml")
+    assert [(c.arm, c.against, c.metric.replace("test/", f"{partition}/", 1), c.expect) for c in on_test] == [
+        (c.arm, c.against, c.metric, c.expect) for c in claims
+    ]
     base = yaml.safe_load((research / "baseline.yaml").read_text())
     arms = {base["ablation"]} | {
         yaml.safe_load(p.read_text())["ablation"] for p in (research / "ablations").rglob("*.yaml")
@@ -243,7 +249,7 @@ def test_the_study_claims_name_its_arms_and_the_keys_klear_test_logs():
     keys.add(whisper_wer(None, "tiny_en").columns[0].key)  # the default Whisper (tiny.en)
     for claim in claims:
         if claim.metric.split("/")[1].startswith("loss"):
-            assert claim.metric in ("test/loss", "test/loss_video", "test/loss_audio"), claim
+            assert claim.metric in (f"{partition}/{k}" for k in ("loss", "loss_video", "loss_audio")), claim
         else:
             prefix, task, key = claim.metric.split("/")
-            assert prefix == "test" and task in tasks and key in keys, claim
+            assert prefix == partition and task in tasks and key in keys, claim
