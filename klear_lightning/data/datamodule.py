@@ -319,7 +319,10 @@ class AVDataModule(L.LightningDataModule):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the train stream where `state` was taken: same splits, workers and world size needed."""
+        """Continue the train stream where `state` was taken: same splits, workers and world size needed.
+        Scoring a checkpoint (`klear test` / `validate`) reads no train stream: the state is not used."""
+        if self.trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
+            return
         for key, ours in (
             ("splits", self.split_names),
             ("num_workers", self.num_workers),
