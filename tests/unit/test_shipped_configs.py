@@ -28,7 +28,7 @@ def _stacks() -> list[tuple[Path, ...]]:
     stacks += [(demo, overlay) for overlay in sorted((CONFIGS / "ablations").glob("*.yaml"))]
     base = RESEARCH / "baseline.yaml"
     stacks += [(base,), (base, RESEARCH / "test_ood.yaml"), (base, RESEARCH / "t2av_3600.yaml")]
-    stacks += [(base, RESEARCH / "t2av_heavy_3600.yaml")]
+    stacks += [(base, RESEARCH / "t2av_heavy_3600.yaml"), (base, RESEARCH / "t2av_heavy_shift3_3600.yaml")]
     stacks += [(base, overlay) for overlay in sorted((RESEARCH / "ablations").rglob("*.yaml"))]
     return stacks
 
