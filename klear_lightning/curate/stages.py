@@ -5,7 +5,7 @@
    cut into pieces.
 2. `ClipScorer`: decode one clip and run the video, audio and audio-visual filters, route it to a
    split and transcribe it; every filter either scores or is reported skipped with its reason. The
-   filters with user-supplied weights (faces, SyncNet, CLAP) are in `models.py`.
+   filters with user-supplied weights (faces, SyncNet, CLAP, the audio tagger) are in `models.py`.
 """
 
 from __future__ import annotations
