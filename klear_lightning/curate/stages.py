@@ -154,12 +154,18 @@ class ClipScorer:
         self._semantic(rec, audio)
         for name, why in UNAVAILABLE.items():
             rec.skipped[name] = why
-        # routing and annotation, then lip-sync on the speech splits
-        frames = self.models.frames(video, fps) if self.models.detector is not None else None
-        tracks = self.models.face_tracks(frames) if frames is not None else None
-        self._route(rec, video, fps, audio, tracks)
-        if rec.split in SPEECH:
+        # routing and annotation; face tracks (speaker count) and lip-sync on the speech clips only
+        rec.split = self._kind(rec, video, audio)
+        if rec.split == "speech":
+            frames = self.models.frames(video, fps) if self.models.detector is not None else None
+            tracks = self.models.face_tracks(frames) if frames is not None else None
+            if tracks is not None:
+                rec.scores["face_tracks"] = float(len(tracks))
+            speakers = rec.scores["moving_regions"] if tracks is None else len(tracks)
+            rec.split = "speech_multi" if speakers >= 2 else "speech_single"
             self._lipsync(rec, frames, tracks, audio)
+        given = rec.captions.get("transcript", "").strip()
+        rec.transcript = given or (rec.heard if rec.split in SPEECH else "")
         if not all(rec.captions.get(k, "").strip() for k in CAPTION_FIELDS):
             rec.fail(
                 "caption", "no video_caption / audio_caption (give a sidecar or manifest captions; none is invented)"
@@ -221,18 +227,12 @@ class ClipScorer:
         elif found.conf < cfg.min_syncnet_conf:
             rec.fail("lipsync_syncnet", f"LSE-C {found.conf:.3g} < {cfg.min_syncnet_conf}")
 
-    def _route(
-        self, rec: ClipRecord, video: np.ndarray, fps: float, audio: np.ndarray, tracks: list[Tensor] | None
-    ) -> None:
+    def _kind(self, rec: ClipRecord, video: np.ndarray, audio: np.ndarray) -> str:
+        """ "speech" (split by speaker count in `score`), "singing" or "sound"; transcribes the clip."""
         cfg = self.cfg
         periodic, sustain = scores.voicing(audio, cfg.sample_rate)
         rec.scores["periodic_ratio"], rec.scores["sustain"] = round(periodic, 6), round(sustain, 6)
-        if tracks is None:
-            speakers = scores.moving_regions(video)
-            rec.scores["moving_regions"] = float(speakers)
-        else:
-            speakers = len(tracks)
-            rec.scores["face_tracks"] = float(speakers)
+        rec.scores["moving_regions"] = float(scores.moving_regions(video))
         words = 0
         if self.whisper is not None:
             # beam search at temperature 0 only, no 3-gram twice: faster-whisper's default falls back to an
@@ -252,19 +252,14 @@ class ClipScorer:
             rec.scores["words"] = float(words)
         else:
             rec.skipped["transcript"] = "transcribe: false (speech routed without a transcript)"
-        speech = "speech_multi" if speakers >= 2 else "speech_single"
         if self.models.tagger is not None:
             p_speech, p_singing = self.models.tagger.vocal(audio, cfg.sample_rate)
             rec.scores["tag_speech"], rec.scores["tag_singing"] = round(p_speech, 6), round(p_singing, 6)
             if max(p_speech, p_singing) < cfg.tagger_min_vocal:
-                rec.split = "sound"
-            else:
-                rec.split = speech if p_speech >= p_singing else "singing"
-        elif self.whisper is not None and words >= cfg.speech_min_words:
-            rec.split = speech
-        elif periodic >= cfg.singing_min_periodic and sustain >= cfg.singing_min_sustain:
-            rec.split = "singing"
-        else:
-            rec.split = "sound"
-        given = rec.captions.get("transcript", "").strip()
-        rec.transcript = given or (rec.heard if rec.split.startswith("speech") else "")
+                return "sound"
+            return "speech" if p_speech >= p_singing else "singing"
+        if self.whisper is not None and words >= cfg.speech_min_words:
+            return "speech"
+        if periodic >= cfg.singing_min_periodic and sustain >= cfg.singing_min_sustain:
+            return "singing"
+        return "sound"
