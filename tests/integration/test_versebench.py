@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from benchmarks.parity.clap import write_tokenizer
 from klear_lightning.cli import main
 from klear_lightning.data.media import encode_video
 from klear_lightning.versebench import read_prompts
 from tests.helpers.checkpoints import tiny_syncworld_checkpoint
+from tests.helpers.nets import save_tiny_clap
 
 
 def _speech_backend() -> str | None:
@@ -59,7 +58,6 @@ def _png(frame: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    import transformers
 
     from klear_lightning.data.syncworld.clip import SyncWorldConfig
     from klear_lightning.data.syncworld.generate import HoldoutRule, make_clip
@@ -81,25 +79,7 @@ def bench(tmp_path_factory):
     (references / "talk0.mp4").write_bytes(encode_video(speech[0].video, 8.0))
 
     # Extractor weights: a tiny transformers CLAP.
-    torch.manual_seed(0)
-    clap = root / "clap"
-    write_tokenizer(clap)
-    transformers.ClapModel(
-        transformers.ClapConfig(
-            text_config=dict(
-                vocab_size=300,
-                hidden_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=1,
-                intermediate_size=37,
-                max_position_embeddings=80,
-            ),
-            audio_config=dict(
-                patch_embeds_hidden_size=8, depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], hidden_size=64
-            ),
-            projection_dim=16,
-        )
-    ).save_pretrained(clap)
+    clap = save_tiny_clap(root / "clap")
     metrics = {
         "metrics": ["motion_hs256", "fd_clap_versebench", "clap_score_versebench", "wer_whisper_seedtts"],
         "checkpoints": {"clap": str(clap)},
