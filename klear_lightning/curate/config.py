@@ -29,11 +29,20 @@ class CurateConfig:
             (grey levels) must reach this (frozen or still video fails).
         max_motion: ... and stay below this (camera shake, flicker, cuts the splitter missed).
         min_sharpness: variance of the Laplacian of the middle frame's luma (blur fails).
+        clip_vision: a CLIP ViT-L/14 directory (transformers; openai/clip-vit-large-patch14) and
+        aesthetic_head: the LAION aesthetic head (`sac+logos+ava1-l14-linearMSE.pth`): the aesthetic score
+            (1-10, 8 frames, the `aesthetic_laion` metric) must reach min_aesthetic (4.5: the broadest
+            LAION-Aesthetics V2 subset). Unset: skipped.
     Audio:
         silence_floor_db: a 20 ms frame quieter than this RMS (dBFS) is silent.
         max_silence_ratio: at most this fraction of the clip silent (the paper: 20 %).
         min_snr_db: blind SNR estimate (loud frames over the noise floor) must reach this.
         max_clipping_ratio: at most this fraction of samples held flat at the peak.
+        mos: rate speech clips with DNSMOS P.835 (`speechmos`'s network, shipped; singing and sound are
+            not rated): the overall quality OVRL (1-5) must reach min_mos. false: skipped.
+        dnsmos: a DNSMOS P.835 ONNX file (`sig_bak_ovr.onnx`; unset: the one shipped in `speechmos`).
+        min_mos: DNSMOS OVRL threshold for speech (3.0 is meant for recorded speech; SyncWorld's
+            synthetic voices score 1.7-2.8 clean, so its benchmark sets 1.6: benchmarks/curate.py).
     Audio-visual consistency:
         max_av_offset_s: |audio-visual offset| must stay within this (s).
         av_search_s: offsets searched up to +- this (s).
@@ -72,10 +81,16 @@ class CurateConfig:
     min_motion: float = 0.2
     max_motion: float = 40.0
     min_sharpness: float = 10.0
+    clip_vision: str | None = None
+    aesthetic_head: str | None = None
+    min_aesthetic: float = 4.5
     silence_floor_db: float = -60.0
     max_silence_ratio: float = 0.2
     min_snr_db: float = 15.0
     max_clipping_ratio: float = 0.01
+    mos: bool = True
+    dnsmos: str | None = None
+    min_mos: float = 3.0
     max_av_offset_s: float = 0.25
     av_search_s: float = 0.6
     synchformer: str | None = None
@@ -123,15 +138,33 @@ class CurateConfig:
             raise ConfigError(f"silence_floor_db: must be below 0 dBFS, got {self.silence_floor_db}")
         if self.max_syncnet_offset < 0:
             raise ConfigError(f"max_syncnet_offset: must be >= 0, got {self.max_syncnet_offset}")
+        if not 1 <= self.min_mos <= 5:
+            raise ConfigError(f"min_mos: must be in [1, 5] (DNSMOS's scale), got {self.min_mos}")
         if not -1 <= self.min_clap_similarity <= 1:
             raise ConfigError(f"min_clap_similarity: must be in [-1, 1] (a cosine), got {self.min_clap_similarity}")
         if self.syncnet and not self.s3fd:
             raise ConfigError("syncnet: needs s3fd (SyncNet scores the face tracks S3FD finds)")
+        if bool(self.clip_vision) != bool(self.aesthetic_head):
+            raise ConfigError(
+                "aesthetic_head: needs clip_vision (the head scores CLIP embeddings), and the other way round"
+            )
         if bool(self.tagger) != bool(self.tagger_labels):
             raise ConfigError(
                 "tagger: needs tagger_labels (AudioSet's class_labels_indices.csv), and the other way round"
             )
-        for name in ("synchformer", "whisper", "s3fd", "syncnet", "clap", "clap_tokenizer", "tagger", "tagger_labels"):
+        for name in (
+            "synchformer",
+            "whisper",
+            "dnsmos",
+            "clip_vision",
+            "aesthetic_head",
+            "s3fd",
+            "syncnet",
+            "clap",
+            "clap_tokenizer",
+            "tagger",
+            "tagger_labels",
+        ):
             path = getattr(self, name)
             if path is not None and not Path(path).expanduser().exists():
                 raise ConfigError(f"{name}: {path} does not exist")

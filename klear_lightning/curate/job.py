@@ -170,8 +170,10 @@ def check_models(cfg: CurateConfig) -> None:
     any worker starts."""
     import torch
 
+    from klear_lightning.curate.dnsmos import Dnsmos
     from klear_lightning.curate.models import audioset_indices
     from klear_lightning.metrics.clap import load_clap
+    from klear_lightning.metrics.nets.aesthetic import load_aesthetic_head, load_clip_vision
     from klear_lightning.metrics.nets.cnn14 import load_cnn14
     from klear_lightning.metrics.nets.s3fd import load_s3fd
     from klear_lightning.metrics.nets.synchformer import load_synchformer
@@ -190,7 +192,15 @@ def check_models(cfg: CurateConfig) -> None:
         audioset_indices(Path(str(cfg.tagger_labels)).expanduser())
         return load_cnn14(path)
 
-    loaders = {"synchformer": load_synchformer, "whisper": whisper, "s3fd": load_s3fd, "syncnet": load_syncnet}
+    loaders = {
+        "synchformer": load_synchformer,
+        "whisper": whisper,
+        "dnsmos": Dnsmos,
+        "s3fd": load_s3fd,
+        "syncnet": load_syncnet,
+        "clip_vision": load_clip_vision,
+        "aesthetic_head": load_aesthetic_head,
+    }
     for name, load in {**loaders, "clap": clap, "tagger": tagger}.items():
         path = getattr(cfg, name)
         if not path:

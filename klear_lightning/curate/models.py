@@ -7,6 +7,8 @@ loaded with the same loaders as the metrics:
   syncnet_python does (25 fps, LSE-C, offset in frames); the most confident track stands for the clip;
 - semantic: CLAP (`clap`, LAION's checkpoint or a transformers directory) gives the cosine between the
   audio and its `audio_caption`;
+- aesthetic: the LAION aesthetic head (`aesthetic_head`) on CLIP ViT-L/14 embeddings (`clip_vision`), as
+  the `aesthetic_laion` metric scores a clip;
 - tagging: PANNs Cnn14 (`tagger`, with AudioSet's `class_labels_indices.csv` as `tagger_labels`) gives
   the probabilities of "Speech" and "Singing", which route vocal clips and send the rest to `sound`.
 
@@ -25,9 +27,11 @@ import torch
 from klear_lightning.curate.config import CurateConfig
 from klear_lightning.errors import ConfigError
 from klear_lightning.media import MediaClip
+from klear_lightning.metrics.aesthetic import AestheticScore
 from klear_lightning.metrics.audio_prep import resample
 from klear_lightning.metrics.clap import ClapExtractor, load_clap
 from klear_lightning.metrics.face import FaceDetector
+from klear_lightning.metrics.nets.aesthetic import load_aesthetic_head, load_clip_vision
 from klear_lightning.metrics.nets.cnn14 import N_CLASSES, Cnn14, load_cnn14
 from klear_lightning.metrics.nets.cnn14 import SAMPLE_RATE as TAGGER_SR
 from klear_lightning.metrics.nets.s3fd import load_s3fd
@@ -90,6 +94,7 @@ class CurateModels:
     syncnet: SyncNet | None = None
     clap: ClapExtractor | None = None
     tagger: Tagger | None = None
+    aesthetic: AestheticScore | None = None
 
     @classmethod
     def load(cls, cfg: CurateConfig) -> CurateModels:
@@ -97,12 +102,13 @@ class CurateModels:
             return Path(p).expanduser() if p else None
 
         s3fd, syncnet, clap, tagger = path(cfg.s3fd), path(cfg.syncnet), path(cfg.clap), path(cfg.tagger)
-        labels = path(cfg.tagger_labels)
+        labels, clip, head = path(cfg.tagger_labels), path(cfg.clip_vision), path(cfg.aesthetic_head)
         return cls(
             detector=FaceDetector(load_s3fd(s3fd)) if s3fd else None,
             syncnet=load_syncnet(syncnet) if syncnet else None,
             clap=load_clap(clap, path(cfg.clap_tokenizer), torch.device("cpu")) if clap else None,
             tagger=Tagger(load_cnn14(tagger), audioset_indices(labels)) if tagger and labels else None,
+            aesthetic=AestheticScore(load_clip_vision(clip), load_aesthetic_head(head)) if clip and head else None,
         )
 
     @staticmethod
@@ -123,6 +129,12 @@ class CurateModels:
         wave = (resample(wave, sr, AUDIO_SR) if sr != AUDIO_SR else wave).clamp(-1, 1) * 32768.0
         scores = [score_track(self.syncnet, crop_faces(frames, track), wave) for track in tracks]
         return LipSyncScore(*max(scores, key=lambda s: s[0]))
+
+    def aesthetic_score(self, video: np.ndarray) -> float:
+        """The LAION aesthetic score (1-10) of uint8 (T, H, W, 3) frames, 8 spread over the clip (needs
+        `aesthetic`)."""
+        assert self.aesthetic is not None
+        return self.aesthetic.clip_score(torch.from_numpy(video))
 
     def clap_similarity(self, audio: np.ndarray, sr: int, caption: str, key: str) -> float:
         """Cosine between the CLAP embeddings of the audio and of its caption (needs `clap`)."""

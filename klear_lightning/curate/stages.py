@@ -5,7 +5,8 @@
    cut into pieces.
 2. `ClipScorer`: decode one clip and run the video, audio and audio-visual filters, route it to a
    split and transcribe it; every filter either scores or is reported skipped with its reason. The
-   filters with user-supplied weights (faces, SyncNet, CLAP, the audio tagger) are in `models.py`.
+   filters with user-supplied weights (faces, SyncNet, CLAP, the audio tagger, the aesthetic score) are in
+   `models.py`, the speech-quality filter (DNSMOS, shipped) in `dnsmos.py`.
 """
 
 from __future__ import annotations
@@ -20,17 +21,13 @@ from torch import Tensor
 
 from klear_lightning.curate import scores
 from klear_lightning.curate.config import CurateConfig
+from klear_lightning.curate.dnsmos import Dnsmos, shipped_dnsmos
 from klear_lightning.curate.models import CurateModels
 from klear_lightning.curate.records import ClipRecord, Source
 from klear_lightning.data.media import MediaError, decode_media
 
 log = logging.getLogger(__name__)
 CAPTION_FIELDS = ("video_caption", "audio_caption")
-# filters that need a model this environment cannot run; always reported as skipped
-UNAVAILABLE = {
-    "aesthetic": "no aesthetic predictor runs here (they need torchvision, whose PyPI build fails beside the CPU torch)",
-    "mos": "no MOS predictor runs here (UTMOS / audiobox-aesthetics need torchaudio, whose PyPI build fails beside the CPU torch)",
-}
 SPEECH = ("speech_single", "speech_multi")
 
 
@@ -115,6 +112,7 @@ class ClipScorer:
 
             self.desync = build_desync_avbench(BuildContext.create({"synchformer": cfg.synchformer}))
         self.models = CurateModels.load(cfg)
+        self.dnsmos = Dnsmos(Path(cfg.dnsmos).expanduser() if cfg.dnsmos else shipped_dnsmos()) if cfg.mos else None
 
     def __call__(self, rec: ClipRecord) -> ClipRecord:
         if rec.status != "pending":
@@ -143,6 +141,10 @@ class ClipScorer:
             rec, "motion", float(np.percentile(diffs, 90)) if diffs.size else 0.0, cfg.min_motion, cfg.max_motion
         )
         _threshold(rec, "sharpness", scores.sharpness(video), low=cfg.min_sharpness)
+        if self.models.aesthetic is None:
+            rec.skipped["aesthetic"] = "clip_vision / aesthetic_head not configured (paths in the curate config)"
+        else:
+            _threshold(rec, "aesthetic", self.models.aesthetic_score(video), low=cfg.min_aesthetic)
         # audio
         _threshold(
             rec, "silence_ratio", scores.silence_ratio(audio, sr, cfg.silence_floor_db), high=cfg.max_silence_ratio
@@ -152,8 +154,6 @@ class ClipScorer:
         # audio-visual
         self._av_offset(rec, video, fps, audio)
         self._semantic(rec, audio)
-        for name, why in UNAVAILABLE.items():
-            rec.skipped[name] = why
         # routing and annotation; face tracks (speaker count) and lip-sync on the speech clips only
         rec.split = self._kind(rec, video, audio)
         if rec.split == "speech":
@@ -164,6 +164,7 @@ class ClipScorer:
             speakers = rec.scores["moving_regions"] if tracks is None else len(tracks)
             rec.split = "speech_multi" if speakers >= 2 else "speech_single"
             self._lipsync(rec, frames, tracks, audio)
+        self._mos(rec, audio)
         given = rec.captions.get("transcript", "").strip()
         rec.transcript = given or (rec.heard if rec.split in SPEECH else "")
         if not all(rec.captions.get(k, "").strip() for k in CAPTION_FIELDS):
@@ -209,6 +210,16 @@ class ClipScorer:
         else:
             similarity = self.models.clap_similarity(audio, self.cfg.sample_rate, caption, rec.key)
             _threshold(rec, "clap_similarity", similarity, low=self.cfg.min_clap_similarity)
+
+    def _mos(self, rec: ClipRecord, audio: np.ndarray) -> None:
+        if self.dnsmos is None:
+            rec.skipped["mos"] = "mos: false (DNSMOS not run)"
+        elif rec.split not in SPEECH:
+            rec.skipped["mos"] = f"DNSMOS rates speech only; a {rec.split} clip is not rated"
+        else:
+            quality = self.dnsmos(audio, self.cfg.sample_rate)
+            rec.scores["mos_sig"], rec.scores["mos_bak"] = round(quality.sig, 6), round(quality.bak, 6)
+            _threshold(rec, "mos", quality.ovrl, low=self.cfg.min_mos)
 
     def _lipsync(self, rec: ClipRecord, frames: Tensor | None, tracks: list[Tensor] | None, audio: np.ndarray) -> None:
         cfg = self.cfg

@@ -40,6 +40,28 @@ def save_tiny_clap(directory: Path) -> Path:
     return directory
 
 
+def save_tiny_aesthetic(directory: Path) -> tuple[Path, Path]:
+    """A randomly initialised tiny CLIP vision tower (`directory/clip`, 32 px, projection 24) and LAION
+    aesthetic head (`directory/head.pth`)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from klear_lightning.metrics.nets.aesthetic import AestheticHead
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+        projection_dim=24,
+    )
+    CLIPVisionModelWithProjection(cfg).save_pretrained(directory / "clip")
+    torch.save(AestheticHead(24).state_dict(), directory / "head.pth")
+    return directory / "clip", directory / "head.pth"
+
+
 def save_one_face_s3fd(path: Path) -> Path:
     """S3FD weights that see one face, the same box in every frame: every head silent but the fifth
     (one prior on a 64 px input), which is sure of a face at zero box offset."""

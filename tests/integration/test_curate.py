@@ -60,7 +60,9 @@ def test_each_filter_catches_its_defect(defect_set, one_worker):
     assert bad.keys() == {"broken.mp4", "silent_film.mkv"}
     assert bad["broken.mp4"].startswith("undecodable") and bad["silent_film.mkv"].startswith("missing_stream")
     assert [k.split("-")[0] for k in report["without_caption"]] == ["uncaptioned"]
-    assert report["skipped"]["mos"]["clips"] == report["clips"]  # a filter without its model is reported, not passed
+    # a filter without its model is reported, not passed
+    assert report["skipped"]["aesthetic"]["clips"] == report["clips"]
+    assert report["skipped"]["mos"]["clips"] == report["clips"]  # no speech here: DNSMOS rates none
     for name in ("silence_ratio", "snr_db", "clipping_ratio", "motion", "av_offset_xcorr_s"):
         assert (one_worker / report["filters"][name]["histogram"]).read_bytes()[:4] == b"\x89PNG"
     assert "| snr_db |" in (one_worker / "curate_report.md").read_text()
@@ -149,6 +151,11 @@ def test_routing_and_transcripts(tmp_path):
         rec = scorer(rec)
         assert rec.split == t.split, (t.file, rec.scores, rec.heard)
         assert bool(rec.transcript) == t.split.startswith("speech"), rec.heard
+        if t.split.startswith("speech"):  # DNSMOS rates speech, the threshold decides
+            assert {"mos", "mos_sig", "mos_bak"} <= rec.scores.keys() and 1 <= rec.scores["mos"] <= 5
+            assert ("mos" in rec.failed) == (rec.scores["mos"] < cfg.min_mos)
+        else:
+            assert "mos" not in rec.scores and "speech only" in rec.skipped["mos"]
         heard[t.file] = rec.heard
     # the same clip is heard the same whatever the state of Whisper's sampler: a route never depends on
     # the worker or the run (faster-whisper's default falls back to sampling when unsure)
@@ -201,11 +208,12 @@ def test_synchformer_scores_long_clips_when_configured(tmp_path):
 @pytest.mark.flite
 @pytest.mark.skipif(not HAS_FLITE, reason="flite is not on PATH")
 def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
-    """S3FD, SyncNet, CLAP and the PANNs tagger read from the config's paths (seeded random weights; the
-    S3FD head is set to see one face, the tagger's to hear singing): face tracks count the speakers,
-    SyncNet judges speech clips only, CLAP compares every clip with its audio caption, the tagger routes,
-    and each threshold decides; unset, each filter is reported skipped; a file that is not a checkpoint
-    stops the command before any worker starts."""
+    """S3FD, SyncNet, CLAP, the aesthetic head on CLIP and the PANNs tagger read from the config's paths
+    (seeded random weights; the S3FD head is set to see one face, the tagger's to hear singing): face
+    tracks count the speakers, SyncNet judges speech clips only, CLAP compares every clip with its audio
+    caption, the aesthetic score rates every clip, the tagger routes, and each threshold decides; unset,
+    each filter is reported skipped; a file that is not a checkpoint stops the command before any worker
+    starts."""
     from dataclasses import replace
 
     from klear_lightning.curate.config import CurateConfig
@@ -213,7 +221,13 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
     from klear_lightning.curate.records import Source
     from klear_lightning.curate.stages import ClipScorer, split_source
     from klear_lightning.errors import ConfigError
-    from tests.helpers.nets import save_one_face_s3fd, save_random_syncnet, save_singing_tagger, save_tiny_clap
+    from tests.helpers.nets import (
+        save_one_face_s3fd,
+        save_random_syncnet,
+        save_singing_tagger,
+        save_tiny_aesthetic,
+        save_tiny_clap,
+    )
 
     truth = write_defect_set(tmp_path, 1, 0, seed=5, duration=2.0, fps=FPS, splits=("sound", "speech_multi"))
     clean_sound, clean_speech = (t.file for t in truth)
@@ -221,8 +235,10 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
         "s3fd": str(save_one_face_s3fd(tmp_path / "sfd_face.pth")),
         "syncnet": str(save_random_syncnet(tmp_path / "syncnet_v2.model")),
         "clap": str(save_tiny_clap(tmp_path / "clap")),
+        **dict(zip(("clip_vision", "aesthetic_head"), map(str, save_tiny_aesthetic(tmp_path)))),
     }
-    cfg = CurateConfig(**paths, min_syncnet_conf=-1e9, max_syncnet_offset=15, min_clap_similarity=-1.0)
+    loose = dict(min_syncnet_conf=-1e9, max_syncnet_offset=15, min_clap_similarity=-1.0, min_aesthetic=-1e9, min_mos=1)
+    cfg = CurateConfig(**paths, **loose)
     scorer = ClipScorer(cfg)
 
     def score(file: str, **thresholds):
@@ -235,22 +251,26 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
     speech = score(clean_speech)
     # one face track: routed as one speaker whatever SyncWorld drew (two faces, too small for this head)
     assert speech.split == "speech_single" and speech.scores["face_tracks"] == 1.0, (speech.heard, speech.scores)
-    assert {"syncnet_conf", "syncnet_offset", "clap_similarity"} <= speech.scores.keys() and not speech.failed
-    assert not {"lipsync_syncnet", "clap_similarity"} & speech.skipped.keys()
-    strict = score(clean_speech, min_syncnet_conf=1e9, min_clap_similarity=1.0)
-    assert {"lipsync_syncnet", "clap_similarity"} <= set(strict.failed), strict.reasons
+    assert {"syncnet_conf", "syncnet_offset", "clap_similarity", "aesthetic"} <= speech.scores.keys()
+    assert not speech.failed and not {"lipsync_syncnet", "clap_similarity", "aesthetic"} & speech.skipped.keys()
+    strict = score(clean_speech, min_syncnet_conf=1e9, min_clap_similarity=1.0, min_aesthetic=1e9)
+    assert {"lipsync_syncnet", "clap_similarity", "aesthetic"} <= set(strict.failed), strict.reasons
     sound = score(clean_sound, min_syncnet_conf=1e9)
-    assert sound.split == "sound" and "syncnet_conf" not in sound.scores and not sound.failed
+    assert sound.split == "sound" and "syncnet_conf" not in sound.scores and "aesthetic" in sound.scores
+    assert not sound.failed
     # unset: skipped and said so
     scorer = ClipScorer(CurateConfig())
     cfg = CurateConfig()
     plain = score(clean_speech)
-    assert {"lipsync_syncnet", "clap_similarity"} <= plain.skipped.keys() and "face_tracks" not in plain.scores
+    assert {"lipsync_syncnet", "clap_similarity", "aesthetic"} <= plain.skipped.keys()
+    assert "face_tracks" not in plain.scores
     (tmp_path / "bad.model").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match=r"^syncnet: could not load .*bad.model"):
         check_models(CurateConfig(s3fd=paths["s3fd"], syncnet=str(tmp_path / "bad.model")))
     with pytest.raises(ConfigError, match=r"^syncnet: needs s3fd"):
         CurateConfig(syncnet=paths["syncnet"])
+    with pytest.raises(ConfigError, match=r"^aesthetic_head: could not load .*bad.model"):
+        check_models(CurateConfig(clip_vision=paths["clip_vision"], aesthetic_head=str(tmp_path / "bad.model")))
     # the tagger decides the route: it hears singing in the speech clip, Whisper is not asked
     weights, labels = save_singing_tagger(tmp_path / "Cnn14_16k.pth", tmp_path / "class_labels_indices.csv")
     cfg = CurateConfig(tagger=str(weights), tagger_labels=str(labels), transcribe=False)

@@ -111,21 +111,10 @@ def test_identity_consistency_through_registry(tmp_path):
 
 
 def test_aesthetic_head_and_clip_through_registry(tmp_path):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from tests.helpers.nets import save_tiny_aesthetic
 
-    cfg = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=16,
-        projection_dim=24,
-    )
-    clip = CLIPVisionModelWithProjection(cfg).eval()
-    clip.save_pretrained(tmp_path / "clip")
-    head = aesthetic_net.AestheticHead(24).eval()
-    torch.save(head.state_dict(), tmp_path / "head.pth")
+    clip_dir, head_path = save_tiny_aesthetic(tmp_path)
+    clip, head = aesthetic_net.load_clip_vision(clip_dir), aesthetic_net.load_aesthetic_head(head_path)
     assert [k for k in head.state_dict() if k.endswith("weight")] == [
         "layers.0.weight",
         "layers.2.weight",
