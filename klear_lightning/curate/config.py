@@ -6,7 +6,7 @@ fails before anything runs, with one `<field>: <what is wrong>` line (errors.Con
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,14 @@ class CurateConfig:
         singing_min_periodic: a vocal non-speech clip is singing when this fraction of its audible
             40 ms frames is periodic ...
         singing_min_sustain: ... and its sounds hold (last-quarter over peak RMS) at least this much.
+        captioner: a local image-text-to-text model directory (transformers: BLIP, BLIP-2, Florence-2, a chat
+            VLM): it writes the `video_caption` of every clip that passed the filters, from its middle
+            frame, prompted with caption_prompt; unset: the inputs' own captions. Audio captions always
+            come from the inputs.
+        caption_prompt: the captioner's prompt (a user turn for a chat model).
+        speaker_models: attribute name -> a local audio-classification model directory (e.g. {gender:
+            /models/wav2vec2-gender}): each labels the speaker of every speech clip (`attributes` in
+            accepted.jsonl, `speaker_<name>_p` its probability); unset: no speaker attributes.
         tagger: PANNs Cnn14 weights (16 kHz, `Cnn14_16k_mAP=0.438.pth`) with `tagger_labels`, AudioSet's
             `class_labels_indices.csv`: the audio tagger decides vocal vs non-vocal (`tag_speech`,
             `tag_singing`: the probabilities of the classes "Speech" and "Singing"). A clip whose larger
@@ -106,6 +114,9 @@ class CurateConfig:
     speech_min_words: int = 2
     singing_min_periodic: float = 0.8
     singing_min_sustain: float = 0.4
+    captioner: str | None = None
+    caption_prompt: str = "Describe this scene in one sentence."
+    speaker_models: dict[str, str] = field(default_factory=dict)
     tagger: str | None = None
     tagger_labels: str | None = None
     tagger_min_vocal: float = 0.5
@@ -114,9 +125,21 @@ class CurateConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            kind = {"float": (int, float), "int": (int,), "bool": (bool,), "str | None": (str, type(None))}[f.type]
+            kind = {
+                "float": (int, float),
+                "int": (int,),
+                "bool": (bool,),
+                "str": (str,),
+                "str | None": (str, type(None)),
+                "dict[str, str]": (dict,),
+            }[f.type]
             if not isinstance(value, kind) or (f.type in ("float", "int") and isinstance(value, bool)):
                 raise ConfigError(f"{f.name}: expected {f.type}, got {value!r}")
+        for name, path in self.speaker_models.items():
+            if not isinstance(name, str) or not isinstance(path, str):
+                raise ConfigError(f"speaker_models: expected attribute name -> model directory, got {name!r}: {path!r}")
+            if not Path(path).expanduser().exists():
+                raise ConfigError(f"speaker_models.{name}: {path} does not exist")
         positive = ("min_duration", "max_duration", "min_short_side", "av_search_s", "max_av_offset_s", "sample_rate")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -158,6 +181,7 @@ class CurateConfig:
             "dnsmos",
             "clip_vision",
             "aesthetic_head",
+            "captioner",
             "s3fd",
             "syncnet",
             "clap",

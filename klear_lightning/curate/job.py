@@ -134,7 +134,7 @@ def run_ray(sources: list[Source], cfg: CurateConfig, workers: int, ray_address:
 
 def accepted_line(rec: ClipRecord) -> dict[str, Any]:
     """One line of accepted.jsonl: what `klear prepare` reads (path, key, start, end, captions,
-    transcript) plus the split and every score."""
+    transcript, speaker attributes) plus the split and every score."""
     return {
         "path": rec.path,
         "key": rec.key,
@@ -144,6 +144,7 @@ def accepted_line(rec: ClipRecord) -> dict[str, Any]:
         "video_caption": rec.captions.get("video_caption", ""),
         "audio_caption": rec.captions.get("audio_caption", ""),
         "transcript": rec.transcript,
+        "attributes": rec.attributes,
         "source": rec.path,
         "scores": rec.scores,
     }
@@ -170,6 +171,7 @@ def check_models(cfg: CurateConfig) -> None:
     any worker starts."""
     import torch
 
+    from klear_lightning.curate.annotate import Captioner, SpeakerClassifier
     from klear_lightning.curate.dnsmos import Dnsmos
     from klear_lightning.curate.models import audioset_indices
     from klear_lightning.metrics.clap import load_clap
@@ -201,12 +203,14 @@ def check_models(cfg: CurateConfig) -> None:
         "clip_vision": load_clip_vision,
         "aesthetic_head": load_aesthetic_head,
     }
-    for name, load in {**loaders, "clap": clap, "tagger": tagger}.items():
-        path = getattr(cfg, name)
+    loaders = {**loaders, "clap": clap, "tagger": tagger, "captioner": lambda p: Captioner(p, cfg.caption_prompt)}
+    paths = {name: getattr(cfg, name) for name in loaders}
+    paths |= {f"speaker_models.{name}": path for name, path in cfg.speaker_models.items()}
+    for name, path in paths.items():
         if not path:
             continue
         try:
-            load(Path(path).expanduser())
+            loaders.get(name, SpeakerClassifier)(Path(path).expanduser())
         except ConfigError:
             raise
         except Exception as err:  # any failure to read the user's file is reported, not a traceback

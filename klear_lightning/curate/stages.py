@@ -20,6 +20,7 @@ import numpy as np
 from torch import Tensor
 
 from klear_lightning.curate import scores
+from klear_lightning.curate.annotate import Captioner, SpeakerClassifier
 from klear_lightning.curate.config import CurateConfig
 from klear_lightning.curate.dnsmos import Dnsmos, shipped_dnsmos
 from klear_lightning.curate.models import CurateModels
@@ -112,6 +113,8 @@ class ClipScorer:
 
             self.desync = build_desync_avbench(BuildContext.create({"synchformer": cfg.synchformer}))
         self.models = CurateModels.load(cfg)
+        self.captioner = Captioner(Path(cfg.captioner).expanduser(), cfg.caption_prompt) if cfg.captioner else None
+        self.speaker = {name: SpeakerClassifier(Path(p).expanduser()) for name, p in cfg.speaker_models.items()}
         self.dnsmos = Dnsmos(Path(cfg.dnsmos).expanduser() if cfg.dnsmos else shipped_dnsmos()) if cfg.mos else None
 
     def __call__(self, rec: ClipRecord) -> ClipRecord:
@@ -167,6 +170,7 @@ class ClipScorer:
         self._mos(rec, audio)
         given = rec.captions.get("transcript", "").strip()
         rec.transcript = given or (rec.heard if rec.split in SPEECH else "")
+        self._annotate(rec, video, audio)
         if not all(rec.captions.get(k, "").strip() for k in CAPTION_FIELDS):
             rec.fail(
                 "caption", "no video_caption / audio_caption (give a sidecar or manifest captions; none is invented)"
@@ -210,6 +214,20 @@ class ClipScorer:
         else:
             similarity = self.models.clap_similarity(audio, self.cfg.sample_rate, caption, rec.key)
             _threshold(rec, "clap_similarity", similarity, low=self.cfg.min_clap_similarity)
+
+    def _annotate(self, rec: ClipRecord, video: np.ndarray, audio: np.ndarray) -> None:
+        """Speaker attributes of a speech clip; the captioner's video caption of a clip no filter failed
+        (a rejected clip is not captioned: the captioner is the costliest model here)."""
+        if rec.split in SPEECH:
+            if not self.speaker:
+                rec.skipped["speaker_attributes"] = "speaker_models not configured (no speaker attributes)"
+            for name, classify in self.speaker.items():
+                found = classify(audio, self.cfg.sample_rate)
+                rec.attributes[name] = found.label
+                rec.scores[f"speaker_{name}_p"] = round(found.p, 6)
+        if self.captioner is not None and not rec.failed:
+            rec.captions = {**rec.captions, "video_caption": self.captioner(video[len(video) // 2])}
+            rec.captioned = True
 
     def _mos(self, rec: ClipRecord, audio: np.ndarray) -> None:
         if self.dnsmos is None:

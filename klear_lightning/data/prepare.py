@@ -47,13 +47,15 @@ SIDECARS = (".json", ".txt", ".jsonl")
 
 @dataclass
 class Job:
-    """One file to prepare; `start` / `end` (s) select a time range of it (`klear curate`'s clips)."""
+    """One file to prepare; `start` / `end` (s) select a time range of it (`klear curate`'s clips),
+    `speaker` its speaker attributes (`klear curate`'s `attributes`; kept as `annotation.speaker`)."""
 
     path: str
     key: str
     captions: dict[str, str]
     start: float = 0.0
     end: float | None = None
+    speaker: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,9 +112,11 @@ def find_jobs(inputs: Path) -> tuple[list[Job], list[Failure]]:
                 start, end = float(rec.get("start", 0.0)), (float(rec["end"]) if rec.get("end") is not None else None)
                 if start < 0 or (end is not None and end <= start):
                     raise ValueError(f"time range start {start} / end {end} is empty or negative")
-                jobs.append(
-                    Job(str(path), rec.get("key") or make_key(str(rec["path"])), _captions(rec, where), start, end)
-                )
+                speaker = rec.get("attributes") or {}
+                if not isinstance(speaker, dict) or not all(isinstance(v, str) for v in speaker.values()):
+                    raise ValueError(f"attributes must map names to labels, got {speaker!r}")
+                key = rec.get("key") or make_key(str(rec["path"]))
+                jobs.append(Job(str(path), key, _captions(rec, where), start, end, speaker))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 failures.append(Failure(where, "bad_manifest_line", f"{where}: {e!r}"))
             except SampleError as e:
@@ -200,7 +204,8 @@ class Preparer:
         audio = d.audio[: int(round(seconds * c.sample_rate)) // hop * hop]
         video = retime(d.video, d.frame_times, c.fps, frames)
         video = fit_video(video, *nearest_resolution(video.shape[1], video.shape[2], self.s.resolutions))
-        meta = {**job.captions, "split": split, "annotation": {}, "source": job.path}
+        annotation = {"speaker": job.speaker} if job.speaker else {}
+        meta = {**job.captions, "split": split, "annotation": annotation, "source": job.path}
         sample = AVSample(job.key, video, c.fps, audio.astype(np.float32), c.sample_rate, meta)
         if self.s.cache:
             self._cache(sample)

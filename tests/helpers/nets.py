@@ -62,6 +62,63 @@ def save_tiny_aesthetic(directory: Path) -> tuple[Path, Path]:
     return directory / "clip", directory / "head.pth"
 
 
+CAPTION_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "ball"]
+
+
+def save_red_ball_captioner(directory: Path) -> Path:
+    """A tiny BLIP (random weights) with a BERT word-piece vocabulary, saved as an image-text-to-text
+    directory; its output bias makes it say "red" for any image (then "ball" would be as likely: it
+    repeats "red" up to the token limit)."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(CAPTION_WORDS) + "\n")
+    processor = BlipProcessor(
+        BlipImageProcessorPil(size={"height": 32, "width": 32}), BertTokenizer(str(directory / "vocab.txt"))
+    )
+    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
+    text = dict(layers, vocab_size=len(CAPTION_WORDS), max_position_embeddings=64, bos_token_id=2, sep_token_id=3)
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(
+        BlipConfig(text_config=text, vision_config=dict(layers, image_size=32, patch_size=16), projection_dim=16)
+    )
+    with torch.no_grad():
+        model.text_decoder.cls.predictions.bias.fill_(-1e4)[CAPTION_WORDS.index("red")] = 1e4
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def save_speaker_classifier(directory: Path, labels: tuple[str, ...]) -> Path:
+    """A tiny wav2vec2 audio classifier (16 kHz) whose head always picks `labels[0]`."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=24,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_feat_extract_layers=2,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        classifier_proj_size=8,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    torch.manual_seed(0)
+    model = Wav2Vec2ForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.fill_(0.0)[0] = 5.0
+    model.save_pretrained(directory)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(directory)
+    return directory
+
+
 def save_one_face_s3fd(path: Path) -> Path:
     """S3FD weights that see one face, the same box in every frame: every head silent but the fifth
     (one prior on a 64 px input), which is sure of a face at zero box offset."""

@@ -217,14 +217,19 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
     from dataclasses import replace
 
     from klear_lightning.curate.config import CurateConfig
-    from klear_lightning.curate.job import check_models
+    from klear_lightning.curate.job import accepted_line, check_models
     from klear_lightning.curate.records import Source
     from klear_lightning.curate.stages import ClipScorer, split_source
+    from klear_lightning.data.prepare import prepare
+    from klear_lightning.data.shards import iter_tar
     from klear_lightning.errors import ConfigError
+    from klear_lightning.sequence import ClipSpec
     from tests.helpers.nets import (
         save_one_face_s3fd,
         save_random_syncnet,
+        save_red_ball_captioner,
         save_singing_tagger,
+        save_speaker_classifier,
         save_tiny_aesthetic,
         save_tiny_clap,
     )
@@ -238,13 +243,17 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
         **dict(zip(("clip_vision", "aesthetic_head"), map(str, save_tiny_aesthetic(tmp_path)))),
     }
     loose = dict(min_syncnet_conf=-1e9, max_syncnet_offset=15, min_clap_similarity=-1.0, min_aesthetic=-1e9, min_mos=1)
-    cfg = CurateConfig(**paths, **loose)
+    annotators = dict(
+        captioner=str(save_red_ball_captioner(tmp_path / "captioner")),
+        speaker_models={"gender": str(save_speaker_classifier(tmp_path / "gender", ("female", "male")))},
+    )
+    cfg = CurateConfig(**paths, **loose, **annotators)
     scorer = ClipScorer(cfg)
 
     def score(file: str, **thresholds):
         scorer.cfg = replace(cfg, **thresholds)
         [rec] = split_source(
-            Source(str(tmp_path / file), file, json.loads((tmp_path / f"{file}.json").read_text())), cfg
+            Source(str(tmp_path / file), Path(file).stem, json.loads((tmp_path / f"{file}.json").read_text())), cfg
         )
         return scorer(rec)
 
@@ -253,22 +262,35 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
     assert speech.split == "speech_single" and speech.scores["face_tracks"] == 1.0, (speech.heard, speech.scores)
     assert {"syncnet_conf", "syncnet_offset", "clap_similarity", "aesthetic"} <= speech.scores.keys()
     assert not speech.failed and not {"lipsync_syncnet", "clap_similarity", "aesthetic"} & speech.skipped.keys()
+    # annotation: the captioner writes the video caption, the classifier labels the speaker
+    assert speech.captioned and speech.captions["video_caption"].split()[:2] == ["red", "red"]
+    assert speech.attributes == {"gender": "female"} and speech.scores["speaker_gender_p"] > 0.9
+    manifest = tmp_path / "accepted.jsonl"
+    manifest.write_text(json.dumps(accepted_line(speech)) + "\n")
+    clip = ClipSpec(duration=2.0, fps=8.0, height=32, width=32, sample_rate=16000)
+    assert prepare(manifest, tmp_path / "shards", "speech_single", workers=1, clip=clip).written == 1
+    [raw] = iter_tar(next((tmp_path / "shards").rglob("*.tar")))
+    meta = json.loads(raw["json"])
+    assert meta["annotation"] == {"speaker": {"gender": "female"}} and meta["video_caption"].startswith("red red")
     strict = score(clean_speech, min_syncnet_conf=1e9, min_clap_similarity=1.0, min_aesthetic=1e9)
     assert {"lipsync_syncnet", "clap_similarity", "aesthetic"} <= set(strict.failed), strict.reasons
     sound = score(clean_sound, min_syncnet_conf=1e9)
     assert sound.split == "sound" and "syncnet_conf" not in sound.scores and "aesthetic" in sound.scores
-    assert not sound.failed
+    assert not sound.failed and sound.captioned and not sound.attributes  # speaker attributes: speech only
+    assert not score(clean_sound, min_aesthetic=1e9).captioned  # a rejected clip is not captioned
     # unset: skipped and said so
     scorer = ClipScorer(CurateConfig())
     cfg = CurateConfig()
     plain = score(clean_speech)
-    assert {"lipsync_syncnet", "clap_similarity", "aesthetic"} <= plain.skipped.keys()
-    assert "face_tracks" not in plain.scores
+    assert {"lipsync_syncnet", "clap_similarity", "aesthetic", "speaker_attributes"} <= plain.skipped.keys()
+    assert "face_tracks" not in plain.scores and not plain.captioned
     (tmp_path / "bad.model").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match=r"^syncnet: could not load .*bad.model"):
         check_models(CurateConfig(s3fd=paths["s3fd"], syncnet=str(tmp_path / "bad.model")))
     with pytest.raises(ConfigError, match=r"^syncnet: needs s3fd"):
         CurateConfig(syncnet=paths["syncnet"])
+    with pytest.raises(ConfigError, match=r"^speaker_models.age: could not load .*clap: "):
+        check_models(CurateConfig(speaker_models={"age": paths["clap"]}))  # not an audio classifier
     with pytest.raises(ConfigError, match=r"^aesthetic_head: could not load .*bad.model"):
         check_models(CurateConfig(clip_vision=paths["clip_vision"], aesthetic_head=str(tmp_path / "bad.model")))
     # the tagger decides the route: it hears singing in the speech clip, Whisper is not asked

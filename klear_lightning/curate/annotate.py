@@ -1,0 +1,75 @@
+"""The annotation models of `klear curate` (step 6), each a local transformers directory from the config:
+
+- `captioner`: an image-text-to-text model (BLIP, BLIP-2, Florence-2, a chat VLM such as Qwen2.5-VL or
+  SmolVLM) writes the clip's `video_caption` from its middle frame, prompted with `caption_prompt` (as a
+  user turn when the model has a chat template);
+- `speaker_models`: audio-classification models (e.g. wav2vec2 fine-tuned for gender, age or emotion),
+  one per attribute name; each labels a speech clip's speaker with its most probable class.
+
+Nothing here is downloaded: a directory that does not hold a saved model fails at load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pipeline(task: str, directory: Path) -> Any:
+    from transformers import pipeline
+
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory}: no config.json (expected a saved transformers model directory)")
+    return pipeline(task, model=str(directory), device="cpu")
+
+
+@dataclass(frozen=True)
+class SpeakerLabel:
+    """One attribute of a speaker: the most probable class and its probability."""
+
+    label: str
+    p: float
+
+
+class Captioner:
+    """Writes one caption for a frame with a local image-text-to-text model."""
+
+    def __init__(self, directory: Path, prompt: str, max_new_tokens: int = 40) -> None:
+        self.pipe = _pipeline("image-text-to-text", directory)
+        self.chat = getattr(self.pipe.processor, "chat_template", None) is not None
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+
+    def __call__(self, frame: np.ndarray) -> str:
+        """The caption of one uint8 (H, W, 3) frame."""
+        from PIL import Image
+
+        image = Image.fromarray(np.ascontiguousarray(frame))
+        if self.chat:
+            turn = [
+                {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": self.prompt}]}
+            ]
+            out = self.pipe(text=turn, max_new_tokens=self.max_new_tokens, return_full_text=False)
+        else:
+            out = self.pipe(images=image, text=self.prompt, max_new_tokens=self.max_new_tokens)
+        text = out[0]["generated_text"]
+        return text.removeprefix(self.prompt).strip() if isinstance(text, str) else str(text).strip()
+
+
+class SpeakerClassifier:
+    """Labels a speaker with a local audio-classification model (its own feature extractor and rate)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.pipe = _pipeline("audio-classification", directory)
+        self.sample_rate = int(self.pipe.feature_extractor.sampling_rate)
+
+    def __call__(self, audio: np.ndarray, sr: int) -> SpeakerLabel:
+        import torch
+
+        from klear_lightning.metrics.audio_prep import resample
+
+        wave = resample(torch.from_numpy(audio.astype(np.float32)), sr, self.sample_rate).numpy()
+        [best] = self.pipe({"raw": wave, "sampling_rate": self.sample_rate}, top_k=1)
+        return SpeakerLabel(str(best["label"]), float(best["score"]))
