@@ -3,6 +3,9 @@
 - `captioner`: an image-text-to-text model (BLIP, BLIP-2, Florence-2, a chat VLM such as Qwen2.5-VL or
   SmolVLM) writes the clip's `video_caption` from its middle frame, prompted with `caption_prompt` (as a
   user turn when the model has a chat template);
+- `audio_captioner`: a model that listens (transformers' any-to-any: Qwen2-Audio, Qwen2.5-Omni, Voxtral,
+  Gemma 3n, ...) writes the clip's `audio_caption` from its audio, prompted with `audio_caption_prompt`
+  as a user turn;
 - `speaker_models`: audio-classification models (e.g. wav2vec2 fine-tuned for gender, age or emotion),
   one per attribute name; each labels a speech clip's speaker with its most probable class.
 
@@ -58,6 +61,29 @@ class Captioner:
         return text.removeprefix(self.prompt).strip() if isinstance(text, str) else str(text).strip()
 
 
+class AudioCaptioner:
+    """Writes one caption for a clip's audio with a local any-to-any model (a chat model that listens)."""
+
+    def __init__(self, directory: Path, prompt: str, max_new_tokens: int = 40) -> None:
+        self.pipe = _pipeline("any-to-any", directory)
+        self.sample_rate = int(self.pipe.processor.feature_extractor.sampling_rate)
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+
+    def __call__(self, audio: np.ndarray, sr: int) -> str:
+        wave = _resampled(audio, sr, self.sample_rate)
+        turn = [{"role": "user", "content": [{"type": "audio", "audio": wave}, {"type": "text", "text": self.prompt}]}]
+        out = self.pipe(text=turn, max_new_tokens=self.max_new_tokens, return_full_text=False)
+        return str(out[0]["generated_text"]).strip()
+
+
+def _resampled(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
+    import torch
+
+    from klear_lightning.metrics.audio_prep import resample
+
+    return resample(torch.from_numpy(audio.astype(np.float32)), sr, target).numpy()
+
+
 class SpeakerClassifier:
     """Labels a speaker with a local audio-classification model (its own feature extractor and rate)."""
 
@@ -66,10 +92,6 @@ class SpeakerClassifier:
         self.sample_rate = int(self.pipe.feature_extractor.sampling_rate)
 
     def __call__(self, audio: np.ndarray, sr: int) -> SpeakerLabel:
-        import torch
-
-        from klear_lightning.metrics.audio_prep import resample
-
-        wave = resample(torch.from_numpy(audio.astype(np.float32)), sr, self.sample_rate).numpy()
+        wave = _resampled(audio, sr, self.sample_rate)
         [best] = self.pipe({"raw": wave, "sampling_rate": self.sample_rate}, top_k=1)
         return SpeakerLabel(str(best["label"]), float(best["score"]))

@@ -68,9 +68,12 @@ class CurateConfig:
         singing_min_sustain: ... and its sounds hold (last-quarter over peak RMS) at least this much.
         captioner: a local image-text-to-text model directory (transformers: BLIP, BLIP-2, Florence-2, a chat
             VLM): it writes the `video_caption` of every clip that passed the filters, from its middle
-            frame, prompted with caption_prompt; unset: the inputs' own captions. Audio captions always
-            come from the inputs.
+            frame, prompted with caption_prompt; unset: the inputs' own captions.
         caption_prompt: the captioner's prompt (a user turn for a chat model).
+        audio_captioner: a local model that listens (transformers any-to-any: Qwen2-Audio, Qwen2.5-Omni,
+            Voxtral, ...): it writes the `audio_caption` of every clip that passed the filters, asked
+            audio_caption_prompt; unset: the inputs' own audio captions.
+        audio_caption_prompt: the audio captioner's prompt.
         speaker_models: attribute name -> a local audio-classification model directory (e.g. {gender:
             /models/wav2vec2-gender}): each labels the speaker of every speech clip (`attributes` in
             accepted.jsonl, `speaker_<name>_p` its probability); unset: no speaker attributes.
@@ -116,6 +119,8 @@ class CurateConfig:
     singing_min_sustain: float = 0.4
     captioner: str | None = None
     caption_prompt: str = "Describe this scene in one sentence."
+    audio_captioner: str | None = None
+    audio_caption_prompt: str = "Describe the sounds in one sentence."
     speaker_models: dict[str, str] = field(default_factory=dict)
     tagger: str | None = None
     tagger_labels: str | None = None
@@ -182,6 +187,7 @@ class CurateConfig:
             "clip_vision",
             "aesthetic_head",
             "captioner",
+            "audio_captioner",
             "s3fd",
             "syncnet",
             "clap",

@@ -171,7 +171,7 @@ def check_models(cfg: CurateConfig) -> None:
     any worker starts."""
     import torch
 
-    from klear_lightning.curate.annotate import Captioner, SpeakerClassifier
+    from klear_lightning.curate.annotate import AudioCaptioner, Captioner, SpeakerClassifier
     from klear_lightning.curate.dnsmos import Dnsmos
     from klear_lightning.curate.models import audioset_indices
     from klear_lightning.metrics.clap import load_clap
@@ -202,8 +202,11 @@ def check_models(cfg: CurateConfig) -> None:
         "syncnet": load_syncnet,
         "clip_vision": load_clip_vision,
         "aesthetic_head": load_aesthetic_head,
+        "clap": clap,
+        "tagger": tagger,
+        "captioner": lambda p: Captioner(p, cfg.caption_prompt),
+        "audio_captioner": lambda p: AudioCaptioner(p, cfg.audio_caption_prompt),
     }
-    loaders = {**loaders, "clap": clap, "tagger": tagger, "captioner": lambda p: Captioner(p, cfg.caption_prompt)}
     paths = {name: getattr(cfg, name) for name in loaders}
     paths |= {f"speaker_models.{name}": path for name, path in cfg.speaker_models.items()}
     for name, path in paths.items():

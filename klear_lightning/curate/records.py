@@ -29,7 +29,7 @@ class ClipRecord:
 
     heard: what Whisper heard; `transcript`: the input's transcript, else (speech splits only) `heard`.
     attributes: speaker attributes of a speech clip (attribute name -> label, from `speaker_models`).
-    captioned: `captions["video_caption"]` was written by the captioner (not the input's).
+    captioned: the caption fields written by a captioning model (not the input's).
     status: "pending" until scored, then "accepted", "rejected" (one or more filters failed) or
     "bad_input" (the source could not be read; `reasons` says why). `cpu_s`: process CPU seconds
     spent on it (its source's probe and scene split count on its first clip). `scenes` is the number of
@@ -53,7 +53,7 @@ class ClipRecord:
     transcript: str = ""
     heard: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
-    captioned: bool = False
+    captioned: list[str] = field(default_factory=list)
     cpu_s: float = 0.0
 
     @classmethod

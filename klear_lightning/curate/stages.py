@@ -20,7 +20,7 @@ import numpy as np
 from torch import Tensor
 
 from klear_lightning.curate import scores
-from klear_lightning.curate.annotate import Captioner, SpeakerClassifier
+from klear_lightning.curate.annotate import AudioCaptioner, Captioner, SpeakerClassifier
 from klear_lightning.curate.config import CurateConfig
 from klear_lightning.curate.dnsmos import Dnsmos, shipped_dnsmos
 from klear_lightning.curate.models import CurateModels
@@ -114,6 +114,11 @@ class ClipScorer:
             self.desync = build_desync_avbench(BuildContext.create({"synchformer": cfg.synchformer}))
         self.models = CurateModels.load(cfg)
         self.captioner = Captioner(Path(cfg.captioner).expanduser(), cfg.caption_prompt) if cfg.captioner else None
+        self.audio_captioner = (
+            AudioCaptioner(Path(cfg.audio_captioner).expanduser(), cfg.audio_caption_prompt)
+            if cfg.audio_captioner
+            else None
+        )
         self.speaker = {name: SpeakerClassifier(Path(p).expanduser()) for name, p in cfg.speaker_models.items()}
         self.dnsmos = Dnsmos(Path(cfg.dnsmos).expanduser() if cfg.dnsmos else shipped_dnsmos()) if cfg.mos else None
 
@@ -216,8 +221,8 @@ class ClipScorer:
             _threshold(rec, "clap_similarity", similarity, low=self.cfg.min_clap_similarity)
 
     def _annotate(self, rec: ClipRecord, video: np.ndarray, audio: np.ndarray) -> None:
-        """Speaker attributes of a speech clip; the captioner's video caption of a clip no filter failed
-        (a rejected clip is not captioned: the captioner is the costliest model here)."""
+        """Speaker attributes of a speech clip; the captioners' video and audio captions of a clip no
+        filter failed (a rejected clip is not captioned: captioners are the costliest models here)."""
         if rec.split in SPEECH:
             if not self.speaker:
                 rec.skipped["speaker_attributes"] = "speaker_models not configured (no speaker attributes)"
@@ -225,9 +230,14 @@ class ClipScorer:
                 found = classify(audio, self.cfg.sample_rate)
                 rec.attributes[name] = found.label
                 rec.scores[f"speaker_{name}_p"] = round(found.p, 6)
-        if self.captioner is not None and not rec.failed:
+        if rec.failed:
+            return
+        if self.captioner is not None:
             rec.captions = {**rec.captions, "video_caption": self.captioner(video[len(video) // 2])}
-            rec.captioned = True
+            rec.captioned.append("video_caption")
+        if self.audio_captioner is not None:
+            rec.captions = {**rec.captions, "audio_caption": self.audio_captioner(audio, self.cfg.sample_rate)}
+            rec.captioned.append("audio_caption")
 
     def _mos(self, rec: ClipRecord, audio: np.ndarray) -> None:
         if self.dnsmos is None:

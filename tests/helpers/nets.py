@@ -90,6 +90,65 @@ def save_red_ball_captioner(directory: Path) -> Path:
     return directory
 
 
+def save_sound_audio_captioner(directory: Path) -> Path:
+    """A tiny Qwen2-Audio (random weights) with a byte-level BPE vocabulary whose first token is "sound",
+    saved as an any-to-any directory; its final norm is zeroed, so every logit is 0 and greedy decoding
+    says "sound" at every step."""
+    import json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        Qwen2Tokenizer,
+        WhisperFeatureExtractor,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    merges = ["s o", "so u", "sou n", "soun d"]
+    vocab = {t: i for i, t in enumerate(["sound", "so", "sou", "soun", *sorted(ByteLevel.alphabet())])}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = Qwen2Tokenizer(
+        str(directory / "vocab.json"),
+        str(directory / "merges.txt"),
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]}
+    )
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+        "{% if c['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>{% else %}{{ c['text'] }}{% endif %}"
+        "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    features = WhisperFeatureExtractor(feature_size=16, sampling_rate=16000)
+    processor = Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer, chat_template=template)
+    audio = dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    torch.manual_seed(0)
+    model = Qwen2AudioForConditionalGeneration(
+        Qwen2AudioConfig(
+            audio_config=audio, text_config=text, audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+        )
+    )
+    with torch.no_grad():
+        model.model.language_model.norm.weight.zero_()
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
 def save_speaker_classifier(directory: Path, labels: tuple[str, ...]) -> Path:
     """A tiny wav2vec2 audio classifier (16 kHz) whose head always picks `labels[0]`."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification

@@ -229,6 +229,7 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
         save_random_syncnet,
         save_red_ball_captioner,
         save_singing_tagger,
+        save_sound_audio_captioner,
         save_speaker_classifier,
         save_tiny_aesthetic,
         save_tiny_clap,
@@ -245,6 +246,7 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
     loose = dict(min_syncnet_conf=-1e9, max_syncnet_offset=15, min_clap_similarity=-1.0, min_aesthetic=-1e9, min_mos=1)
     annotators = dict(
         captioner=str(save_red_ball_captioner(tmp_path / "captioner")),
+        audio_captioner=str(save_sound_audio_captioner(tmp_path / "audio_captioner")),
         speaker_models={"gender": str(save_speaker_classifier(tmp_path / "gender", ("female", "male")))},
     )
     cfg = CurateConfig(**paths, **loose, **annotators)
@@ -262,8 +264,10 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
     assert speech.split == "speech_single" and speech.scores["face_tracks"] == 1.0, (speech.heard, speech.scores)
     assert {"syncnet_conf", "syncnet_offset", "clap_similarity", "aesthetic"} <= speech.scores.keys()
     assert not speech.failed and not {"lipsync_syncnet", "clap_similarity", "aesthetic"} & speech.skipped.keys()
-    # annotation: the captioner writes the video caption, the classifier labels the speaker
-    assert speech.captioned and speech.captions["video_caption"].split()[:2] == ["red", "red"]
+    # annotation: the captioners write both captions, the classifier labels the speaker
+    assert speech.captioned == ["video_caption", "audio_caption"]
+    assert speech.captions["video_caption"].split()[:2] == ["red", "red"]
+    assert speech.captions["audio_caption"].startswith("soundsound")
     assert speech.attributes == {"gender": "female"} and speech.scores["speaker_gender_p"] > 0.9
     manifest = tmp_path / "accepted.jsonl"
     manifest.write_text(json.dumps(accepted_line(speech)) + "\n")
@@ -272,6 +276,7 @@ def test_filters_with_user_weights_run_from_their_config_paths(tmp_path):
     [raw] = iter_tar(next((tmp_path / "shards").rglob("*.tar")))
     meta = json.loads(raw["json"])
     assert meta["annotation"] == {"speaker": {"gender": "female"}} and meta["video_caption"].startswith("red red")
+    assert meta["audio_caption"].startswith("soundsound")
     strict = score(clean_speech, min_syncnet_conf=1e9, min_clap_similarity=1.0, min_aesthetic=1e9)
     assert {"lipsync_syncnet", "clap_similarity", "aesthetic"} <= set(strict.failed), strict.reasons
     sound = score(clean_sound, min_syncnet_conf=1e9)
