@@ -66,6 +66,20 @@ def check_config(cfg: Any) -> None:
     check_task_weights(model.get("task_weights"))
     check_attention_backend((model.get("net") or {}).get("attention_backend"))
     check_checkpoint_path(model.get("init_from"), "model.init_from")
+    data = cfg.get("data") or {}
+    check_split_shift(
+        (model.get("timesteps") or {}).get("split_shift"), data.get("init_args", data).get("train_splits")
+    )
+
+
+def check_split_shift(split_shift: Mapping[str, float] | None, train_splits: Mapping[str, float] | None) -> None:
+    """Every split with a timestep shift of its own is a training split (a typo would train unshifted)."""
+    for split in split_shift or {}:
+        if train_splits is not None and split not in train_splits:
+            raise ConfigError(
+                f"model.timesteps.split_shift: {split!r} is not a training split "
+                f"(data.init_args.train_splits: {sorted(train_splits)})"
+            )
 
 
 def check_data_config(cfg: Any) -> None:

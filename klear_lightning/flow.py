@@ -9,7 +9,7 @@ clean with t = 1 and exclude it from the loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -23,14 +23,14 @@ from klear_lightning.tasks import Role, TaskBatch
 TIMESTEP_KINDS = ("uniform", "logit_normal")
 
 
-def shift_time(t: Tensor, shift: float) -> Tensor:
+def shift_time(t: Tensor, shift: float | Tensor) -> Tensor:
     """SD3's resolution shift written in our convention (t = 1 data).
 
     SD3 shifts its noise level s = 1 - t as s' = shift * s / (1 + (shift - 1) * s); in our
     convention that is t' = t / (shift - (shift - 1) * t). It keeps 0 -> 0 and 1 -> 1, is
     increasing, and shift > 1 moves every t towards noise (larger clips need more noise).
     """
-    if shift == 1.0:
+    if isinstance(shift, float) and shift == 1.0:
         return t
     return t / (shift - (shift - 1.0) * t)
 
@@ -44,12 +44,15 @@ class TimestepSampler:
         mean: logit_normal: mean of the normal.
         std: logit_normal: standard deviation of the normal (> 0).
         shift: SD3's resolution shift, t' = t / (shift - (shift - 1) t); 1 = off, > 1 = noisier.
+        split_shift: a shift of its own for the samples of a data split (a project addition), e.g.
+            `{sound: 1.0}` with `shift: 3.0` keeps `sound` clips unshifted; other splits use `shift`.
     """
 
     kind: Literal["uniform", "logit_normal"] = "uniform"
     mean: float = 0.0
     std: float = 1.0
     shift: float = 1.0
+    split_shift: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in TIMESTEP_KINDS:
@@ -58,15 +61,26 @@ class TimestepSampler:
             raise ConfigError(f"model.timesteps.std: must be > 0, got {self.std}")
         if not self.shift > 0:
             raise ConfigError(f"model.timesteps.shift: must be > 0, got {self.shift}")
+        for split, shift in self.split_shift.items():
+            if not shift > 0:
+                raise ConfigError(f"model.timesteps.split_shift.{split}: must be > 0, got {shift}")
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """(n,) float32 times on the generator's device (CPU without one)."""
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, splits: list[str | None] | None = None
+    ) -> Tensor:
+        """(n,) float32 times on the generator's device (CPU without one); `splits` (n,) names each
+        sample's data split for `split_shift`."""
         device = generator.device if generator is not None else torch.device("cpu")
         if self.kind == "uniform":
             t = torch.rand(n, generator=generator, device=device)
         else:
             t = torch.sigmoid(self.mean + self.std * torch.randn(n, generator=generator, device=device))
-        return shift_time(t, self.shift)
+        if not self.split_shift or splits is None:
+            return shift_time(t, self.shift)
+        if len(splits) != n:
+            raise ValueError(f"TimestepSampler.sample: {len(splits)} splits for {n} samples")
+        shifts = [self.split_shift.get(s, self.shift) if s is not None else self.shift for s in splits]
+        return shift_time(t, torch.tensor(shifts, dtype=t.dtype, device=device))
 
 
 @dataclass
@@ -201,8 +215,9 @@ class FlowMatching:
                 raise ValueError(f"make_inputs: t must have shape ({b},), got {tuple(t.shape)}")
             t_video = t_audio = t.to(device=device, dtype=torch.float32)
         else:
-            t_video = self.timesteps.sample(b, generator).to(device)
-            t_audio = self.timesteps.sample(b, generator).to(device) if self.independent else t_video
+            splits = [m.get("split") for m in batch.meta] if len(batch.meta) == b else None
+            t_video = self.timesteps.sample(b, generator, splits).to(device)
+            t_audio = self.timesteps.sample(b, generator, splits).to(device) if self.independent else t_video
         noise_v = _randn_like(batch.video, generator)
         noise_a = _randn_like(batch.audio, generator)
         x_v = (1 - t_video[:, None, None, None, None]) * noise_v + t_video[:, None, None, None, None] * batch.video

@@ -211,6 +211,23 @@ def test_shift_is_monotone_keeps_endpoints_and_matches_sd3():
     assert shifted.mean() < 0.4
 
 
+def test_split_shift_shifts_each_sample_by_its_split():
+    """`split_shift: {sound: 1}` beside `shift: 3`: a `sound` sample keeps the unshifted draw, every
+    other sample (a split without its own shift, or none named) gets shift 3; through make_inputs,
+    which reads each sample's split from the batch."""
+    draw = TimestepSampler("logit_normal").sample(4, torch.Generator().manual_seed(0))
+    sampler = TimestepSampler("logit_normal", shift=3.0, split_shift={"sound": 1.0})
+    splits = ["sound", "speech_single", None, "sound"]
+    expected = torch.where(torch.tensor([True, False, False, True]), draw, shift_time(draw, 3.0))
+    assert torch.allclose(sampler.sample(4, torch.Generator().manual_seed(0), splits), expected)
+    batch = make_batch(b=4)
+    batch.meta = [{"split": s} if s else {} for s in splits]
+    fs = FlowMatching(sampler).make_inputs(batch, TaskBatch.from_names(["t2av"] * 4), torch.Generator().manual_seed(0))
+    assert torch.allclose(fs.t_video, expected) and torch.equal(fs.t_audio, fs.t_video)
+    with pytest.raises(ValueError, match="timesteps.split_shift.sound"):
+        TimestepSampler(split_shift={"sound": 0.0})
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"kind": "beta"}, "timesteps.kind"), ({"std": 0.0}, "timesteps.std"), ({"shift": -1.0}, "timesteps.shift")],
