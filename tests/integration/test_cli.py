@@ -128,8 +128,9 @@ def test_demo_stages_chain_into_one_mlflow_database():
     assert (
         two.trainer.logger.init_args.tracking_uri == "sqlite:///" + one.trainer.logger.init_args.run_dir + "/mlflow.db"
     )
-    assert set(two.model.task_weights) == {"ti2av", "a2v"} and two.model.net == one.model.net
-    assert "sound" not in two.data.init_args.train_splits
+    assert two.model.task_weights == one.model.task_weights and two.model.net == one.model.net
+    assert "sound" not in two.data.init_args.train_splits  # speech only: stage I's split_shift for sound is dropped
+    assert one.model.timesteps.split_shift == {"sound": 1.0} and two.model.timesteps.split_shift == {}
 
 
 def test_linked_fields_are_not_settable():
