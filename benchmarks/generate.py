@@ -1,8 +1,8 @@
-"""Generation latency: seconds per 5 s T2AV clip for the demo model on CPU, and, on a GPU, seconds
+"""Generation latency: seconds per 6 s T2AV clip for the demo model on CPU, and, on a GPU, seconds
 per sampling step at the paper's width.
 
-CPU: the model of configs/demo.yaml (random weights: latency does not depend on them) at a 5 s clip
-of the demo's geometry, one T2AV sample, the demo's 16 Euler steps with video / audio guidance 5 / 4
+CPU: the model of configs/demo.yaml (random weights: latency does not depend on them) at a 6 s clip
+of the demo's geometry (a whole number of its 4-frame audio tokens), one T2AV sample, the demo's 16 Euler steps with video / audio guidance 5 / 4
 and modality guidance 2 (pretrain.yaml's scales and the demo's modality scale): the conditional,
 unconditional and both isolated passes run as one batched forward per step. Also the plain
 conditional sampler (no guidance) for the cost of guidance. Latent sampling only; decoding is not
@@ -68,7 +68,7 @@ def demo_on_cpu() -> dict[str, object]:
     from klear_lightning.lightning_cli import instantiate_model_and_data as _parse
 
     module, data = _parse(CONFIGS / "demo.yaml")
-    clip = replace(data.sequence.clip, duration=5.0)
+    clip = replace(data.sequence.clip, duration=6.0)
     seq = SequenceSpec(clip, data.sequence.geometry, module.model_config.video_patch, module.model_config.audio_patch)
     cfg = replace(
         module.model_config, video_channels=seq.geometry.video_channels, audio_channels=seq.geometry.audio_channels

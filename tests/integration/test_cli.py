@@ -269,13 +269,13 @@ def test_bootstrap_draws_the_scene_and_refuses_a_root_generated_otherwise(tmp_pa
         "--syncworld_clips_per_split",
         "1",
     ]
-    bootstrap_from_config(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))
-    assert json.loads((root / "syncworld.json").read_text())["config"]["scene"]["object_scale"] == 2.0
-    bootstrap_from_config(_parse_args(*args, "--syncworld_scene.object_scale", "2.0"))  # same: reused
-    with pytest.raises(ValueError, match="object_scale.: 1.0.*delete"):
+    bootstrap_from_config(_parse_args(*args, "--syncworld_scene.object_scale", "1.5"))
+    assert json.loads((root / "syncworld.json").read_text())["config"]["scene"]["object_scale"] == 1.5
+    bootstrap_from_config(_parse_args(*args, "--syncworld_scene.object_scale", "1.5"))  # same: reused
+    with pytest.raises(ValueError, match="object_scale.: 2.0.*delete"):  # the demo's own scale
         bootstrap_from_config(_parse_args(*args))
     with pytest.raises(ValueError, match="syncworld_clips_per_split = 2"):
-        bootstrap_from_config(_parse_args(*args[:-1], "2", "--syncworld_scene.object_scale", "2.0"))
+        bootstrap_from_config(_parse_args(*args[:-1], "2", "--syncworld_scene.object_scale", "1.5"))
 
 
 def test_cache_subcommand_adds_latents(tmp_path, capsys):
