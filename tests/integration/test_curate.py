@@ -3,6 +3,7 @@ them): every filter catches its defect, clean clips pass, bad inputs are listed,
 go through `klear prepare`, and a rerun with 2 Ray workers resumes and gives the same result as 1."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -119,19 +120,23 @@ def test_rerun_resumes_with_two_workers_and_agrees(defect_set, one_worker, tmp_p
     assert len(resumed) == len(results) and resumed[: kept - 1] == results[: kept - 1]
 
 
-@pytest.mark.parametrize(
-    "text, line",
-    [
-        ("min_snr_db: loud\n", "error: min_snr_db: expected float, got 'loud'"),
-        ("min_snr: 10\n", "error: min_snr: unknown field"),
-        ("max_silence_ratio: 1.5\n", "error: max_silence_ratio: must be in [0, 1], got 1.5"),
-    ],
-)
-def test_bad_config_fails_with_one_line(tmp_path, text, line):
-    (tmp_path / "curate.yaml").write_text(text)
+def test_bad_config_fails_with_one_line(tmp_path):
+    """Through the command once (exit 2, one line, nothing written), then the other mistakes in-process."""
+    from klear_lightning.curate.config import load_config
+    from klear_lightning.errors import ConfigError
+
+    (tmp_path / "curate.yaml").write_text("min_snr_db: loud\n")
     done = klear("curate", "--inputs", tmp_path, "--out", tmp_path / "out", "--config", tmp_path / "curate.yaml")
-    assert done.returncode == 2 and done.stderr.strip().startswith(line), done.stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: min_snr_db: expected float, got 'loud'", done.stderr
     assert not (tmp_path / "out").exists()
+    for text, line in [
+        ("min_snr: 10\n", "min_snr: unknown field"),
+        ("max_silence_ratio: 1.5\n", "max_silence_ratio: must be in [0, 1], got 1.5"),
+    ]:
+        (tmp_path / "curate.yaml").write_text(text)
+        with pytest.raises(ConfigError, match="^" + re.escape(line)):
+            load_config(tmp_path / "curate.yaml")
 
 
 @pytest.mark.slow
