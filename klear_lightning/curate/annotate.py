@@ -1,11 +1,10 @@
 """The annotation models of `klear curate` (step 6), each a local transformers directory from the config:
 
-- `captioner`: an image-text-to-text model (BLIP, BLIP-2, Florence-2, a chat VLM such as Qwen2.5-VL or
-  SmolVLM) writes the clip's `video_caption` from its middle frame, prompted with `caption_prompt` (as a
-  user turn when the model has a chat template);
-- `audio_captioner`: a model that listens (transformers' any-to-any: Qwen2-Audio, Qwen2.5-Omni, Voxtral,
-  Gemma 3n, ...) writes the clip's `audio_caption` from its audio, prompted with `audio_caption_prompt`
-  as a user turn;
+- `captioner`: an image-text-to-text model that continues a text prompt from an image (BLIP, BLIP-2,
+  GIT) writes the clip's `video_caption` from its middle frame, after `caption_prompt` (chat VLMs, whose
+  prompt is a templated conversation, are not wired in);
+- `audio_captioner`: a chat model that listens (transformers' any-to-any, e.g. Qwen2-Audio) writes the
+  clip's `audio_caption` from its audio, asked `audio_caption_prompt` in a user turn;
 - `speaker_models`: audio-classification models (e.g. wav2vec2 fine-tuned for gender, age or emotion),
   one per attribute name; each labels a speech clip's speaker with its most probable class.
 
@@ -42,23 +41,15 @@ class Captioner:
 
     def __init__(self, directory: Path, prompt: str, max_new_tokens: int = 40) -> None:
         self.pipe = _pipeline("image-text-to-text", directory)
-        self.chat = getattr(self.pipe.processor, "chat_template", None) is not None
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
 
     def __call__(self, frame: np.ndarray) -> str:
-        """The caption of one uint8 (H, W, 3) frame."""
+        """The caption of one uint8 (H, W, 3) frame: what the model writes after the prompt."""
         from PIL import Image
 
         image = Image.fromarray(np.ascontiguousarray(frame))
-        if self.chat:
-            turn = [
-                {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": self.prompt}]}
-            ]
-            out = self.pipe(text=turn, max_new_tokens=self.max_new_tokens, return_full_text=False)
-        else:
-            out = self.pipe(images=image, text=self.prompt, max_new_tokens=self.max_new_tokens)
-        text = out[0]["generated_text"]
-        return text.removeprefix(self.prompt).strip() if isinstance(text, str) else str(text).strip()
+        out = self.pipe(images=image, text=self.prompt, max_new_tokens=self.max_new_tokens, return_full_text=False)
+        return str(out[0]["generated_text"]).strip()
 
 
 class AudioCaptioner:

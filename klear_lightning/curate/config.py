@@ -66,13 +66,13 @@ class CurateConfig:
         singing_min_periodic: a vocal non-speech clip is singing when this fraction of its audible
             40 ms frames is periodic ...
         singing_min_sustain: ... and its sounds hold (last-quarter over peak RMS) at least this much.
-        captioner: a local image-text-to-text model directory (transformers: BLIP, BLIP-2, Florence-2, a chat
-            VLM): it writes the `video_caption` of every clip that passed the filters, from its middle
-            frame, prompted with caption_prompt; unset: the inputs' own captions.
-        caption_prompt: the captioner's prompt (a user turn for a chat model).
-        audio_captioner: a local model that listens (transformers any-to-any: Qwen2-Audio, Qwen2.5-Omni,
-            Voxtral, ...): it writes the `audio_caption` of every clip that passed the filters, asked
-            audio_caption_prompt; unset: the inputs' own audio captions.
+        captioner: a local image-text-to-text model directory (transformers; a model that continues a
+            prompt from an image: BLIP, BLIP-2, GIT): it writes the `video_caption` of every clip that
+            passed the filters, after caption_prompt on its middle frame; unset: the inputs' own captions.
+        caption_prompt: the captioner's prompt (the caption is what follows it).
+        audio_captioner: a local any-to-any chat model that listens (transformers, e.g. Qwen2-Audio): it
+            writes the `audio_caption` of every clip that passed the filters, asked audio_caption_prompt
+            in a user turn; unset: the inputs' own audio captions.
         audio_caption_prompt: the audio captioner's prompt.
         speaker_models: attribute name -> a local audio-classification model directory (e.g. {gender:
             /models/wav2vec2-gender}): each labels the speaker of every speech clip (`attributes` in
