@@ -118,7 +118,7 @@ class CurateConfig:
     singing_min_periodic: float = 0.8
     singing_min_sustain: float = 0.4
     captioner: str | None = None
-    caption_prompt: str = "Describe this scene in one sentence."
+    caption_prompt: str = "a picture of"
     audio_captioner: str | None = None
     audio_caption_prompt: str = "Describe the sounds in one sentence."
     speaker_models: dict[str, str] = field(default_factory=dict)
