@@ -54,17 +54,27 @@ def test_research_config_with_each_ablation_overlay_parses_and_changes_only_its_
     assert cfg.data.init_args.clip == base.data.init_args.clip and cfg.data.init_args.batch_size == 8
     if not overlay.startswith("curriculum/"):  # one stage of the baseline's length; the curriculum splits it
         assert cfg.trainer.max_steps == base.trainer.max_steps
+    if overlay.startswith("curriculum/"):
+        return
     changed = {
         k
         for k in ("architecture", "dim", "rope_mode", "rope_time_scale")
         if getattr(cfg.model.net, k) != getattr(base.model.net, k)
-    }
+    } | {k for k in ("task_weights", "timesteps", "lambda_video", "lambda_audio") if cfg.model[k] != base.model[k]}
+    mix = {"task_weights"}
     expected = {
         "single_vs_dual_tower.yaml": {"architecture", "dim"},
         "rope_offset.yaml": {"rope_mode", "rope_time_scale"},
         "rope_time_scale_1.yaml": {"rope_time_scale"},
-    }
+        "loss_weights_ovi.yaml": {"lambda_video", "lambda_audio"},
+        "split_shift_off.yaml": {"timesteps"},
+        "timestep_shift_off.yaml": {"timesteps"},
+    } | dict.fromkeys(["t2v_only.yaml", "t2v_t2av.yaml", "t2av_only.yaml", "all_tasks.yaml", "paper_tasks.yaml"], mix)
     assert changed == expected.get(overlay, set())
+    if overlay == "split_shift_off.yaml":
+        assert cfg.model.timesteps.split_shift == {} and cfg.model.timesteps.shift == base.model.timesteps.shift == 3.0
+    if overlay == "timestep_shift_off.yaml":
+        assert cfg.model.timesteps.split_shift == {} and cfg.model.timesteps.shift == 1.0
 
 
 def test_research_curriculum_has_the_baselines_total_steps_and_chains():
